@@ -1,0 +1,52 @@
+# Everything a user runs. Each target installs what it needs first: a private uv in
+# .tools/, then the locked workspace in .venv/ (both git-ignored).
+
+PYTHON ?= python3
+UV_VERSION := 0.13.9
+UV := .tools/bin/uv
+VENV := .venv
+BIN := $(VENV)/bin
+PACKAGES := fleet_contracts fleet_runtime fleet_devstack fleet_api fleet_scheduler fleet_agent
+PYPROJECTS := pyproject.toml $(wildcard libs/*/pyproject.toml services/*/pyproject.toml)
+
+.PHONY: help setup run test lint typecheck pytest bench fmt clean
+
+help:
+	@echo "make run    start NATS, PostgreSQL, gateway (127.0.0.1:50809), scheduler, agent"
+	@echo "make test   ruff, mypy and the whole pytest suite against real NATS + PostgreSQL"
+	@echo "make bench  the benchmarks; writes bench/results/latest.md"
+
+$(UV):
+	$(PYTHON) -m venv .tools
+	.tools/bin/python -m pip install --quiet "uv==$(UV_VERSION)"
+
+$(VENV)/.synced: $(UV) uv.lock $(PYPROJECTS)
+	$(UV) sync --frozen --all-groups --python $(PYTHON)
+	@touch $@
+
+setup: $(VENV)/.synced
+
+run: setup
+	$(BIN)/python -m fleet_devstack run
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: setup
+	$(BIN)/mypy $(addprefix -p ,$(PACKAGES))
+
+pytest: setup
+	$(BIN)/pytest
+
+test: lint typecheck pytest
+
+bench: setup
+	$(BIN)/python -m bench
+
+fmt: setup
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+clean:
+	rm -rf $(VENV) .tools .mypy_cache .ruff_cache .pytest_cache

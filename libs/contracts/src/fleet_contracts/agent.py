@@ -1,0 +1,150 @@
+"""The agent protocol: run / stop requests, reports, heartbeats and device facts.
+
+Run and stop are core-NATS requests to `agent.<id>.run|stop`; the agent answers with
+an `AgentReply` at once (accepted or refused, with a reason), then reports what
+happens on the REPORTS stream. Heartbeats go to `heartbeat.<agent_id>` every few
+seconds; a scheduler that hears none for its lease declares the agent lost.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+
+from fleet_contracts.messages import Message
+from fleet_contracts.scripts import ScriptSpec
+
+
+class DeviceInfo(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    serial: str
+    model: str | None = None
+    android_version: str | None = None
+    battery: int | None = None
+
+
+class DeviceStatus(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    serial: str
+    busy: bool = False
+    task_id: int | None = None
+    battery: int | None = None
+
+
+# Requests to one agent
+class RunTask(Message):
+    task_id: int
+    dispatch_id: str
+    serial: str
+    username: str | None = None
+    script_name: str
+    script_config: dict[str, Any]
+
+
+class StopRun(Message):
+    task_id: int
+    dispatch_id: str = ""
+    reason: str = "stopped"
+
+
+class AgentReply(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    accepted: bool
+    reason: str = ""
+
+
+class Heartbeat(Message):
+    agent_id: str
+    host: str
+    devices: list[DeviceStatus] = Field(default_factory=list)
+    interval_seconds: float = 5.0
+
+
+# Reports: agent -> REPORTS stream -> scheduler
+class Report(Message):
+    agent_id: str
+
+
+class AgentStartedReport(Report):
+    """Sent at agent start: the devices it holds now. Devices it held before and does
+    not list here are disconnected; tasks it ran before the restart are lost."""
+
+    type: Literal["agent.started"] = "agent.started"
+    host: str
+    devices: list[DeviceInfo] = Field(default_factory=list)
+    scripts: list[ScriptSpec] = Field(default_factory=list)
+
+
+class DeviceConnectedReport(Report):
+    type: Literal["device.connected"] = "device.connected"
+    host: str
+    device: DeviceInfo
+
+
+class DeviceDisconnectedReport(Report):
+    type: Literal["device.disconnected"] = "device.disconnected"
+    serial: str
+    reason: str = "unplugged"
+
+
+class AccountsReport(Report):
+    type: Literal["device.accounts"] = "device.accounts"
+    serial: str
+    accounts: list[dict[str, str]] = Field(default_factory=list)
+
+
+class TaskStartedReport(Report):
+    type: Literal["task.started"] = "task.started"
+    task_id: int
+    dispatch_id: str
+    serial: str
+
+
+class TaskProgressReport(Report):
+    type: Literal["task.progress"] = "task.progress"
+    task_id: int
+    dispatch_id: str
+    step: str
+    percent: int | None = None
+    message: str = ""
+
+
+class TaskCompletedReport(Report):
+    type: Literal["task.completed"] = "task.completed"
+    task_id: int
+    dispatch_id: str
+    result: dict[str, Any] = Field(default_factory=dict)
+
+
+class TaskFailedReport(Report):
+    """The script ended without success. `stopped` is true when it ended because a
+    stop was asked for; either way the device is free again."""
+
+    type: Literal["task.failed"] = "task.failed"
+    task_id: int
+    dispatch_id: str
+    reason: str
+    stopped: bool = False
+    screenshot: str | None = None
+
+
+AnyReport = Annotated[
+    AgentStartedReport
+    | DeviceConnectedReport
+    | DeviceDisconnectedReport
+    | AccountsReport
+    | TaskStartedReport
+    | TaskProgressReport
+    | TaskCompletedReport
+    | TaskFailedReport,
+    Field(discriminator="type"),
+]
+REPORT_ADAPTER: TypeAdapter[AnyReport] = TypeAdapter(AnyReport)
+
+
+def parse_report(raw: bytes | str) -> AnyReport:
+    return REPORT_ADAPTER.validate_json(raw)

