@@ -1,0 +1,114 @@
+"""Who is calling: API key -> plan, and whether that plan may use the API.
+
+Keys come as `Authorization: Bearer <key>` or `X-API-Key: <key>`. Access is open
+(plan "local") only when keys are not required and none exist at all, or when
+FLEET_API_REQUIRE_KEYS=false and the caller sends no key.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, Request, Security
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
+
+from fleet_api.errors import ApiError
+from fleet_api.keys import KeyRecord, hash_secret
+from fleet_api.settings import ApiSettings
+from fleet_api.state import gateway
+from fleet_contracts.codes import ErrorCode, Plan
+from fleet_contracts.rest import LicenseInfo
+
+LOCAL = "local"
+
+bearer = HTTPBearer(auto_error=False, description="Authorization: Bearer <api key>")
+api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False, description="the API key")
+
+
+@dataclass(frozen=True)
+class Caller:
+    actor: str
+    license: LicenseInfo
+
+
+def open_access(settings: ApiSettings, keys: dict[str, KeyRecord]) -> bool:
+    if settings.api_require_keys == "false":
+        return True
+    return not settings.keys_required and not keys
+
+
+def local_caller(settings: ApiSettings) -> Caller:
+    return Caller(
+        actor=LOCAL,
+        license=LicenseInfo(
+            plan_name=LOCAL,
+            api_enabled=True,
+            device_limit=None,
+            message=(
+                f"no API keys are configured: open access on {settings.api_host}; "
+                "create one with `python -m fleet_api keys create`"
+                if settings.api_require_keys != "false"
+                else "API keys are not required (FLEET_API_REQUIRE_KEYS=false)"
+            ),
+        ),
+    )
+
+
+def identify(secret: str | None, settings: ApiSettings, keys: dict[str, KeyRecord]) -> Caller:
+    """The caller behind `secret`, or 40101 saying what is wrong with it."""
+    if not secret:
+        if open_access(settings, keys):
+            return local_caller(settings)
+        raise ApiError(
+            ErrorCode.UNAUTHORIZED,
+            "missing API key: send it as 'Authorization: Bearer <key>' or 'X-API-Key: <key>'",
+        )
+    record = keys.get(hash_secret(secret))
+    if record is None:
+        if not keys and open_access(settings, keys):
+            return local_caller(settings)
+        raise ApiError(ErrorCode.UNAUTHORIZED, "unknown API key")
+    if record.revoked:
+        raise ApiError(ErrorCode.UNAUTHORIZED, f"API key {record.name!r} has been revoked")
+    plan = record.plan
+    message = (
+        f"plan {plan.value} includes API access"
+        if plan.api_enabled
+        else f"plan {plan.value} has no API access; upgrade to pro, team or business"
+    )
+    return Caller(
+        actor=record.name,
+        license=LicenseInfo(
+            plan_name=plan.value,
+            api_enabled=plan.api_enabled,
+            device_limit=plan.device_limit,
+            message=message,
+        ),
+    )
+
+
+def any_caller(
+    request: Request,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Security(bearer)],
+    api_key: Annotated[str | None, Security(api_key_header)],
+) -> Caller:
+    """The caller, whatever their plan (the license check answers starter keys too)."""
+    gw = gateway(request)
+    secret = credentials.credentials if credentials else api_key
+    return identify(secret, gw.settings, gw.keys.entries)
+
+
+def api_caller(caller: Annotated[Caller, Depends(any_caller)]) -> Caller:
+    """The caller, refused with 40301 when their plan has no API access."""
+    if not caller.license.api_enabled:
+        raise ApiError(
+            ErrorCode.PLAN_NO_API_ACCESS,
+            caller.license.message,
+            caller.license.model_dump(mode="json"),
+        )
+    return caller
+
+
+def no_starter_plan(plan: Plan) -> bool:
+    return plan.api_enabled

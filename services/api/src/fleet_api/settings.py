@@ -1,0 +1,38 @@
+"""The gateway's settings, read once at start from `FLEET_*` environment variables."""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class ApiSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="FLEET_", extra="ignore")
+
+    nats_url: str = "nats://127.0.0.1:4222"
+    api_host: str = "127.0.0.1"
+    api_port: int = Field(50809, ge=1, le=65535)
+    api_command_timeout_seconds: float = Field(10.0, gt=0)
+    api_query_timeout_seconds: float = Field(5.0, gt=0)
+    api_require_keys: Literal["auto", "true", "false"] = "auto"
+    log_level: str = "INFO"
+
+    @property
+    def loopback(self) -> bool:
+        """True when the gateway listens on loopback only, so no other host can call it."""
+        if self.api_host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(self.api_host).is_loopback
+        except ValueError:
+            return False
+
+    @property
+    def keys_required(self) -> bool:
+        """Whether a caller must present a key once keys exist (see `keys.Access`)."""
+        if self.api_require_keys == "auto":
+            return not self.loopback
+        return self.api_require_keys == "true"

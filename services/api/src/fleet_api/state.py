@@ -1,0 +1,29 @@
+"""What the running gateway holds: its settings, its one NATS connection and the two
+KV mirrors. Built by the app's lifespan, read by the routes through `gateway()`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from fastapi import Request
+from nats.aio.client import Client
+from nats.js import JetStreamContext
+
+from fleet_api.keys import KeyRecord
+from fleet_api.kv import Mirror
+from fleet_api.settings import ApiSettings
+from fleet_contracts.scripts import ScriptSpec
+
+
+@dataclass
+class Gateway:
+    settings: ApiSettings
+    nc: Client
+    js: JetStreamContext
+    keys: Mirror[KeyRecord]
+    scripts: Mirror[ScriptSpec]
+
+
+def gateway(request: Request) -> Gateway:
+    gw: Gateway = request.app.state.gateway
+    return gw

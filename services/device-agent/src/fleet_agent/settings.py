@@ -1,0 +1,52 @@
+"""The agent's settings, read once at start from `FLEET_*` environment variables."""
+
+from __future__ import annotations
+
+import socket
+import tempfile
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+class AgentSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="FLEET_", extra="ignore")
+
+    nats_url: str = "nats://127.0.0.1:4222"
+    agent_id: str = Field(default_factory=socket.gethostname, min_length=1)
+    agent_host: str = Field(default_factory=socket.gethostname)
+    agent_driver: Literal["auto", "adb", "sim"] = "auto"
+    agent_adb_address: str = "127.0.0.1:5037"
+    agent_sim_devices: int = Field(8, ge=0, le=100_000)
+    agent_sim_serial_prefix: str = "device_serial_"
+    agent_sim_speed: float = Field(1.0, ge=0)
+    # Comma-separated; empty means any readable file on this host may be posted.
+    agent_material_roots: Annotated[list[Path], NoDecode] = Field(default_factory=list)
+    # One sub-folder per tag: <library>/<tag>/<media files> (material_source materialLibrary).
+    agent_material_library: Path | None = None
+    agent_heartbeat_seconds: float = Field(5.0, gt=0)
+    agent_screenshot_dir: Path = Field(
+        default_factory=lambda: Path(tempfile.gettempdir()) / "fleet-agent-screenshots"
+    )
+    agent_max_parallel: int | None = Field(None, ge=1)
+    agent_ui_timeout_seconds: float = Field(15.0, gt=0)
+    log_level: str = "INFO"
+
+    @field_validator("agent_material_roots", mode="before")
+    @classmethod
+    def _split_roots(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [Path(part.strip()) for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("agent_material_library", mode="before")
+    @classmethod
+    def _empty_library(cls, value: object) -> object:
+        return None if value == "" else value
+
+    @property
+    def adb_host_port(self) -> tuple[str, int]:
+        host, _, port = self.agent_adb_address.rpartition(":")
+        return (host or "127.0.0.1", int(port or 5037))

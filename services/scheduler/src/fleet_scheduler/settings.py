@@ -1,0 +1,42 @@
+"""The scheduler's configuration, read once at start from `FLEET_*` variables."""
+
+from __future__ import annotations
+
+import os
+import socket
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def _default_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+class SchedulerSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="FLEET_", extra="ignore")
+
+    nats_url: str = "nats://127.0.0.1:4222"
+    database_url: str = "postgresql://postgres@127.0.0.1:5432/fleet"
+    timezone: str = "UTC"
+    scheduler_id: str = Field(default_factory=_default_id)
+    scheduler_agent_lease_seconds: float = Field(30.0, gt=0)
+    scheduler_start_timeout_seconds: float = Field(30.0, gt=0)
+    scheduler_dispatch_poll_seconds: float = Field(1.0, gt=0)
+    scheduler_db_pool_size: int = Field(10, ge=2)
+    scheduler_seed: int | None = None
+    log_level: str = "INFO"
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(f"{value!r} is not an IANA time zone name") from exc
+        return value
+
+    @property
+    def zone(self) -> ZoneInfo:
+        return ZoneInfo(self.timezone)
