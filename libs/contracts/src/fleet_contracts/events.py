@@ -44,6 +44,9 @@ class TaskScheduled(DomainEvent):
     task_id: int
     due_at: datetime
     reason: str
+    after_task_id: int | None = Field(
+        None, description="the device's previous task this interval is counted from"
+    )
 
 
 class TaskDispatched(DomainEvent):

@@ -103,10 +103,14 @@ class EmbeddedNats(_Child):
         host: str = "127.0.0.1",
         port: int | None = None,
         log_file: Path | None = None,
+        bind: str | None = None,
     ) -> None:
         super().__init__()
         self.store_dir = Path(store_dir)
         self.host = host
+        # Clients on this machine use `host`; `bind` (e.g. 0.0.0.0) lets test hosts in
+        # network namespaces reach the server over their veth links too.
+        self.bind = bind or host
         self.port = port or free_port(host)
         self.monitor_port = free_port(host)
         self.log_file = log_file

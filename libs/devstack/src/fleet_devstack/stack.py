@@ -118,7 +118,11 @@ class AgentSpec:
     agent_id: str
     sim_devices: int = 8
     sim_speed: float = 1.0
+    driver: str = "sim"
     env: dict[str, str] = field(default_factory=dict)
+    # Run inside this network namespace (a test "host"), reaching NATS at `nats_url`.
+    netns: str | None = None
+    nats_url: str | None = None
 
 
 @dataclass
@@ -133,6 +137,7 @@ class StackConfig:
     agents: list[AgentSpec] = field(default_factory=lambda: [AgentSpec(agent_id="local")])
     env: dict[str, str] = field(default_factory=dict)
     database: str = "fleet"
+    nats_bind: str | None = None
 
 
 class Stack:
@@ -144,7 +149,10 @@ class Stack:
         root = config.data_dir
         self.logs = root / "logs"
         self.nats = EmbeddedNats(
-            root / "nats", port=config.nats_port, log_file=self.logs / "nats.log"
+            root / "nats",
+            port=config.nats_port,
+            log_file=self.logs / "nats.log",
+            bind=config.nats_bind,
         )
         self.postgres = EmbeddedPostgres(
             root / "postgres",
@@ -217,11 +225,16 @@ class Stack:
             "fleet_agent",
             {
                 "FLEET_AGENT_ID": spec.agent_id,
+                "FLEET_AGENT_HOST": spec.agent_id,
+                "FLEET_AGENT_DRIVER": spec.driver,
                 "FLEET_AGENT_SIM_DEVICES": str(spec.sim_devices),
                 "FLEET_AGENT_SIM_SPEED": str(spec.sim_speed),
+                **({"FLEET_NATS_URL": spec.nats_url} if spec.nats_url else {}),
                 **spec.env,
             },
         )
+        if spec.netns:
+            agent.argv = ["ip", "netns", "exec", spec.netns, *agent.argv]
         agent.start()
         self.agents[spec.agent_id] = agent
         return agent

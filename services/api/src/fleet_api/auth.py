@@ -17,7 +17,7 @@ from fleet_api.errors import ApiError
 from fleet_api.keys import KeyRecord, hash_secret
 from fleet_api.settings import ApiSettings
 from fleet_api.state import gateway
-from fleet_contracts.codes import ErrorCode, Plan
+from fleet_contracts.codes import ErrorCode
 from fleet_contracts.rest import LicenseInfo
 
 LOCAL = "local"
@@ -102,13 +102,5 @@ def any_caller(
 def api_caller(caller: Annotated[Caller, Depends(any_caller)]) -> Caller:
     """The caller, refused with 40301 when their plan has no API access."""
     if not caller.license.api_enabled:
-        raise ApiError(
-            ErrorCode.PLAN_NO_API_ACCESS,
-            caller.license.message,
-            caller.license.model_dump(mode="json"),
-        )
+        raise ApiError(ErrorCode.PLAN_NO_API_ACCESS, caller.license.message)
     return caller
-
-
-def no_starter_plan(plan: Plan) -> bool:
-    return plan.api_enabled

@@ -92,9 +92,7 @@ def validation_error(errors: list[ErrorDetails]) -> ApiError:
             )
     for err in cleaned:
         if tuple(err["loc"]) == () and err["type"] == "missing":
-            return ApiError(
-                ErrorCode.INVALID_PARAMETERS, "body: required (send a JSON object)"
-            )
+            return ApiError(ErrorCode.INVALID_PARAMETERS, "body: required (send a JSON object)")
     return ApiError(ErrorCode.INVALID_PARAMETERS, describe_errors(cleaned))
 
 

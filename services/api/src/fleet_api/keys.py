@@ -54,7 +54,7 @@ async def stored_keys(kv: KeyValue) -> dict[str, KeyRecord]:
             if record is not None:
                 found[entry.key] = record
     finally:
-        await watcher.stop()
+        await watcher.stop()  # type: ignore[no-untyped-call]
     return found
 
 

@@ -84,9 +84,7 @@ def _candidates(folder: Path, suffixes: frozenset[str]) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in suffixes)
 
 
-def _pick(
-    candidates: list[Path], config: PostConfig, where: str, rng: random.Random
-) -> list[Path]:
+def _pick(candidates: list[Path], config: PostConfig, where: str, rng: random.Random) -> list[Path]:
     kind = "video" if config.content_type == 0 else "image"
     need = _count(config)
     if len(candidates) < need:

@@ -8,7 +8,7 @@ A script is a class registered under the entry-point group `fleet.scripts`:
 The class is called with one `ScriptHost` (this agent's id, material roots, a random
 source). It has a `name`, a `description`, a pydantic `config_model` (its JSON Schema is
 published with the catalogue so the gateway and scheduler validate `script_config`
-before a task exists) and `async run(phone, config, progress, cancel)`, which returns a
+before a task exists) and `async run(target, config, progress, cancel)`, which returns a
 result dict or raises `ScriptFailure` with a reason a person can act on.
 """
 
@@ -57,6 +57,21 @@ class ScriptHost:
     material_roots: tuple[Path, ...] = ()
     material_library: Path | None = None
     rng: random.Random = field(default_factory=random.Random)
+    ui_timeout: float = 15.0
+
+
+@dataclass(frozen=True)
+class Target:
+    """The phone a run drives, and who the run is for.
+
+    `platform` is the account's platform when the agent found the account on the
+    phone ("tiktok", "instagram"), else None.
+    """
+
+    phone: Phone
+    task_id: int
+    username: str | None = None
+    platform: str | None = None
 
 
 class Cancelled(Exception):  # noqa: N818
@@ -95,7 +110,7 @@ class Script(Protocol):
     config_model: ClassVar[type[BaseModel]]
 
     async def run(
-        self, phone: Phone, config: Any, progress: Progress, cancel: CancelToken
+        self, target: Target, config: Any, progress: Progress, cancel: CancelToken
     ) -> dict[str, Any]: ...
 
 

@@ -8,11 +8,10 @@ a phone. `PostScript` executes the steps against the device handle.
 from __future__ import annotations
 
 import shlex
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal
 
 from fleet_contracts.scripts.post import PostConfig
-from fleet_agent.phone import Selector
 from fleet_agent.scripts.post_selectors import AppTable
 
 Action = Literal["app_start", "shell", "tap", "tap_optional", "type", "wait"]
@@ -27,7 +26,6 @@ class Step:
     seconds: float = 0.0
     command: str = ""
     instance: int | None = None
-    selectors: list[Selector] = field(default_factory=list)
 
 
 def _pick_media(table: AppTable, count: int) -> list[Step]:
@@ -93,9 +91,7 @@ def plan(config: PostConfig, table: AppTable, remote_files: list[str]) -> list[S
         steps.append(Step("add sound", "tap", "add_sound"))
         if config.add_sound == "custom":
             steps.append(
-                Step(
-                    "search sound", "type", "sound_search_input", text=config.custom_sound_keyword
-                )
+                Step("search sound", "type", "sound_search_input", text=config.custom_sound_keyword)
             )
         steps.append(Step("pick sound", "tap", "sound_first_result"))
         steps.append(Step("wait for sound", "wait", seconds=config.sound_wait_time))

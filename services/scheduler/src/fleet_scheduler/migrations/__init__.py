@@ -1,0 +1,1 @@
+"""The ordered SQL files that build the scheduler's schema."""

@@ -1,0 +1,245 @@
+"""The whole system measured: every service a process, driven through REST.
+
+Scenarios (sizes from `Scale`): tasks created per second through REST (100 serials a
+call); end-to-end tasks per second from create to completed on N simulated devices with
+zero-length scripts; dispatch latency (due -> agent start) p50 / p99; list and stats
+latency p50 / p99 with the log holding `log_tasks` tasks; resident memory of the
+scheduler and the gateway; and the raw limits of the machine in the same run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import tempfile
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import psutil
+
+from bench import limits
+from fleet_devstack import free_port
+from fleet_devstack.stack import AgentSpec, Stack, StackConfig
+
+Row = tuple[str, str, str]
+
+
+@dataclass(frozen=True)
+class Scale:
+    devices: int = 1000
+    e2e_tasks: int = 5000
+    log_tasks: int = 100_000
+    latency_samples: int = 2000
+    raw_publishes: int = 20_000
+    raw_inserts: int = 50_000
+    raw_requests: int = 5000
+
+
+BIG = Scale()
+SMALL = Scale(
+    devices=20,
+    e2e_tasks=200,
+    log_tasks=1000,
+    latency_samples=100,
+    raw_publishes=1000,
+    raw_inserts=2000,
+    raw_requests=300,
+)
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def ms(seconds: float) -> str:
+    return f"{seconds * 1000:.1f} ms"
+
+
+@dataclass
+class Result:
+    rows: list[Row]
+    completed: int
+    failed: int
+    created: int
+
+
+class Client:
+    def __init__(self, session: aiohttp.ClientSession, base: str) -> None:
+        self.session = session
+        self.base = f"{base}/api/v1"
+
+    async def call(self, method: str, path: str, **kwargs: Any) -> Any:
+        async with self.session.request(method, self.base + path, **kwargs) as resp:
+            body = await resp.json()
+            if body["code"] != 0:
+                raise RuntimeError(f"{method} {path}: {resp.status} {body}")
+            return body["data"]
+
+    async def create(self, serials: list[str], **extra: Any) -> list[int]:
+        body = {"serials": serials, "script_name": "post", "script_config": extra.pop("config")}
+        data = await self.call("POST", "/task", json={**body, **extra})
+        return list(data["task_ids"])
+
+
+async def _create_many(
+    client: Client, serials: list[str], total: int, config: dict[str, Any], **extra: Any
+) -> tuple[list[int], float]:
+    """`total` tasks in calls of 100 serials, 4 calls in flight; returns ids, seconds."""
+    batches = [
+        [serials[(i + j) % len(serials)] for j in range(min(100, total - i))]
+        for i in range(0, total, 100)
+    ]
+    ids: list[int] = []
+    sem = asyncio.Semaphore(4)
+
+    async def one(batch: list[str]) -> None:
+        async with sem:
+            ids.extend(await client.create(batch, config=config, **extra))
+
+    start = time.perf_counter()
+    await asyncio.gather(*(one(b) for b in batches))
+    return ids, time.perf_counter() - start
+
+
+async def run(scale: Scale = BIG, data_dir: Path | None = None) -> Result:
+    root = data_dir or Path(tempfile.mkdtemp(prefix="fleet-bench-"))
+    media = root / "clip.mp4"
+    media.parent.mkdir(parents=True, exist_ok=True)
+    media.write_bytes(b"\x00" * 1024)
+    stack = Stack(
+        StackConfig(
+            data_dir=root / "stack",
+            api_port=free_port(),
+            durable_postgres=False,
+            agents=[AgentSpec(agent_id="bench", sim_devices=scale.devices, sim_speed=0.0)],
+            env={"FLEET_LOG_LEVEL": "WARNING", "FLEET_SCHEDULER_DISPATCH_POLL_SECONDS": "0.5"},
+        )
+    )
+    await asyncio.to_thread(stack.start_infrastructure)
+    await asyncio.to_thread(stack.start_services)
+    try:
+        await asyncio.to_thread(stack.wait_ready, 120)
+        return await _measure(stack, scale, str(media))
+    finally:
+        await asyncio.to_thread(stack.stop)
+
+
+async def _measure(stack: Stack, scale: Scale, media: str) -> Result:
+    rows: list[Row] = []
+    serials = [f"device_serial_{i}" for i in range(1, scale.devices + 1)]
+    quick = {"material_list": [media], "upload_wait_time": 0}
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=120)) as session:
+        client = Client(session, stack.api_url)
+        for _ in range(600):  # the agent announces its devices just after readiness
+            devices = await client.call("GET", "/device", params={"online": "true"})
+            if len(devices) >= scale.devices:
+                break
+            await asyncio.sleep(0.1)
+
+        # 1 + 2: create through REST, then wait for every task to complete.
+        ids, create_seconds = await _create_many(client, serials, scale.e2e_tasks, quick)
+        create_rate = len(ids) / create_seconds
+        start = time.perf_counter() - create_seconds
+        while True:
+            stats = await client.call("GET", "/task/stats")
+            if stats["completed"] + stats["failed"] >= len(ids):
+                break
+            await asyncio.sleep(0.05)
+        e2e_seconds = time.perf_counter() - start
+        completed, failed = stats["completed"], stats["failed"]
+
+        # 3: dispatch latency from each task's own times.
+        waits: list[float] = []
+        for page in range(1, len(ids) // 100 + 2):
+            data = await client.call("GET", "/task", params={"page": page, "page_size": 100})
+            for task in data["tasks"]:
+                if task["started_at"] and task["due_at"]:
+                    started = datetime.fromisoformat(task["started_at"])
+                    due = datetime.fromisoformat(task["due_at"])
+                    waits.append(max(0.0, (started - due).total_seconds()))
+
+        # 4: fill the log (held by start_time so they wait), then time the reads.
+        later = (datetime.now(UTC) + timedelta(hours=3)).strftime("%H:%M")
+        filler = max(0, scale.log_tasks - len(ids))
+        await _create_many(client, serials, filler, quick, start_time=later)
+        list_lat = await limits.hammer(
+            session, f"{client.base}/task?page=3&page_size=20", scale.latency_samples, 8
+        )
+        filtered = await limits.hammer(
+            session,
+            f"{client.base}/task?status=0&serial=device_serial_1",
+            scale.latency_samples,
+            8,
+        )
+        stats_lat = await limits.hammer(
+            session, f"{client.base}/task/stats", scale.latency_samples, 8
+        )
+        total = (await client.call("GET", "/task/stats"))["total"]
+
+    def rss(pid: int | None) -> str:
+        return f"{psutil.Process(pid).memory_info().rss / 2**20:.0f} MiB" if pid else "-"
+
+    scheduler_rss = rss(stack.schedulers[0].pid)
+    api_rss = rss(stack.api.pid if stack.api else None)
+    uvicorn = await limits.uvicorn_trivial_rate(scale.raw_requests)
+    js_rate = await limits.jetstream_publish_rate(stack.nats.url, scale.raw_publishes)
+    pg_rate = await limits.pg_insert_rate(stack.database_url, scale.raw_inserts)
+
+    calls_per_s = create_rate / 100
+    rows += [
+        (
+            "REST create, 100 serials a call",
+            f"{create_rate:,.0f} tasks/s",
+            f"{calls_per_s:,.1f} calls/s = {calls_per_s / uvicorn:.2%} of uvicorn's trivial rate",
+        ),
+        (
+            f"end to end on {scale.devices} sim devices",
+            f"{len(ids) / e2e_seconds:,.0f} tasks/s",
+            f"{len(ids)} tasks create->completed in {e2e_seconds:.1f} s "
+            f"({completed} completed, {failed} failed)",
+        ),
+        (
+            "dispatch latency p50 / p99",
+            f"{ms(pct(waits, 0.5))} / {ms(pct(waits, 0.99))}",
+            "due time -> started, over every e2e task",
+        ),
+        (
+            f"list latency p50 / p99 ({total:,} tasks)",
+            f"{ms(pct(list_lat, 0.5))} / {ms(pct(list_lat, 0.99))}",
+            "page 3 of 20, 8 in flight",
+        ),
+        (
+            "filtered list p50 / p99",
+            f"{ms(pct(filtered, 0.5))} / {ms(pct(filtered, 0.99))}",
+            "status=0&serial=…",
+        ),
+        (
+            "stats latency p50 / p99",
+            f"{ms(pct(stats_lat, 0.5))} / {ms(pct(stats_lat, 0.99))}",
+            f"mean {ms(statistics.mean(stats_lat))}",
+        ),
+        ("scheduler / gateway resident memory", f"{scheduler_rss} / {api_rss}", "after all above"),
+        (
+            "raw: uvicorn trivial endpoint",
+            f"{uvicorn:,.0f} req/s",
+            "FastAPI, 1 worker, 32 in flight",
+        ),
+        ("raw: JetStream publish", f"{js_rate:,.0f} msgs/s", "publish_async, acked"),
+        ("raw: PostgreSQL batched insert", f"{pg_rate:,.0f} rows/s", "100 rows a transaction"),
+    ]
+    return Result(rows=rows, completed=completed, failed=failed, created=len(ids))
+
+
+def table(title: str, rows: list[Row]) -> str:
+    lines = [f"## {title}", "", "| metric | value | note |", "|---|---|---|"]
+    lines += [f"| {a} | {b} | {c} |" for a, b, c in rows]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    print(table("System", asyncio.run(run()).rows))

@@ -1,0 +1,18 @@
+"""`python -m fleet_api`: serve the gateway, or manage API keys (see `fleet_api.cli`)."""
+
+from __future__ import annotations
+
+import sys
+
+from fleet_api.cli import run
+from fleet_api.settings import ApiSettings
+from fleet_runtime.logs import configure
+
+
+def main() -> None:
+    configure("api", ApiSettings().log_level)
+    sys.exit(run(sys.argv[1:]))
+
+
+if __name__ == "__main__":
+    main()

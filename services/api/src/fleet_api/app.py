@@ -1,0 +1,129 @@
+"""The FastAPI application: routers, error envelopes, docs, and the lifespan that
+connects to NATS, ensures the streams and loads the keys and the script catalogue."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+import structlog
+from fastapi import APIRouter, FastAPI
+
+from fleet_api import docs, errors
+from fleet_api.catalogue import parse_spec
+from fleet_api.correlation import CorrelationMiddleware
+from fleet_api.keys import KeyRecord, parse_record
+from fleet_api.kv import Mirror, open_bucket
+from fleet_api.routes import events, fleet, system, tasks
+from fleet_api.settings import ApiSettings
+from fleet_api.state import Gateway
+from fleet_contracts.scripts import ScriptSpec
+from fleet_contracts.subjects import KV_API_KEYS, KV_SCRIPTS
+from fleet_runtime.bus import connect, ensure_streams
+
+log = structlog.get_logger(__name__)
+
+_LOAD_TIMEOUT_SECONDS = 10.0
+
+DESCRIPTION = """\
+TikMatrix-compatible task API for fleets of Android phones.
+
+Every response is the envelope `{"code": int, "message": str, "data": any}`; `code` 0
+is success. Errors carry a 5-digit code whose first three digits are the HTTP status
+(40001 invalid parameters, 40002 missing script_name, 40003 script not supported,
+40101 missing or unknown API key, 40301 plan without API access, 40401 not found,
+40901 wrong state, 50001 internal error, 50301 bus or scheduler unavailable).
+
+Authenticate with `Authorization: Bearer <key>` or `X-API-Key: <key>`. Every response
+carries `X-Correlation-Id` (yours, from `X-Correlation-Id` / `X-Request-Id`, or a new one).
+"""
+
+
+class StartRefused(RuntimeError):
+    """The gateway must not serve with this configuration (the message says why)."""
+
+
+def start_problem(settings: ApiSettings, keys: dict[str, KeyRecord]) -> str | None:
+    if keys or not settings.keys_required:
+        return None
+    return (
+        f"refusing to serve on {settings.api_host}: API keys are required there and none "
+        "exist; create one with `python -m fleet_api keys create --name NAME --plan pro`, "
+        "or bind to 127.0.0.1"
+    )
+
+
+async def open_gateway(settings: ApiSettings) -> Gateway:
+    nc = await connect(settings.nats_url, "fleet-api")
+    try:
+        js = nc.jetstream()
+        await ensure_streams(js)
+        keys: Mirror[KeyRecord] = Mirror(KV_API_KEYS, parse_record)
+        scripts: Mirror[ScriptSpec] = Mirror(KV_SCRIPTS, parse_spec)
+        await keys.start(await open_bucket(js, KV_API_KEYS))
+        await scripts.start(await open_bucket(js, KV_SCRIPTS))
+        await asyncio.wait_for(keys.loaded.wait(), _LOAD_TIMEOUT_SECONDS)
+        await asyncio.wait_for(scripts.loaded.wait(), _LOAD_TIMEOUT_SECONDS)
+    except BaseException:
+        await nc.close()
+        raise
+    gw = Gateway(settings=settings, nc=nc, js=js, keys=keys, scripts=scripts)
+    problem = start_problem(settings, keys.entries)
+    if problem:
+        await close_gateway(gw)
+        raise StartRefused(problem)
+    return gw
+
+
+async def close_gateway(gw: Gateway) -> None:
+    await gw.keys.stop()
+    await gw.scripts.stop()
+    with contextlib.suppress(Exception):
+        await gw.nc.close()
+
+
+@contextlib.asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    settings: ApiSettings = app.state.settings
+    gw = await open_gateway(settings)
+    if not gw.keys.entries:
+        log.warning(
+            "keys.none",
+            message=f"no API keys are configured: open access, serving loopback "
+            f"{settings.api_host} only; create one with `python -m fleet_api keys create`",
+        )
+    log.info(
+        "api.ready",
+        host=settings.api_host,
+        port=settings.api_port,
+        keys=len(gw.keys.entries),
+        plugins=sorted(gw.scripts.entries),
+    )
+    app.state.gateway = gw
+    try:
+        yield
+    finally:
+        await close_gateway(gw)
+        log.info("api.stopped")
+
+
+def create_app(settings: ApiSettings | None = None) -> FastAPI:
+    app = FastAPI(
+        title="Fleet task API (TikMatrix-compatible)",
+        version="1.0.0",
+        description=DESCRIPTION,
+        lifespan=lifespan,
+    )
+    app.state.settings = settings or ApiSettings()
+    api = APIRouter(prefix="/api/v1")
+    api.include_router(tasks.router)
+    api.include_router(fleet.router)
+    api.include_router(events.router)
+    app.include_router(system.router)
+    app.include_router(api)
+    app.include_router(system.probes)
+    errors.install(app)
+    docs.install(app)
+    app.add_middleware(CorrelationMiddleware)
+    return app

@@ -1,0 +1,1 @@
+"""The REST endpoints under /api/v1, one module per resource."""

@@ -1,0 +1,101 @@
+"""Beyond the seeds: the devices the agents report, the accounts on them, and the
+script catalogue (built-ins and plugins, each with its config JSON Schema)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Body, Path, Query, Request
+
+from fleet_api.catalogue import all_specs
+from fleet_api.docs import errors
+from fleet_api.routes.params import NO_NUL, ApiCaller, CorrelationId, Text
+from fleet_api.scheduler import ask, run_command
+from fleet_api.state import gateway
+from fleet_contracts.commands import RegisterAccount, RemoveAccount
+from fleet_contracts.envelope import Envelope
+from fleet_contracts.queries import ListAccounts, ListDevices
+from fleet_contracts.rest import AccountRequest, AccountView, DeviceView
+from fleet_contracts.scripts import ScriptSpec
+
+router = APIRouter()
+
+
+@router.get(
+    "/device",
+    tags=["devices"],
+    summary="Devices: serial, agent/host, model, online, busy, current task",
+    response_model=Envelope[list[DeviceView]],
+    responses=errors(),
+)
+async def list_devices(
+    request: Request,
+    caller: ApiCaller,
+    cid: CorrelationId,
+    online: Annotated[
+        bool | None, Query(description="only online (true) or offline (false)")
+    ] = None,
+) -> Envelope[list[DeviceView]]:
+    data = await ask(gateway(request), ListDevices(online=online, correlation_id=cid))
+    return Envelope(data=[DeviceView.model_validate(item) for item in data or []])
+
+
+@router.get(
+    "/account",
+    tags=["accounts"],
+    summary="Accounts and the device each is signed in on",
+    response_model=Envelope[list[AccountView]],
+    responses=errors(),
+)
+async def list_accounts(
+    request: Request, caller: ApiCaller, cid: CorrelationId, serial: Text = None
+) -> Envelope[list[AccountView]]:
+    data = await ask(gateway(request), ListAccounts(serial=serial, correlation_id=cid))
+    return Envelope(data=[AccountView.model_validate(item) for item in data or []])
+
+
+@router.post(
+    "/account",
+    tags=["accounts"],
+    summary="Tie a username to the device that holds it (for username mode)",
+    response_model=Envelope[dict[str, Any]],
+    responses=errors(),
+)
+async def register_account(
+    request: Request,
+    body: Annotated[AccountRequest, Body()],
+    caller: ApiCaller,
+    cid: CorrelationId,
+) -> Envelope[dict[str, Any]]:
+    command = RegisterAccount(account=body, actor=caller.actor, correlation_id=cid)
+    data = await run_command(gateway(request), command)
+    return Envelope(data=data if isinstance(data, dict) else {"result": data})
+
+
+@router.delete(
+    "/account/{username}",
+    tags=["accounts"],
+    summary="Forget an account registered through the API",
+    response_model=Envelope[dict[str, Any]],
+    responses=errors(404),
+)
+async def remove_account(
+    request: Request,
+    username: Annotated[str, Path(min_length=1, max_length=200, pattern=NO_NUL)],
+    caller: ApiCaller,
+    cid: CorrelationId,
+) -> Envelope[dict[str, Any]]:
+    command = RemoveAccount(username=username, actor=caller.actor, correlation_id=cid)
+    data = await run_command(gateway(request), command)
+    return Envelope(data=data if isinstance(data, dict) else {"result": data})
+
+
+@router.get(
+    "/script",
+    tags=["scripts"],
+    summary="The script catalogue with each script's config JSON Schema",
+    response_model=Envelope[list[ScriptSpec]],
+    responses=errors(),
+)
+async def list_scripts(request: Request, caller: ApiCaller) -> Envelope[list[ScriptSpec]]:
+    return Envelope(data=all_specs(gateway(request).scripts.entries))

@@ -1,0 +1,25 @@
+"""Parameter types shared by the routers: task ids, safe filter strings, the caller."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Path, Query, Request
+
+from fleet_api.auth import Caller, api_caller
+from fleet_api.correlation import correlation_id
+
+MAX_ID = 2**63 - 1
+# Text that reaches PostgreSQL may not hold NUL; refuse it here as a 400.
+NO_NUL = r"^[^\x00]*$"
+
+TaskId = Annotated[int, Path(ge=1, le=MAX_ID, description="the task's id", examples=[101])]
+Text = Annotated[str | None, Query(max_length=200, pattern=NO_NUL)]
+ApiCaller = Annotated[Caller, Depends(api_caller)]
+
+
+def request_id(request: Request) -> str:
+    return correlation_id(request.scope)
+
+
+CorrelationId = Annotated[str, Depends(request_id)]

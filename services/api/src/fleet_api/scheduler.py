@@ -1,0 +1,164 @@
+"""Talking to the schedulers over NATS: queries (request/reply) and commands
+(JetStream publish, answer on an inbox), each bounded by a deadline.
+
+Nothing here waits without a limit: a bus that is down, a stream that refuses, or a
+scheduler that does not answer becomes a 503 (code 50301) that says which of those
+happened and whether the command may still be applied.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Any
+
+import nats.errors
+import nats.js.errors
+import structlog
+from pydantic import ValidationError
+
+from fleet_api.errors import ApiError, unavailable
+from fleet_api.state import Gateway
+from fleet_contracts.codes import ErrorCode
+from fleet_contracts.commands import AnyCommand, CommandResult, Reply, subject_for
+from fleet_contracts.queries import QUERY_SUBJECTS, GetCommandResult, Ping, Query
+from fleet_contracts.subjects import HDR_REPLY_TO
+from fleet_runtime.bus import ensure_streams, headers_for
+
+log = structlog.get_logger(__name__)
+
+PING_TIMEOUT_SECONDS = 1.0
+_RESULT_POLL_SECONDS = 0.1
+
+
+def _require_bus(gw: Gateway) -> None:
+    if not gw.nc.is_connected:
+        raise unavailable("the message bus (NATS) is not reachable; try again shortly")
+
+
+async def ask(gw: Gateway, query: Query, within: float | None = None) -> Any:
+    """The `data` of the scheduler's answer to `query`; its error as an ApiError."""
+    subject = QUERY_SUBJECTS[type(query)]
+    limit = within if within is not None else gw.settings.api_query_timeout_seconds
+    _require_bus(gw)
+    try:
+        msg = await gw.nc.request(subject, query.to_bytes(), timeout=limit)
+    except nats.errors.NoRespondersError as exc:
+        raise unavailable(
+            f"no scheduler is running (nobody answers {subject}); start fleet_scheduler"
+        ) from exc
+    except (nats.errors.TimeoutError, TimeoutError) as exc:
+        raise unavailable(f"no scheduler answered {subject} within {limit:g}s") from exc
+    except nats.errors.Error as exc:
+        raise unavailable(f"the message bus (NATS) failed: {exc}") from exc
+    try:
+        reply = Reply.model_validate_json(msg.data)
+    except ValidationError as exc:
+        raise ApiError(
+            ErrorCode.INTERNAL, f"the scheduler sent an unreadable reply to {subject}"
+        ) from exc
+    if not reply.ok:
+        raise ApiError.from_reply(reply)
+    return reply.data
+
+
+async def recorded_result(
+    gw: Gateway, command_id: str, within: float | None = None
+) -> CommandResult | None:
+    """The result the schedulers recorded for `command_id`, or None if not handled yet."""
+    try:
+        data = await ask(gw, GetCommandResult(command_id=command_id), within)
+    except ApiError as exc:
+        if exc.code == ErrorCode.NOT_FOUND:
+            return None
+        raise
+    return CommandResult.model_validate(data)
+
+
+async def _publish(gw: Gateway, command: AnyCommand, inbox: str, within: float) -> bool:
+    """Publish to COMMANDS; True when JetStream says the id was seen already."""
+    headers = headers_for(command, **{HDR_REPLY_TO: inbox})
+    for attempt in (1, 2):
+        try:
+            ack = await gw.js.publish(
+                subject_for(command), command.to_bytes(), timeout=within, headers=headers
+            )
+            return bool(ack.duplicate)
+        except nats.js.errors.NoStreamResponseError as exc:
+            # The server lost its state (restart without storage): make the streams again.
+            if attempt == 2:
+                raise unavailable("the COMMANDS stream does not answer") from exc
+            log.warning("command.stream_missing", command_id=command.message_id)
+            await ensure_streams(gw.js)
+        except (nats.errors.TimeoutError, TimeoutError) as exc:
+            raise unavailable(
+                f"the COMMANDS stream did not confirm within {within:g}s; nothing was sent"
+            ) from exc
+        except nats.errors.Error as exc:
+            raise unavailable(f"the message bus (NATS) failed: {exc}") from exc
+    raise AssertionError("unreachable")
+
+
+def _still_pending(command: AnyCommand, keyed: bool, timeout: float) -> ApiError:
+    hint = (
+        "retry with the same Idempotency-Key to read its result"
+        if keyed
+        else "it will still be applied when a scheduler picks it up"
+    )
+    return unavailable(
+        f"command accepted under id {command.message_id} but no scheduler answered "
+        f"within {timeout:g}s; {hint}"
+    )
+
+
+async def run_command(gw: Gateway, command: AnyCommand, *, keyed: bool = False) -> Any:
+    """Send `command`, wait for its result, return the result's `data`.
+
+    `keyed` (an Idempotency-Key was given): a result recorded for the id earlier is
+    returned without sending anything; a publish JetStream reports as a duplicate means
+    the first one is in flight, so its result is polled for until the deadline.
+    """
+    timeout = gw.settings.api_command_timeout_seconds
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    _require_bus(gw)
+    if keyed:
+        earlier = await recorded_result(gw, command.message_id, PING_TIMEOUT_SECONDS)
+        if earlier is not None:
+            log.info("command.replayed", command_id=command.message_id)
+            return _unwrap(earlier)
+    else:
+        # Fail fast when no scheduler runs, rather than queue a command nobody will see soon.
+        await ask(gw, Ping(), PING_TIMEOUT_SECONDS)
+    inbox = gw.nc.new_inbox()
+    sub = await gw.nc.subscribe(inbox, max_msgs=1)
+    try:
+        duplicate = await _publish(gw, command, inbox, max(0.1, deadline - loop.time()))
+        log.info(
+            "command.sent", command_id=command.message_id, type=command.type, duplicate=duplicate
+        )
+        if duplicate:
+            while loop.time() < deadline:
+                earlier = await recorded_result(gw, command.message_id, PING_TIMEOUT_SECONDS)
+                if earlier is not None:
+                    return _unwrap(earlier)
+                await asyncio.sleep(_RESULT_POLL_SECONDS)
+            raise _still_pending(command, keyed, timeout)
+        try:
+            msg = await sub.next_msg(timeout=max(0.01, deadline - loop.time()))
+            return _unwrap(CommandResult.model_validate_json(msg.data))
+        except (nats.errors.TimeoutError, TimeoutError):
+            pass
+    finally:
+        with contextlib.suppress(nats.errors.Error):
+            await sub.unsubscribe()
+    late = await recorded_result(gw, command.message_id, PING_TIMEOUT_SECONDS)
+    if late is not None:
+        return _unwrap(late)
+    raise _still_pending(command, keyed, timeout)
+
+
+def _unwrap(result: CommandResult) -> Any:
+    if not result.ok:
+        raise ApiError.from_reply(result)
+    return result.data

@@ -1,0 +1,349 @@
+"""The agent process: bus wiring, device inventory, heartbeats, run/stop requests.
+
+`Agent(settings)` starts with `await agent.start()` (or `async with`) and ends with
+`await agent.stop()`, which ends running scripts as failed with "agent stopping" first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import random
+from types import TracebackType
+from typing import Self
+
+import structlog
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+from nats.js import JetStreamContext
+from nats.js.errors import BadRequestError, BucketNotFoundError
+from nats.js.kv import KeyValue
+from pydantic import ValidationError
+
+from fleet_contracts.agent import (
+    AccountsReport,
+    AgentReply,
+    AgentStartedReport,
+    DeviceConnectedReport,
+    DeviceDisconnectedReport,
+    DeviceInfo,
+    Heartbeat,
+    RunTask,
+    StopRun,
+)
+from fleet_contracts.subjects import (
+    KV_SCRIPTS,
+    agent_run_subject,
+    agent_stop_subject,
+    heartbeat_subject,
+    token,
+)
+from fleet_runtime.bus import connect, ensure_streams
+from fleet_runtime.logs import bind_correlation
+from fleet_agent.driver import Driver
+from fleet_agent.phone import Phone
+from fleet_agent.reports import publish_many, publish_report
+from fleet_agent.runs import DEVICE_DISCONNECTED, Runner
+from fleet_agent.scripts import Script, ScriptHost, discover, spec_of
+from fleet_agent.settings import AgentSettings
+from fleet_agent.sim import SimDriver
+
+log = structlog.get_logger(__name__)
+
+
+def sim_control_subject(agent_id: str, action: str) -> str:
+    """`sim.<agent>.unplug|plug`: pull or plug a simulated phone's cable (tests, demos)."""
+    return f"sim.{token(agent_id)}.{action}"
+
+
+def choose_driver(settings: AgentSettings) -> Driver:
+    sim = SimDriver(
+        settings.agent_sim_devices, settings.agent_sim_serial_prefix, settings.agent_sim_speed
+    )
+    if settings.agent_driver == "sim":
+        return sim
+    from fleet_agent.adb import AdbDriver, adb_has_devices
+
+    host, port = settings.adb_host_port
+    if settings.agent_driver == "adb" or adb_has_devices(host, port):
+        return AdbDriver(host, port, ui_timeout=settings.agent_ui_timeout_seconds)
+    log.info("driver.sim_fallback", reason=f"no adb device at {host}:{port}")
+    return sim
+
+
+class Agent:
+    def __init__(
+        self,
+        settings: AgentSettings,
+        *,
+        driver: Driver | None = None,
+        scripts: dict[str, Script] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.agent_id = settings.agent_id
+        self._driver_override = driver
+        self._scripts_override = scripts
+        self._driver: Driver | None = None
+        self._nc: Client | None = None
+        self._js: JetStreamContext | None = None
+        self._runner: Runner | None = None
+        self._devices: dict[str, DeviceInfo] = {}
+        self._accounts: dict[str, list[dict[str, str]]] = {}
+        self._scripts: dict[str, Script] = {}
+        self._subs: list[Subscription] = []
+        self._heartbeat: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+    @property
+    def driver(self) -> Driver:
+        assert self._driver is not None, "agent not started"
+        return self._driver
+
+    @property
+    def runner(self) -> Runner:
+        assert self._runner is not None, "agent not started"
+        return self._runner
+
+    @property
+    def js(self) -> JetStreamContext:
+        assert self._js is not None, "agent not started"
+        return self._js
+
+    @property
+    def nc(self) -> Client:
+        assert self._nc is not None, "agent not started"
+        return self._nc
+
+    async def start(self) -> None:
+        s = self.settings
+        with bind_correlation(None, agent_id=self.agent_id):
+            self._nc = await connect(
+                s.nats_url, f"fleet-agent-{self.agent_id}", on_reconnected=self._reconnected
+            )
+            self._js = self._nc.jetstream()
+            await ensure_streams(self._js)
+            host = ScriptHost(
+                agent_id=self.agent_id,
+                material_roots=tuple(s.agent_material_roots),
+                material_library=s.agent_material_library,
+                rng=random.Random(),
+                ui_timeout=s.agent_ui_timeout_seconds,
+            )
+            self._scripts = (
+                self._scripts_override if self._scripts_override is not None else discover(host)
+            )
+            await self._publish_catalogue()
+            self._driver = self._driver_override or choose_driver(s)
+            self._runner = Runner(
+                agent_id=self.agent_id,
+                js=self._js,
+                scripts=self._scripts,
+                phone_of=self._phone_of,
+                platform_of=self._platform_of,
+                screenshot_dir=s.agent_screenshot_dir,
+                max_parallel=s.agent_max_parallel,
+            )
+            devices = await self._driver.start(self)
+            self._devices = {d.serial: d for d in devices}
+            await publish_report(
+                self._js,
+                AgentStartedReport(
+                    agent_id=self.agent_id,
+                    host=s.agent_host,
+                    devices=devices,
+                    scripts=[
+                        spec_of(script, builtin=name == "post")
+                        for name, script in sorted(self._scripts.items())
+                    ],
+                ),
+            )
+            await publish_many(self._js, [await self._accounts_report(d.serial) for d in devices])
+            nc = self._nc
+            self._subs = [
+                await nc.subscribe(agent_run_subject(self.agent_id), cb=self._on_run),
+                await nc.subscribe(agent_stop_subject(self.agent_id), cb=self._on_stop),
+            ]
+            if isinstance(self._driver, SimDriver):
+                for action in ("unplug", "plug"):
+                    self._subs.append(
+                        await nc.subscribe(
+                            sim_control_subject(self.agent_id, action), cb=self._on_sim
+                        )
+                    )
+            self._heartbeat = asyncio.create_task(self._heartbeats(), name="heartbeats")
+            log.info(
+                "agent.started",
+                driver=self._driver.name,
+                devices=len(devices),
+                scripts=sorted(self._scripts),
+            )
+
+    async def stop(self) -> None:
+        if self._nc is None:
+            return
+        with bind_correlation(None, agent_id=self.agent_id):
+            for sub in self._subs:
+                with contextlib.suppress(Exception):
+                    await sub.unsubscribe()
+            self._subs = []
+            if self._runner is not None:
+                await self._runner.end_all("agent stopping")
+            if self._heartbeat is not None:
+                self._heartbeat.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._heartbeat
+            if self._driver is not None:
+                await self._driver.stop()
+            with contextlib.suppress(Exception):
+                await self._nc.drain()
+            self._nc = None
+            log.info("agent.stopped")
+
+    # Inventory -----------------------------------------------------------------------
+    def _phone_of(self, serial: str) -> Phone | None:
+        if serial not in self._devices:
+            return None
+        return self.driver.phone(serial)
+
+    def _platform_of(self, serial: str, username: str | None) -> str | None:
+        for account in self._accounts.get(serial, []):
+            if account.get("username") == username:
+                return account.get("platform")
+        return None
+
+    async def _accounts_report(self, serial: str) -> AccountsReport:
+        accounts = await self.driver.accounts(serial)
+        self._accounts[serial] = accounts
+        return AccountsReport(agent_id=self.agent_id, serial=serial, accounts=accounts)
+
+    async def device_connected(self, info: DeviceInfo) -> None:
+        with bind_correlation(None, agent_id=self.agent_id, serial=info.serial):
+            self._devices[info.serial] = info
+            log.info("device.connected", model=info.model, android=info.android_version)
+            await publish_report(
+                self.js,
+                DeviceConnectedReport(
+                    agent_id=self.agent_id, host=self.settings.agent_host, device=info
+                ),
+            )
+            await publish_report(self.js, await self._accounts_report(info.serial))
+
+    async def device_disconnected(self, serial: str, reason: str) -> None:
+        with bind_correlation(None, agent_id=self.agent_id, serial=serial):
+            log.info("device.disconnected", reason=reason)
+            await self.runner.end_on(serial, DEVICE_DISCONNECTED)
+            self._devices.pop(serial, None)
+            self._accounts.pop(serial, None)
+            await publish_report(
+                self.js,
+                DeviceDisconnectedReport(agent_id=self.agent_id, serial=serial, reason=reason),
+            )
+
+    # Bus -----------------------------------------------------------------------------
+    async def _publish_catalogue(self) -> None:
+        plugins = [spec_of(script) for name, script in self._scripts.items() if name != "post"]
+        if not plugins:
+            return
+        kv = await self._scripts_bucket()
+        for spec in plugins:
+            await kv.put(spec.name, spec.model_dump_json().encode())
+
+    async def _scripts_bucket(self) -> KeyValue:
+        try:
+            return await self.js.key_value(KV_SCRIPTS)
+        except BucketNotFoundError:
+            pass
+        try:
+            return await self.js.create_key_value(bucket=KV_SCRIPTS)
+        except BadRequestError:
+            # Another service created it between our two calls.
+            return await self.js.key_value(KV_SCRIPTS)
+
+    async def _reconnected(self) -> None:
+        # A NATS restarted without its state has lost the streams and the catalogue.
+        try:
+            await ensure_streams(self.js)
+            await self._publish_catalogue()
+        except Exception as exc:
+            log.warning("agent.reconnect_setup_failed", error=str(exc))
+
+    async def _heartbeats(self) -> None:
+        interval = self.settings.agent_heartbeat_seconds
+        subject = heartbeat_subject(self.agent_id)
+        while True:
+            beat = Heartbeat(
+                agent_id=self.agent_id,
+                host=self.settings.agent_host,
+                devices=[self.runner.status(serial) for serial in self._devices],
+                interval_seconds=interval,
+            )
+            try:
+                await self.nc.publish(subject, beat.to_bytes())
+            except Exception as exc:
+                log.warning("heartbeat.failed", error=str(exc))
+            await asyncio.sleep(interval)
+
+    async def _reply(self, msg: Msg, reply: AgentReply) -> None:
+        if msg.reply:
+            with contextlib.suppress(Exception):
+                await msg.respond(reply.model_dump_json().encode())
+
+    async def _on_run(self, msg: Msg) -> None:
+        try:
+            request = RunTask.from_bytes(msg.data)
+        except ValidationError as exc:
+            await self._reply(msg, AgentReply(accepted=False, reason=f"bad RunTask: {exc}"))
+            return
+        with bind_correlation(
+            request.correlation_id, task_id=request.task_id, serial=request.serial
+        ):
+            reply = self.runner.accept(request)
+            if not reply.accepted:
+                log.info("run.refused", reason=reply.reason)
+            await self._reply(msg, reply)
+
+    async def _on_stop(self, msg: Msg) -> None:
+        try:
+            request = StopRun.from_bytes(msg.data)
+        except ValidationError as exc:
+            await self._reply(msg, AgentReply(accepted=False, reason=f"bad StopRun: {exc}"))
+            return
+        with bind_correlation(request.correlation_id, task_id=request.task_id):
+            log.info("run.stop_requested", reason=request.reason)
+            await self._reply(msg, self.runner.stop(request))
+
+    async def _on_sim(self, msg: Msg) -> None:
+        driver = self.driver
+        assert isinstance(driver, SimDriver)
+        action = msg.subject.rsplit(".", 1)[-1]
+        try:
+            serial = str(json.loads(msg.data)["serial"])
+        except (ValueError, KeyError, TypeError):
+            await self._reply(
+                msg, AgentReply(accepted=False, reason='body must be {"serial": ...}')
+            )
+            return
+        if not driver.known(serial):
+            await self._reply(
+                msg, AgentReply(accepted=False, reason=f"no simulated device {serial}")
+            )
+            return
+        # The answer comes once the reports are out, so a caller can read them next.
+        if action == "unplug":
+            await driver.unplug(serial)
+        else:
+            await driver.plug(serial)
+        await self._reply(msg, AgentReply(accepted=True))

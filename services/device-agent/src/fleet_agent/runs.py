@@ -1,0 +1,270 @@
+"""Running scripts on phones: accepting run requests, stopping, and reporting outcomes.
+
+One run per phone at a time. A phone stays busy from the accepted run request until
+its script has actually ended (a stop or an unplug included); only then is the outcome
+reported, so the scheduler never hands a phone a new task while the old script still
+holds it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import structlog
+from nats.js import JetStreamContext
+from pydantic import ValidationError
+
+from fleet_contracts.agent import (
+    AgentReply,
+    DeviceStatus,
+    Report,
+    RunTask,
+    StopRun,
+    TaskCompletedReport,
+    TaskFailedReport,
+    TaskProgressReport,
+    TaskStartedReport,
+)
+from fleet_contracts.validation import describe
+from fleet_runtime.logs import bind_correlation
+from fleet_agent.phone import DeviceGoneError, Phone, PhoneError
+from fleet_agent.reports import publish_report
+from fleet_agent.scripts import Cancelled, CancelToken, Script, ScriptFailure, Target
+
+log = structlog.get_logger(__name__)
+
+SCREENSHOT_TIMEOUT = 10.0
+STOPPED = "stopped"
+DEVICE_DISCONNECTED = "device disconnected"
+AGENT_STOPPING = "agent stopping"
+
+
+@dataclass
+class Run:
+    request: RunTask
+    token: CancelToken = field(default_factory=CancelToken)
+    job: asyncio.Task[None] | None = None
+    stop_requested: bool = False
+
+
+class Runner:
+    """The runs of one agent, keyed by serial."""
+
+    def __init__(
+        self,
+        *,
+        agent_id: str,
+        js: JetStreamContext,
+        scripts: dict[str, Script],
+        phone_of: Callable[[str], Phone | None],
+        platform_of: Callable[[str, str | None], str | None],
+        screenshot_dir: Path,
+        max_parallel: int | None = None,
+    ) -> None:
+        self._agent_id = agent_id
+        self._js = js
+        self._scripts = scripts
+        self._phone_of = phone_of
+        self._platform_of = platform_of
+        self._screenshot_dir = screenshot_dir
+        self._max_parallel = max_parallel
+        self._runs: dict[str, Run] = {}
+
+    def status(self, serial: str) -> DeviceStatus:
+        run = self._runs.get(serial)
+        return DeviceStatus(
+            serial=serial,
+            busy=run is not None,
+            task_id=run.request.task_id if run is not None else None,
+        )
+
+    def running(self) -> list[RunTask]:
+        return [run.request for run in self._runs.values()]
+
+    def accept(self, request: RunTask) -> AgentReply:
+        """Decide at once whether this agent takes the run; start it if so."""
+        current = self._runs.get(request.serial)
+        if current is not None:
+            same = (current.request.task_id, current.request.dispatch_id)
+            if same == (request.task_id, request.dispatch_id):
+                log.info("run.duplicate_ignored", task_id=request.task_id)
+                return AgentReply(accepted=True, reason="already running")
+            return AgentReply(
+                accepted=False, reason=f"device busy with task {current.request.task_id}"
+            )
+        phone = self._phone_of(request.serial)
+        if phone is None:
+            return AgentReply(
+                accepted=False,
+                reason=f"device {request.serial} is not attached to agent {self._agent_id}",
+            )
+        if request.script_name not in self._scripts:
+            return AgentReply(
+                accepted=False,
+                reason=f"script {request.script_name!r} not installed on agent {self._agent_id}",
+            )
+        if self._max_parallel is not None and len(self._runs) >= self._max_parallel:
+            return AgentReply(
+                accepted=False,
+                reason=(
+                    f"agent {self._agent_id} already runs {len(self._runs)} scripts "
+                    f"(FLEET_AGENT_MAX_PARALLEL={self._max_parallel})"
+                ),
+            )
+        run = Run(request)
+        self._runs[request.serial] = run
+        run.job = asyncio.create_task(self._execute(run, phone), name=f"task-{request.task_id}")
+        return AgentReply(accepted=True)
+
+    def stop(self, request: StopRun) -> AgentReply:
+        """Cancel the task's script; its failed report follows when it has ended."""
+        for run in self._runs.values():
+            if run.request.task_id != request.task_id:
+                continue
+            if request.dispatch_id and request.dispatch_id != run.request.dispatch_id:
+                continue
+            run.stop_requested = True
+            self._cancel(run, request.reason or STOPPED)
+            return AgentReply(accepted=True)
+        return AgentReply(accepted=True, reason=f"task {request.task_id} is not running here")
+
+    async def end_on(self, serial: str, reason: str) -> None:
+        """Cancel the run on `serial` (if any) and wait until its outcome is reported."""
+        run = self._runs.get(serial)
+        if run is None or run.job is None:
+            return
+        self._cancel(run, reason)
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.shield(run.job)
+
+    async def end_all(self, reason: str) -> None:
+        jobs = [run.job for run in self._runs.values() if run.job is not None]
+        for run in list(self._runs.values()):
+            self._cancel(run, reason)
+        if jobs:
+            await asyncio.gather(*jobs, return_exceptions=True)
+
+    def _cancel(self, run: Run, reason: str) -> None:
+        run.token.cancel(reason)
+        if run.job is not None and not run.job.done():
+            run.job.cancel()
+
+    async def _execute(self, run: Run, phone: Phone) -> None:
+        request = run.request
+        with bind_correlation(
+            request.correlation_id, task_id=request.task_id, serial=request.serial
+        ):
+            try:
+                outcome = await self._attempt(run, phone)
+            except asyncio.CancelledError:
+                outcome = self._ended_by_cancel(run)
+            # The phone is free once the script has ended, before the scheduler hears.
+            if self._runs.get(request.serial) is run:
+                del self._runs[request.serial]
+            if isinstance(outcome, TaskFailedReport):
+                log.info("run.failed", reason=outcome.reason, stopped=outcome.stopped)
+            else:
+                log.info("run.completed")
+            await publish_report(self._js, outcome)
+
+    def _ended_by_cancel(self, run: Run) -> TaskFailedReport:
+        reason = run.token.reason or STOPPED
+        return self._failed(run, reason, stopped=run.stop_requested)
+
+    def _failed(
+        self, run: Run, reason: str, *, stopped: bool = False, screenshot: Path | None = None
+    ) -> TaskFailedReport:
+        return TaskFailedReport(
+            agent_id=self._agent_id,
+            task_id=run.request.task_id,
+            dispatch_id=run.request.dispatch_id,
+            reason=reason,
+            stopped=stopped,
+            screenshot=str(screenshot) if screenshot else None,
+            **run.request.caused(),
+        )
+
+    async def _attempt(self, run: Run, phone: Phone) -> Report:
+        request = run.request
+        ids = request.caused()
+        script = self._scripts[request.script_name]
+        log.info("run.accepted", script=request.script_name, dispatch_id=request.dispatch_id)
+        await publish_report(
+            self._js,
+            TaskStartedReport(
+                agent_id=self._agent_id,
+                task_id=request.task_id,
+                dispatch_id=request.dispatch_id,
+                serial=request.serial,
+                **ids,
+            ),
+        )
+        try:
+            config = script.config_model.model_validate(request.script_config)
+        except ValidationError as exc:
+            return self._failed(run, describe(exc, "script_config"))
+
+        async def progress(step: str, percent: int | None, message: str) -> None:
+            log.info("run.step", step=step, percent=percent, detail=message or None)
+            await publish_report(
+                self._js,
+                TaskProgressReport(
+                    agent_id=self._agent_id,
+                    task_id=request.task_id,
+                    dispatch_id=request.dispatch_id,
+                    step=step,
+                    percent=percent,
+                    message=message,
+                    **ids,
+                ),
+            )
+
+        target = Target(
+            phone=phone,
+            task_id=request.task_id,
+            username=request.username,
+            platform=self._platform_of(request.serial, request.username),
+        )
+        try:
+            result = await script.run(target, config, progress, run.token)
+        except Cancelled:
+            return self._ended_by_cancel(run)
+        except ScriptFailure as exc:
+            shot = await self._screenshot(run, phone) if exc.on_screen else None
+            return self._failed(run, exc.reason, screenshot=shot)
+        except DeviceGoneError as exc:
+            log.warning("run.device_gone", error=str(exc))
+            return self._failed(run, DEVICE_DISCONNECTED)
+        except PhoneError as exc:
+            shot = await self._screenshot(run, phone)
+            return self._failed(run, f"phone error: {exc}", screenshot=shot)
+        except Exception as exc:
+            log.exception("run.script_crashed", script=request.script_name)
+            shot = await self._screenshot(run, phone)
+            reason = f"script {request.script_name!r} crashed: {type(exc).__name__}: {exc}"
+            return self._failed(run, reason, screenshot=shot)
+        return TaskCompletedReport(
+            agent_id=self._agent_id,
+            task_id=request.task_id,
+            dispatch_id=request.dispatch_id,
+            result=result,
+            **ids,
+        )
+
+    async def _screenshot(self, run: Run, phone: Phone) -> Path | None:
+        name = f"task-{run.request.task_id}-{run.request.dispatch_id}.png"
+        try:
+            self._screenshot_dir.mkdir(parents=True, exist_ok=True)
+            shot = await asyncio.wait_for(
+                phone.screenshot(self._screenshot_dir / name), SCREENSHOT_TIMEOUT
+            )
+        except (PhoneError, OSError, TimeoutError) as exc:
+            log.warning("run.screenshot_failed", error=str(exc))
+            return None
+        if shot is not None:
+            log.info("run.screenshot_kept", path=str(shot))
+        return shot

@@ -1,0 +1,150 @@
+"""The simulated fleet: phones that take realistic time per step and never exist.
+
+Serials are `<prefix>1` … `<prefix>N`; device n holds the TikTok accounts `sim_<n>_a`
+and `sim_<n>_b`. Every step sleeps for a typical phone duration times the speed
+factor (1.0 real time, 0 instant), so the same scripts and material checks run as
+on a phone. A phone is a plain object and a sleep, never a thread, so one process
+holds thousands. `unplug` / `plug` stand in for a cable being pulled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import structlog
+
+from fleet_contracts.agent import DeviceInfo
+from fleet_agent.driver import DeviceListener
+from fleet_agent.phone import DeviceGoneError, ElementMissingError, Selector
+
+log = structlog.get_logger(__name__)
+
+# Seconds a mid-range phone typically takes for each kind of step.
+PUSH_BASE = 0.8
+PUSH_BYTES_PER_SECOND = 20e6
+SHELL = 0.1
+APP_START = 2.5
+TAP = 0.7
+TYPE_PER_CHAR = 0.03
+TYPE_MAX = 3.0
+PRESENT = 0.3
+
+
+class SimPhone:
+    def __init__(self, serial: str, number: int, speed: float) -> None:
+        self._serial = serial
+        self.number = number
+        self.speed = speed
+        self.attached = True
+        self.pushed: dict[str, int] = {}
+
+    @property
+    def serial(self) -> str:
+        return self._serial
+
+    def info(self) -> DeviceInfo:
+        return DeviceInfo(
+            serial=self._serial,
+            model="Simulated Pixel 7",
+            android_version="14",
+            battery=40 + (self.number * 7) % 60,
+        )
+
+    async def _take(self, seconds: float) -> None:
+        if not self.attached:
+            raise DeviceGoneError(f"device {self._serial} is not attached")
+        await asyncio.sleep(seconds * self.speed)
+        if not self.attached:
+            raise DeviceGoneError(f"device {self._serial} was unplugged")
+
+    async def push(self, local: Path, remote: str) -> None:
+        size = local.stat().st_size
+        await self._take(PUSH_BASE + size / PUSH_BYTES_PER_SECOND)
+        self.pushed[remote] = size
+
+    async def shell(self, command: str) -> str:
+        await self._take(SHELL)
+        if command.startswith("rm -rf "):
+            folder = command.removeprefix("rm -rf ").strip("'")
+            self.pushed = {k: v for k, v in self.pushed.items() if not k.startswith(folder)}
+        return ""
+
+    async def app_start(self, package: str) -> None:
+        await self._take(APP_START)
+
+    async def app_stop(self, package: str) -> None:
+        await self._take(SHELL)
+
+    async def tap(self, step: str, selectors: list[Selector], timeout: float) -> None:
+        if not selectors:
+            raise ElementMissingError(step, selectors, timeout)
+        await self._take(TAP)
+
+    async def type_text(
+        self, step: str, selectors: list[Selector], text: str, timeout: float
+    ) -> None:
+        await self._take(TAP + min(TYPE_MAX, TYPE_PER_CHAR * len(text)))
+
+    async def present(self, selectors: list[Selector], timeout: float) -> bool:
+        # Optional elements (popups, volume sheet) are absent on a simulated phone.
+        await self._take(PRESENT)
+        return False
+
+    async def screenshot(self, path: Path) -> Path | None:
+        return None
+
+    async def wait(self, seconds: float) -> None:
+        await self._take(seconds)
+
+
+class SimDriver:
+    name = "sim"
+
+    def __init__(self, count: int, prefix: str, speed: float) -> None:
+        self._phones = {
+            f"{prefix}{n}": SimPhone(f"{prefix}{n}", n, speed) for n in range(1, count + 1)
+        }
+        self._listener: DeviceListener | None = None
+
+    async def start(self, listener: DeviceListener) -> list[DeviceInfo]:
+        self._listener = listener
+        return [p.info() for p in self._phones.values() if p.attached]
+
+    async def stop(self) -> None:
+        self._listener = None
+
+    def phone(self, serial: str) -> SimPhone | None:
+        phone = self._phones.get(serial)
+        return phone if phone is not None and phone.attached else None
+
+    async def accounts(self, serial: str) -> list[dict[str, str]]:
+        phone = self._phones.get(serial)
+        if phone is None:
+            return []
+        n = phone.number
+        return [
+            {"username": f"sim_{n}_a", "platform": "tiktok"},
+            {"username": f"sim_{n}_b", "platform": "tiktok"},
+        ]
+
+    def known(self, serial: str) -> bool:
+        return serial in self._phones
+
+    async def unplug(self, serial: str) -> None:
+        phone = self._phones[serial]
+        if not phone.attached:
+            return
+        phone.attached = False
+        log.info("sim.unplugged", serial=serial)
+        if self._listener is not None:
+            await self._listener.device_disconnected(serial, "unplugged")
+
+    async def plug(self, serial: str) -> None:
+        phone = self._phones[serial]
+        if phone.attached:
+            return
+        phone.attached = True
+        log.info("sim.plugged", serial=serial)
+        if self._listener is not None:
+            await self._listener.device_connected(phone.info())

@@ -1,0 +1,218 @@
+"""The command side: each command from COMMANDS handled once, its result sent after commit.
+
+A command's result is recorded under its message id in the transaction that appends
+its events; a redelivered or republished id finds that record and gets the same answer
+without anything being applied again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import asyncpg
+import structlog
+from nats.aio.msg import Msg
+from nats.js.errors import BucketNotFoundError, KeyNotFoundError
+from pydantic import ValidationError
+
+from fleet_contracts.agent import StopRun
+from fleet_contracts.codes import ErrorCode
+from fleet_contracts.commands import (
+    AnyCommand,
+    BatchDeleteTasks,
+    CommandResult,
+    CreateTasks,
+    DeleteTask,
+    RegisterAccount,
+    RemoveAccount,
+    RetryAllTasks,
+    RetryTask,
+    StopTask,
+    parse_command,
+)
+from fleet_contracts.scripts import BUILTIN_CONFIGS
+from fleet_contracts.subjects import (
+    HDR_MSG_ID,
+    HDR_REPLY_TO,
+    KV_SCRIPTS,
+    SCHEDULER_COMMANDS_CONSUMER,
+    agent_stop_subject,
+)
+from fleet_contracts.validation import describe
+from fleet_runtime.logs import bind_correlation
+
+from fleet_scheduler import handlers
+from fleet_scheduler.consumer import pull_loop
+from fleet_scheduler.context import Context
+from fleet_scheduler.errors import Rejected
+from fleet_scheduler.handlers import Outcome
+from fleet_scheduler.projections import load_tasks, task_state
+from fleet_scheduler.store import ConcurrencyError, Metadata
+from fleet_scheduler.task import StopOnAgent
+from fleet_scheduler.uow import unit_of_work
+
+log = structlog.get_logger(__name__)
+
+
+async def plugin_schemas(ctx: Context, name: str) -> dict[str, dict[str, Any]]:
+    """The JSON Schema of plugin script `name` from the `scripts` bucket, if announced."""
+    if name in BUILTIN_CONFIGS:
+        return {}
+    try:
+        kv = await ctx.js.key_value(KV_SCRIPTS)
+        entry = await kv.get(name)
+    except (BucketNotFoundError, KeyNotFoundError):
+        return {}
+    if not entry.value:
+        return {}
+    spec = json.loads(entry.value)
+    return {name: spec.get("config_schema", {})}
+
+
+async def _decide(
+    conn: asyncpg.Connection, ctx: Context, cmd: AnyCommand, plugins: dict[str, Any]
+) -> Outcome:
+    now = ctx.clock()
+    match cmd:
+        case CreateTasks():
+            config = handlers.check_script(cmd, plugins)
+            request = cmd.request
+            if request.usernames is not None:
+                rows = await conn.fetch(
+                    "SELECT username, serial FROM accounts WHERE username = ANY($1::text[])",
+                    request.usernames,
+                )
+                targets = handlers.plan_targets(
+                    cmd, set(), {}, {r["username"]: r["serial"] for r in rows}
+                )
+            else:
+                serials = request.serials or []
+                known = {
+                    r["serial"]
+                    for r in await conn.fetch(
+                        "SELECT serial FROM devices WHERE serial = ANY($1::text[])", serials
+                    )
+                }
+                by_serial: dict[str, list[str]] = {}
+                if request.enable_multi_account:
+                    for r in await conn.fetch(
+                        "SELECT username, serial FROM accounts WHERE serial = ANY($1::text[])",
+                        serials,
+                    ):
+                        by_serial.setdefault(r["serial"], []).append(r["username"])
+                targets = handlers.plan_targets(cmd, known, by_serial, {})
+            ids = [
+                r[0]
+                for r in await conn.fetch(
+                    "SELECT nextval('task_ids') FROM generate_series(1, $1)", len(targets)
+                )
+            ]
+            return handlers.create_tasks(cmd, config, targets, ids, now, ctx.settings.zone, ctx.rng)
+        case StopTask():
+            states = await load_tasks(conn, [cmd.task_id])
+            return handlers.stop_task(cmd.task_id, states.get(cmd.task_id))
+        case DeleteTask():
+            states = await load_tasks(conn, [cmd.task_id])
+            return handlers.delete_task(cmd.task_id, states.get(cmd.task_id))
+        case BatchDeleteTasks():
+            return handlers.batch_delete(cmd, await load_tasks(conn, cmd.task_ids))
+        case RetryTask():
+            states = await load_tasks(conn, [cmd.task_id])
+            return handlers.retry_task(cmd.task_id, states.get(cmd.task_id), now)
+        case RetryAllTasks():
+            rows = await conn.fetch(
+                "SELECT * FROM tasks WHERE state = 'failed' AND NOT deleted ORDER BY id FOR UPDATE"
+            )
+            return handlers.retry_all([task_state(r) for r in rows], now)
+        case RegisterAccount():
+            known = await conn.fetchval(
+                "SELECT count(*) FROM devices WHERE serial = $1", cmd.account.serial
+            )
+            return handlers.register_account(cmd, {cmd.account.serial} if known else set())
+        case RemoveAccount():
+            exists = await conn.fetchval(
+                "SELECT count(*) FROM accounts WHERE username = $1", cmd.username
+            )
+            return handlers.remove_account(cmd, bool(exists))
+    raise Rejected(ErrorCode.INVALID_PARAMETERS, f"type: unknown command {cmd.type!r}")
+
+
+async def recorded_result(conn: asyncpg.Connection, command_id: str) -> CommandResult | None:
+    raw = await conn.fetchval("SELECT result FROM command_results WHERE command_id = $1", command_id)
+    return None if raw is None else CommandResult.model_validate(raw)
+
+
+async def handle_command(ctx: Context, cmd: AnyCommand) -> tuple[CommandResult, list[StopOnAgent]]:
+    """Apply `cmd` once; return its result and what to tell agents after commit."""
+    plugins = (
+        await plugin_schemas(ctx, cmd.request.script_name) if isinstance(cmd, CreateTasks) else {}
+    )
+    metadata = Metadata(correlation_id=cmd.correlation_id, causation_id=cmd.message_id)
+    for attempt in range(5):
+        try:
+            async with unit_of_work(ctx.pool, metadata, ctx.appended) as uow:
+                seen = await recorded_result(uow.conn, cmd.message_id)
+                if seen is not None:
+                    return seen, []
+                effects: list[StopOnAgent] = []
+                try:
+                    outcome = await _decide(uow.conn, ctx, cmd, plugins)
+                    await uow.append(outcome.events)
+                    result = CommandResult(data=outcome.data, command_id=cmd.message_id)
+                    effects = outcome.effects
+                except Rejected as exc:
+                    result = CommandResult(
+                        code=int(exc.code), message=exc.message, command_id=cmd.message_id
+                    )
+                await uow.conn.execute(
+                    "INSERT INTO command_results (command_id, result) VALUES ($1, $2)",
+                    cmd.message_id,
+                    result.model_dump(mode="json"),
+                )
+            return result, effects
+        except ConcurrencyError as exc:
+            log.info("command.conflict", attempt=attempt, error=str(exc))
+    raise RuntimeError(f"command {cmd.message_id} kept conflicting")
+
+
+async def send_stops(ctx: Context, effects: list[StopOnAgent]) -> None:
+    for effect in effects:
+        stop = StopRun(task_id=effect.task_id, dispatch_id=effect.dispatch_id)
+        try:
+            await ctx.nc.request(agent_stop_subject(effect.agent_id), stop.to_bytes(), timeout=3)
+        except Exception as exc:
+            # The task is already failed; the device frees when the agent reports the
+            # script's end or when the agent is declared lost.
+            log.warning("stop.not_delivered", task_id=effect.task_id, error=str(exc))
+
+
+async def on_message(ctx: Context, msg: Msg) -> None:
+    headers = msg.headers or {}
+    reply_to = headers.get(HDR_REPLY_TO)
+    try:
+        cmd = parse_command(msg.data)
+    except ValidationError as exc:
+        message_id = headers.get(HDR_MSG_ID, "")
+        result = CommandResult(
+            code=int(ErrorCode.INVALID_PARAMETERS), message=describe(exc), command_id=message_id
+        )
+        log.warning("command.unreadable", error=result.message)
+        if reply_to:
+            await ctx.nc.publish(reply_to, result.model_dump_json().encode())
+        return
+    with bind_correlation(cmd.correlation_id, command_id=cmd.message_id, command=cmd.type):
+        result, effects = await handle_command(ctx, cmd)
+        log.info("command.handled", code=result.code)
+        if reply_to:
+            await ctx.nc.publish(reply_to, result.model_dump_json().encode())
+        if effects:
+            ctx.spawn(send_stops(ctx, effects))
+
+
+async def run(ctx: Context, stopping: asyncio.Event) -> None:
+    async def handle(msg: Msg) -> None:
+        await on_message(ctx, msg)
+
+    await pull_loop(ctx.js, "COMMANDS", SCHEDULER_COMMANDS_CONSUMER, handle, stopping)

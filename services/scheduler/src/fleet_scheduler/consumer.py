@@ -1,0 +1,83 @@
+"""A durable pull consumer loop: fetch, handle each message, then ack.
+
+The handler commits before it returns, so the ack always follows the commit; a
+message whose handling failed for an outside reason (database away) is nak'ed with
+a delay and comes back. The subscription is re-created after errors, since a NATS
+restart without state may have lost the consumer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+
+import structlog
+from nats.aio.msg import Msg
+from nats.errors import TimeoutError as NatsTimeoutError
+from nats.js import JetStreamContext
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+
+from fleet_runtime.bus import ensure_durable, ensure_streams
+
+log = structlog.get_logger(__name__)
+
+
+async def pull_loop(
+    js: JetStreamContext,
+    stream: str,
+    durable: str,
+    handle: Callable[[Msg], Awaitable[None]],
+    stopping: asyncio.Event,
+    *,
+    batch: int = 64,
+) -> None:
+    config = ConsumerConfig(
+        durable_name=durable,
+        ack_policy=AckPolicy.EXPLICIT,
+        deliver_policy=DeliverPolicy.ALL,
+        ack_wait=30,
+        max_deliver=-1,
+        max_ack_pending=10_000,
+    )
+    while not stopping.is_set():
+        try:
+            await ensure_streams(js)
+            await ensure_durable(js, stream, config)
+            sub = await js.pull_subscribe_bind(durable, stream=stream)
+        except Exception as exc:
+            log.warning("consumer.subscribe_failed", durable=durable, error=str(exc))
+            await _pause(stopping, 1.0)
+            continue
+        try:
+            while not stopping.is_set():
+                try:
+                    msgs = await sub.fetch(batch, timeout=1.0)
+                except (TimeoutError, NatsTimeoutError):
+                    continue
+                for msg in msgs:
+                    if stopping.is_set():
+                        return
+                    try:
+                        await handle(msg)
+                    except Exception as exc:
+                        log.exception("consumer.handle_failed", durable=durable, error=str(exc))
+                        await msg.nak(delay=1.0)
+                        continue
+                    await msg.ack()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.warning("consumer.fetch_failed", durable=durable, error=str(exc))
+            await _pause(stopping, 1.0)
+        finally:
+            try:
+                await sub.unsubscribe()
+            except Exception as exc:
+                log.debug("consumer.unsubscribe_failed", error=str(exc))
+
+
+async def _pause(stopping: asyncio.Event, seconds: float) -> None:
+    try:
+        await asyncio.wait_for(stopping.wait(), seconds)
+    except TimeoutError:
+        pass

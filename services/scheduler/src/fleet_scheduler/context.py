@@ -1,0 +1,52 @@
+"""What the scheduler's loops share: connections, settings, the clock, wake-ups."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+from nats.aio.client import Client
+from nats.js import JetStreamContext
+
+from fleet_contracts.agent import DeviceStatus
+
+from fleet_scheduler.settings import SchedulerSettings
+
+
+@dataclass
+class AgentSeen:
+    last_seen: datetime
+    host: str
+    devices: list[DeviceStatus]
+
+
+@dataclass
+class Context:
+    settings: SchedulerSettings
+    pool: asyncpg.Pool
+    nc: Client
+    js: JetStreamContext
+    clock: Callable[[], datetime]
+    rng: random.Random
+    started_at: datetime
+    dispatch_wake: asyncio.Event = field(default_factory=asyncio.Event)
+    relay_wake: asyncio.Event = field(default_factory=asyncio.Event)
+    heartbeats: dict[str, AgentSeen] = field(default_factory=dict)
+    """Agents heard since the last flush to the agents table."""
+    background: set[asyncio.Task[None]] = field(default_factory=set)
+
+    def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        """Run `coro` beside the loops, keeping a reference so it is not collected."""
+        task = asyncio.create_task(coro)
+        self.background.add(task)
+        task.add_done_callback(self.background.discard)
+
+    def appended(self) -> None:
+        """Called after a commit that appended events: wake whoever follows the log."""
+        self.dispatch_wake.set()
+        self.relay_wake.set()

@@ -1,0 +1,239 @@
+"""What agents observed (REPORTS stream), turned into events.
+
+Each report is handled once: its message id is recorded in the transaction that
+appends its events, and the message is acked after commit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import datetime
+
+import asyncpg
+import structlog
+from nats.aio.msg import Msg
+from pydantic import ValidationError
+
+from fleet_contracts.agent import (
+    AccountsReport,
+    AgentStartedReport,
+    AnyReport,
+    DeviceConnectedReport,
+    DeviceDisconnectedReport,
+    DeviceInfo,
+    TaskCompletedReport,
+    TaskFailedReport,
+    TaskProgressReport,
+    TaskStartedReport,
+    parse_report,
+)
+from fleet_contracts.events import AccountsReported, DeviceConnected, DeviceDisconnected
+from fleet_contracts.subjects import SCHEDULER_REPORTS_CONSUMER, device_stream_id
+from fleet_runtime.logs import bind_correlation
+
+from fleet_scheduler.consumer import pull_loop
+from fleet_scheduler.context import AgentSeen, Context
+from fleet_scheduler.handlers import Outcome
+from fleet_scheduler.projections import load_tasks, task_state
+from fleet_scheduler.store import ConcurrencyError, Metadata, NewEvent
+from fleet_scheduler.task import Task
+from fleet_scheduler.uow import UnitOfWork, unit_of_work
+
+log = structlog.get_logger(__name__)
+
+
+def connected_event(agent_id: str, host: str, device: DeviceInfo) -> NewEvent:
+    return NewEvent(
+        device_stream_id(device.serial),
+        DeviceConnected(
+            serial=device.serial,
+            agent_id=agent_id,
+            host=host,
+            model=device.model,
+            android_version=device.android_version,
+            battery=device.battery,
+        ),
+    )
+
+
+async def fail_active(
+    uow: UnitOfWork, where: str, args: list[object], reason: str
+) -> list[int]:
+    """Fail every dispatched or running task matching `where` ($1.. = args)."""
+    rows = await uow.conn.fetch(
+        f"SELECT * FROM tasks WHERE state IN ('dispatched', 'running') AND {where}"
+        " ORDER BY id FOR UPDATE",
+        *args,
+    )
+    outcome = Outcome()
+    for row in rows:
+        task = Task(task_state(row))
+        task.lost(reason)
+        outcome.take(task)
+    await uow.append(outcome.events)
+    return [r["id"] for r in rows]
+
+
+async def upsert_agent(conn: asyncpg.Connection, agent_id: str, host: str, seen: datetime) -> None:
+    await conn.execute(
+        "INSERT INTO agents (agent_id, host, last_seen, lost) VALUES ($1, $2, $3, false)"
+        " ON CONFLICT (agent_id) DO UPDATE SET host = $2,"
+        " last_seen = GREATEST(agents.last_seen, $3), lost = false",
+        agent_id,
+        host,
+        seen,
+    )
+
+
+async def _agent_started(uow: UnitOfWork, ctx: Context, report: AgentStartedReport) -> None:
+    now = ctx.clock()
+    await upsert_agent(uow.conn, report.agent_id, report.host, now)
+    ctx.heartbeats[report.agent_id] = AgentSeen(now, report.host, [])
+    # Runs handed to the agent before it restarted died with it.
+    await fail_active(
+        uow,
+        "agent_id = $1 AND dispatched_at < $2",
+        [report.agent_id, report.occurred_at],
+        f"agent lost: {report.agent_id} restarted",
+    )
+    listed = {d.serial for d in report.devices}
+    rows = await uow.conn.fetch(
+        "SELECT * FROM devices WHERE agent_id = $1 OR serial = ANY($2::text[])",
+        report.agent_id,
+        list(listed),
+    )
+    known = {r["serial"]: r for r in rows}
+    events: list[NewEvent] = []
+    for serial, row in known.items():
+        if serial not in listed and row["agent_id"] == report.agent_id and row["online"]:
+            events.append(
+                NewEvent(
+                    device_stream_id(serial),
+                    DeviceDisconnected(
+                        serial=serial, agent_id=report.agent_id, reason="not attached at restart"
+                    ),
+                )
+            )
+    for device in report.devices:
+        row = known.get(device.serial)
+        unchanged = row is not None and (
+            row["online"]
+            and row["agent_id"] == report.agent_id
+            and row["host"] == report.host
+            and row["model"] == device.model
+            and row["android_version"] == device.android_version
+            and row["battery"] == device.battery
+        )
+        if row is not None and row["busy"]:
+            # A run the device was held for (e.g. one being stopped) ended with the
+            # restart: cycling the device frees it.
+            events.append(
+                NewEvent(
+                    device_stream_id(device.serial),
+                    DeviceDisconnected(
+                        serial=device.serial, agent_id=report.agent_id, reason="agent restarted"
+                    ),
+                )
+            )
+            unchanged = False
+        if not unchanged:
+            events.append(connected_event(report.agent_id, report.host, device))
+    await uow.append(events)
+
+
+async def _task_report(uow: UnitOfWork, report: AnyReport) -> None:
+    assert isinstance(
+        report, TaskStartedReport | TaskProgressReport | TaskCompletedReport | TaskFailedReport
+    )
+    state = (await load_tasks(uow.conn, [report.task_id])).get(report.task_id)
+    if state is None:
+        log.warning("report.unknown_task", task_id=report.task_id)
+        return
+    task = Task(state)
+    match report:
+        case TaskStartedReport():
+            task.started(report.dispatch_id)
+        case TaskProgressReport():
+            task.progressed(report.dispatch_id, report.step, report.percent, report.message)
+        case TaskCompletedReport():
+            task.completed(report.dispatch_id, report.result)
+        case TaskFailedReport():
+            reason = "stopped" if report.stopped else report.reason
+            task.failed(report.dispatch_id, reason, report.screenshot)
+    outcome = Outcome()
+    outcome.take(task)
+    await uow.append(outcome.events)
+
+
+async def apply_report(uow: UnitOfWork, ctx: Context, report: AnyReport) -> None:
+    match report:
+        case AgentStartedReport():
+            await _agent_started(uow, ctx, report)
+        case DeviceConnectedReport():
+            await upsert_agent(uow.conn, report.agent_id, report.host, ctx.clock())
+            await uow.append([connected_event(report.agent_id, report.host, report.device)])
+        case DeviceDisconnectedReport():
+            await fail_active(uow, "serial = $1", [report.serial], "device disconnected")
+            await uow.append(
+                [
+                    NewEvent(
+                        device_stream_id(report.serial),
+                        DeviceDisconnected(
+                            serial=report.serial, agent_id=report.agent_id, reason=report.reason
+                        ),
+                    )
+                ]
+            )
+        case AccountsReport():
+            await uow.append(
+                [
+                    NewEvent(
+                        device_stream_id(report.serial),
+                        AccountsReported(
+                            serial=report.serial,
+                            agent_id=report.agent_id,
+                            accounts=report.accounts,
+                        ),
+                    )
+                ]
+            )
+        case _:
+            await _task_report(uow, report)
+
+
+async def handle_report(ctx: Context, report: AnyReport) -> bool:
+    """Apply `report` once; False when its id was handled before."""
+    metadata = Metadata(correlation_id=report.correlation_id, causation_id=report.message_id)
+    for attempt in range(5):
+        try:
+            async with unit_of_work(ctx.pool, metadata, ctx.appended) as uow:
+                fresh = await uow.conn.fetchval(
+                    "INSERT INTO processed_reports (message_id) VALUES ($1)"
+                    " ON CONFLICT DO NOTHING RETURNING true",
+                    report.message_id,
+                )
+                if not fresh:
+                    return False
+                await apply_report(uow, ctx, report)
+            return True
+        except ConcurrencyError as exc:
+            log.info("report.conflict", attempt=attempt, error=str(exc))
+    raise RuntimeError(f"report {report.message_id} kept conflicting")
+
+
+async def on_message(ctx: Context, msg: Msg) -> None:
+    try:
+        report = parse_report(msg.data)
+    except ValidationError as exc:
+        log.warning("report.unreadable", subject=msg.subject, error=str(exc))
+        return
+    with bind_correlation(report.correlation_id, report=report.type, agent_id=report.agent_id):
+        applied = await handle_report(ctx, report)
+        log.debug("report.handled", applied=applied)
+
+
+async def run(ctx: Context, stopping: asyncio.Event) -> None:
+    async def handle(msg: Msg) -> None:
+        await on_message(ctx, msg)
+
+    await pull_loop(ctx.js, "REPORTS", SCHEDULER_REPORTS_CONSUMER, handle, stopping)

@@ -1,0 +1,201 @@
+"""The event log: append with optimistic concurrency, read by position or stream.
+
+Two recorders keep the same contract: `PostgresRecorder` (the real log, written inside
+the caller's transaction so read models change with it) and `InMemoryRecorder` (for
+pure tests). Appends are serialized with `LOCK TABLE events IN EXCLUSIVE MODE`: a
+bigserial position is taken at insert, not at commit, so without the lock a reader
+tailing by position could pass a row whose transaction commits late.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+import asyncpg
+
+from fleet_contracts.events import AnyEvent, DomainEvent, EventEnvelope, parse_event
+from fleet_contracts.messages import new_id
+
+
+class ConcurrencyError(Exception):
+    """The stream moved on since it was read: the caller's decision is stale."""
+
+
+@dataclass(frozen=True)
+class NewEvent:
+    stream_id: str
+    event: DomainEvent
+    expected_version: int | None = None
+    """The stream's version before this event; None appends after whatever is there."""
+
+
+@dataclass(frozen=True)
+class RecordedEvent:
+    position: int
+    stream_id: str
+    version: int
+    type: str
+    data: dict[str, Any]
+    metadata: dict[str, Any]
+    recorded_at: datetime
+
+    def event(self) -> AnyEvent:
+        return parse_event(self.type, self.data)
+
+    def envelope(self) -> EventEnvelope:
+        return EventEnvelope(
+            message_id=str(self.position),
+            correlation_id=self.metadata.get("correlation_id") or new_id(),
+            causation_id=self.metadata.get("causation_id"),
+            occurred_at=self.recorded_at,
+            position=self.position,
+            stream_id=self.stream_id,
+            version=self.version,
+            type=self.type,
+            data=self.data,
+            recorded_at=self.recorded_at,
+        )
+
+
+@dataclass(frozen=True)
+class Metadata:
+    correlation_id: str = ""
+    causation_id: str | None = None
+
+    def for_event(self) -> dict[str, Any]:
+        return {
+            "message_id": new_id(),
+            "correlation_id": self.correlation_id or None,
+            "causation_id": self.causation_id,
+        }
+
+
+def _versions(events: Sequence[NewEvent], current: dict[str, int]) -> list[int]:
+    """The version each new event takes; raises when an expectation is stale."""
+    versions: list[int] = []
+    running = dict(current)
+    for new in events:
+        now = running.get(new.stream_id, 0)
+        if new.expected_version is not None and new.expected_version != now:
+            raise ConcurrencyError(
+                f"{new.stream_id} is at version {now}, expected {new.expected_version}"
+            )
+        running[new.stream_id] = now + 1
+        versions.append(now + 1)
+    return versions
+
+
+class Recorder(Protocol):
+    async def append(
+        self, events: Sequence[NewEvent], metadata: Metadata
+    ) -> list[RecordedEvent]: ...
+
+    async def read_after(self, position: int, limit: int) -> list[RecordedEvent]: ...
+
+    async def read_stream(self, stream_id: str) -> list[RecordedEvent]: ...
+
+
+@dataclass
+class InMemoryRecorder:
+    rows: list[RecordedEvent] = field(default_factory=list)
+
+    async def append(self, events: Sequence[NewEvent], metadata: Metadata) -> list[RecordedEvent]:
+        current: dict[str, int] = {}
+        for row in self.rows:
+            current[row.stream_id] = max(current.get(row.stream_id, 0), row.version)
+        versions = _versions(events, current)
+        now = datetime.now(UTC)
+        out = [
+            RecordedEvent(
+                position=len(self.rows) + i + 1,
+                stream_id=new.stream_id,
+                version=version,
+                type=str(new.event.type),  # type: ignore[attr-defined]
+                data=new.event.model_dump(mode="json", exclude={"type"}),
+                metadata=metadata.for_event(),
+                recorded_at=now,
+            )
+            for i, (new, version) in enumerate(zip(events, versions, strict=True))
+        ]
+        self.rows.extend(out)
+        return out
+
+    async def read_after(self, position: int, limit: int) -> list[RecordedEvent]:
+        return [r for r in self.rows if r.position > position][:limit]
+
+    async def read_stream(self, stream_id: str) -> list[RecordedEvent]:
+        return [r for r in self.rows if r.stream_id == stream_id]
+
+
+_COLUMNS = "position, stream_id, version, type, data, metadata, recorded_at"
+
+
+def recorded_from_row(record: asyncpg.Record) -> RecordedEvent:
+    return RecordedEvent(
+        position=record["position"],
+        stream_id=record["stream_id"],
+        version=record["version"],
+        type=record["type"],
+        data=record["data"],
+        metadata=record["metadata"],
+        recorded_at=record["recorded_at"],
+    )
+
+
+class PostgresRecorder:
+    """The log in PostgreSQL. `append` must run inside a transaction of `conn`."""
+
+    def __init__(self, conn: asyncpg.Connection) -> None:
+        self.conn = conn
+
+    async def append(self, events: Sequence[NewEvent], metadata: Metadata) -> list[RecordedEvent]:
+        if not events:
+            return []
+        await self.conn.execute("LOCK TABLE events IN EXCLUSIVE MODE")
+        streams = sorted({e.stream_id for e in events})
+        rows = await self.conn.fetch(
+            "SELECT stream_id, max(version) AS v FROM events"
+            " WHERE stream_id = ANY($1::text[]) GROUP BY stream_id",
+            streams,
+        )
+        versions = _versions(events, {r["stream_id"]: r["v"] for r in rows})
+        try:
+            inserted = await self.conn.fetch(
+                "INSERT INTO events (stream_id, version, type, data, metadata)"
+                " SELECT * FROM unnest($1::text[], $2::int[], $3::text[], $4::jsonb[], $5::jsonb[])"
+                f" RETURNING {_COLUMNS}",
+                [e.stream_id for e in events],
+                versions,
+                [str(e.event.type) for e in events],  # type: ignore[attr-defined]
+                [e.event.model_dump(mode="json", exclude={"type"}) for e in events],
+                [metadata.for_event() for _ in events],
+            )
+        except asyncpg.UniqueViolationError as exc:
+            raise ConcurrencyError(str(exc)) from exc
+        await self.conn.execute("SELECT pg_notify('fleet_events', '')")
+        return sorted((recorded_from_row(r) for r in inserted), key=lambda r: r.position)
+
+    async def read_after(self, position: int, limit: int) -> list[RecordedEvent]:
+        rows = await self.conn.fetch(
+            f"SELECT {_COLUMNS} FROM events WHERE position > $1 ORDER BY position LIMIT $2",
+            position,
+            limit,
+        )
+        return [recorded_from_row(r) for r in rows]
+
+    async def read_stream(self, stream_id: str) -> list[RecordedEvent]:
+        rows = await self.conn.fetch(
+            f"SELECT {_COLUMNS} FROM events WHERE stream_id = $1 ORDER BY version", stream_id
+        )
+        return [recorded_from_row(r) for r in rows]
+
+
+async def init_connection(conn: asyncpg.Connection) -> None:
+    """jsonb in and out as Python values, for every pooled connection."""
+    await conn.set_type_codec(
+        "jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog", format="text"
+    )

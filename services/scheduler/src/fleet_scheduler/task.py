@@ -1,0 +1,205 @@
+"""The task aggregate: a small class whose methods decide, emit events and apply them.
+
+State is loaded from the task read model (a snapshot kept in the same transaction as
+the log), and new events are appended with the loaded version as the expected one, so
+two schedulers deciding on one task at once cannot both succeed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from typing import Any
+
+from fleet_contracts.codes import ErrorCode, TaskStatus
+from fleet_contracts.events import (
+    DomainEvent,
+    TaskCompleted,
+    TaskDeleted,
+    TaskDispatched,
+    TaskFailed,
+    TaskProgressed,
+    TaskRequeued,
+    TaskRetried,
+    TaskScheduled,
+    TaskStarted,
+    TaskStopped,
+)
+
+from fleet_scheduler.errors import Rejected
+
+ACTIVE = ("dispatched", "running")
+STATUS_OF_STATE = {
+    "pending": TaskStatus.PENDING,
+    "dispatched": TaskStatus.PENDING,
+    "running": TaskStatus.RUNNING,
+    "completed": TaskStatus.COMPLETED,
+    "failed": TaskStatus.FAILED,
+}
+
+
+@dataclass(frozen=True)
+class TaskState:
+    id: int
+    serial: str
+    state: str
+    version: int
+    script_name: str = "post"
+    script_config: dict[str, Any] = field(default_factory=dict)
+    username: str | None = None
+    agent_id: str | None = None
+    dispatch_id: str | None = None
+    retry_count: int = 0
+    deleted: bool = False
+
+    @property
+    def status(self) -> TaskStatus:
+        return STATUS_OF_STATE[self.state]
+
+
+@dataclass(frozen=True)
+class StopOnAgent:
+    """After commit: ask the agent running this task to stop it."""
+
+    agent_id: str
+    task_id: int
+    dispatch_id: str
+
+
+class Task:
+    def __init__(self, state: TaskState) -> None:
+        self.state = state
+        self.loaded_version = state.version
+        self.pending: list[DomainEvent] = []
+        self.effects: list[StopOnAgent] = []
+
+    @property
+    def id(self) -> int:
+        return self.state.id
+
+    def _emit(self, event: DomainEvent) -> None:
+        self.pending.append(event)
+        self.apply(event)
+
+    def apply(self, event: DomainEvent) -> None:
+        s = self.state
+        match event:
+            case TaskDispatched():
+                s = replace(s, state="dispatched", agent_id=event.agent_id,
+                            dispatch_id=event.dispatch_id)
+            case TaskStarted():
+                s = replace(s, state="running")
+            case TaskCompleted() if s.state in ACTIVE:
+                s = replace(s, state="completed")
+            case TaskFailed() if s.state in ACTIVE:
+                s = replace(s, state="failed")
+            case TaskStopped():
+                s = replace(s, state="failed")
+            case TaskRequeued():
+                s = replace(s, state="pending")
+            case TaskRetried():
+                s = replace(s, state="pending", retry_count=event.retry_count)
+            case TaskDeleted():
+                s = replace(s, deleted=True)
+        self.state = replace(s, version=s.version + 1)
+
+    def _wrong_state(self, allowed: str) -> Rejected:
+        return Rejected(
+            ErrorCode.WRONG_STATE,
+            f"task {self.id} is {self.state.status.name.lower()}; {allowed}",
+        )
+
+    # Operator commands
+    def stop(self) -> None:
+        if self.state.state in ("completed", "failed"):
+            raise self._wrong_state("only pending or running tasks can be stopped")
+        was = self.state
+        self._emit(TaskStopped(task_id=self.id))
+        if was.state in ACTIVE and was.agent_id and was.dispatch_id:
+            self.effects.append(StopOnAgent(was.agent_id, self.id, was.dispatch_id))
+
+    def delete(self) -> None:
+        if self.state.state not in ("completed", "failed"):
+            self.stop()
+        self._emit(TaskDeleted(task_id=self.id))
+
+    def retry(self, now: datetime) -> None:
+        if self.state.state != "failed":
+            raise self._wrong_state("only failed tasks can be retried")
+        self._emit(
+            TaskRetried(task_id=self.id, retry_count=self.state.retry_count + 1, due_at=now)
+        )
+
+    # Dispatch
+    def schedule(self, due_at: datetime, reason: str, after_task_id: int | None) -> None:
+        if self.state.state == "pending":
+            self._emit(
+                TaskScheduled(
+                    task_id=self.id, due_at=due_at, reason=reason, after_task_id=after_task_id
+                )
+            )
+
+    def dispatch(self, agent_id: str, dispatch_id: str, lease_until: datetime) -> bool:
+        if self.state.state != "pending" or self.state.deleted:
+            return False
+        self._emit(
+            TaskDispatched(
+                task_id=self.id,
+                serial=self.state.serial,
+                agent_id=agent_id,
+                dispatch_id=dispatch_id,
+                lease_until=lease_until,
+            )
+        )
+        return True
+
+    def requeue(self, dispatch_id: str, reason: str, due_at: datetime) -> None:
+        if self.state.state == "dispatched" and self.state.dispatch_id == dispatch_id:
+            self._emit(
+                TaskRequeued(task_id=self.id, dispatch_id=dispatch_id, reason=reason, due_at=due_at)
+            )
+
+    # What the agent reports. A report of an older dispatch is stale and ignored; one
+    # for a task that ended meanwhile (stopped, lost) is still recorded: it frees the
+    # device, and the read model keeps the task's own ending.
+    def _current(self, dispatch_id: str) -> bool:
+        return bool(dispatch_id) and self.state.dispatch_id == dispatch_id
+
+    def started(self, dispatch_id: str) -> None:
+        if self.state.state == "dispatched" and self._current(dispatch_id):
+            self._emit(
+                TaskStarted(
+                    task_id=self.id,
+                    serial=self.state.serial,
+                    agent_id=self.state.agent_id or "",
+                    dispatch_id=dispatch_id,
+                )
+            )
+
+    def progressed(self, dispatch_id: str, step: str, percent: int | None, message: str) -> None:
+        if self.state.state == "running" and self._current(dispatch_id):
+            self._emit(
+                TaskProgressed(
+                    task_id=self.id, dispatch_id=dispatch_id, step=step, percent=percent,
+                    message=message,
+                )
+            )
+
+    def completed(self, dispatch_id: str, result: dict[str, Any]) -> None:
+        if self._current(dispatch_id):
+            self._emit(TaskCompleted(task_id=self.id, dispatch_id=dispatch_id, result=result))
+
+    def failed(self, dispatch_id: str, reason: str, screenshot: str | None = None) -> None:
+        if self._current(dispatch_id):
+            self._emit(
+                TaskFailed(
+                    task_id=self.id, dispatch_id=dispatch_id, reason=reason, screenshot=screenshot
+                )
+            )
+
+    def lost(self, reason: str) -> None:
+        """The scheduler gives up on an active run (agent lost, start never confirmed)."""
+        if self.state.state in ACTIVE:
+            self._emit(
+                TaskFailed(task_id=self.id, dispatch_id=self.state.dispatch_id or "", reason=reason)
+            )

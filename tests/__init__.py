@@ -1,0 +1,1 @@
+"""Repository-level tests: the deployment files and the whole system end to end."""

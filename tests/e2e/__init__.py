@@ -1,0 +1,1 @@
+"""Full-stack tests: every service as its own process, driven through HTTP only."""

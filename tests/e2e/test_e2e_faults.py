@@ -1,0 +1,147 @@
+"""Faults survived: every test asserts nothing accepted is lost and nothing runs twice."""
+
+from __future__ import annotations
+
+import uuid
+from collections import Counter
+from typing import Any
+
+import httpx
+import pytest
+
+from fleet_devstack.stack import AgentSpec, Stack
+from tests.e2e.conftest import StackFactory
+from tests.e2e.harness import Api, wait_until
+
+
+def post(video: str, wait: int = 0) -> dict[str, Any]:
+    return {"content_type": 0, "material_list": [video], "upload_wait_time": wait}
+
+
+def assert_ran_at_most_once(api: Api, ids: list[int]) -> None:
+    for task_id in ids:
+        history = Counter(api.history(task_id))
+        assert history["task.completed"] <= 1, (task_id, history)
+        # A task starts once per dispatch it was given; requeues and retries give more.
+        assert history["task.started"] <= 1 + history["task.requeued"] + history["task.retried"]
+
+
+def test_scheduler_killed_in_flight_and_restarted(stack: Stack, api: Api, video: str) -> None:
+    ids = api.create(
+        serials=[f"device_serial_{i}" for i in range(1, 9)], script_config=post(video, 20)
+    )
+    ids += api.create(
+        serials=[f"device_serial_{i}" for i in range(1, 9)], script_config=post(video, 20)
+    )
+    wait_until(lambda: api.ok("GET", "/task/stats")["running"] > 0, what="tasks in flight")
+    [scheduler] = stack.schedulers
+    scheduler.kill()
+    scheduler.start()
+    tasks = api.wait_all_done(ids, timeout=90)
+    assert len(tasks) == 16
+    completed = [t for t in tasks if t["status"] == 2]
+    # A task whose run command died with the scheduler may fail, but it says why.
+    assert all(t["reason"] for t in tasks if t["status"] == 3)
+    assert len(completed) >= 8
+    assert_ran_at_most_once(api, ids)
+
+
+def test_agent_killed_mid_task_fails_only_its_tasks(
+    stack_factory: StackFactory, video: str
+) -> None:
+    stack = stack_factory(
+        agents=[
+            AgentSpec(agent_id="host-1", sim_devices=2, sim_speed=0.02),
+            AgentSpec(
+                agent_id="host-2",
+                sim_devices=2,
+                sim_speed=0.02,
+                env={"FLEET_AGENT_SIM_SERIAL_PREFIX": "h2_serial_"},
+            ),
+        ]
+    )
+    api = Api(stack.api_url)
+    [lost] = api.create(serials=["device_serial_1"], script_config=post(video, 3600))
+    [kept] = api.create(serials=["h2_serial_1"], script_config=post(video, 300))
+    api.wait_status(lost, 1)
+    api.wait_status(kept, 1)
+    stack.agents["host-1"].kill()
+    failed = api.wait_status(lost, 3, timeout=20)
+    assert failed["reason"].startswith("agent lost")
+    assert api.wait_status(kept, 2, timeout=60)["status"] == 2
+    devices = {d["serial"]: d for d in api.ok("GET", "/device")}
+    assert devices["device_serial_1"]["online"] is False
+    assert devices["h2_serial_1"]["online"] is True
+    assert_ran_at_most_once(api, [lost, kept])
+
+
+def test_nats_restart_loses_no_command(stack: Stack, api: Api, video: str) -> None:
+    before = api.create(serials=["device_serial_1", "device_serial_2"], script_config=post(video))
+    stack.nats.restart()
+    # Services reconnect on their own; the gateway answers again once they have.
+    after = wait_until(
+        lambda: api.create(serials=["device_serial_3"], script_config=post(video)),
+        timeout=40,
+        interval=0.5,
+        what="a create to succeed after NATS came back",
+    )
+    tasks = api.wait_all_done(before + after, timeout=60)
+    assert [t["status"] for t in tasks] == [2, 2, 2]
+    assert_ran_at_most_once(api, before + after)
+
+
+def test_postgres_restart_gives_503_then_recovers(stack: Stack, api: Api, video: str) -> None:
+    [first] = api.create(serials=["device_serial_1"], script_config=post(video))
+    api.wait_status(first, 2)
+    stack.postgres.stop()
+    status, body = api.call("GET", "/task/stats")
+    assert (status, body["code"]) == (503, 50301)
+    # A create accepted while the database is away is not lost: it is applied later.
+    status, body = api.call(
+        "POST",
+        "/task",
+        json={"serials": ["device_serial_2"], "script_name": "post", "script_config": post(video)},
+    )
+    assert (status, body["code"]) == (503, 50301)
+    stack.postgres.start()
+    wait_until(
+        lambda: api.call("GET", "/task/stats")[0] == 200,
+        timeout=40,
+        interval=0.5,
+        what="the stats query to answer again",
+    )
+    later = wait_until(
+        lambda: (p := api.ok("GET", "/task", params={"serial": "device_serial_2"}))["total"] and p,
+        timeout=30,
+        what="the create accepted during the outage to be applied",
+    )
+    assert later["total"] == 1
+    api.wait_status(later["tasks"][0]["id"], 2)
+
+
+def test_same_create_twice_under_a_timeout_creates_once(stack: Stack, api: Api, video: str) -> None:
+    key = str(uuid.uuid4())
+    body = {
+        "serials": ["device_serial_1", "device_serial_2"],
+        "script_name": "post",
+        "script_config": post(video),
+    }
+    [scheduler] = stack.schedulers
+    scheduler.stop()
+    # The client gives up before the (stopped) scheduler could answer.
+    with pytest.raises(httpx.TimeoutException):
+        api.http.post("/task", json=body, headers={"Idempotency-Key": key}, timeout=1.0)
+    scheduler.start()
+    first = wait_until(
+        lambda: (
+            (r := api.http.post("/task", json=body, headers={"Idempotency-Key": key})).status_code
+            == 200
+            and r.json()["data"]
+        ),
+        timeout=40,
+        interval=0.5,
+        what="the retried create to answer",
+    )
+    again = api.ok("POST", "/task", json=body, headers={"Idempotency-Key": key})
+    assert again == first and first["created_count"] == 2
+    assert api.ok("GET", "/task/stats")["total"] == 2
