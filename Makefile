@@ -34,7 +34,8 @@ lint: setup
 	$(BIN)/ruff format --check .
 
 typecheck: setup
-	$(BIN)/mypy $(addprefix -p ,$(PACKAGES))
+	$(BIN)/mypy $(addprefix -p ,$(PACKAGES)) -p bench
+	$(BIN)/mypy conftest.py tests
 
 pytest: setup
 	$(BIN)/pytest

@@ -23,7 +23,7 @@ def _docker_reachable() -> bool:
     if os.environ.get("FLEET_TEST_DOCKER", "auto") == "off":
         return False
     try:
-        import docker  # type: ignore[import-untyped]
+        import docker
 
         docker.from_env(timeout=2).ping()
         return True

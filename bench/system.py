@@ -89,10 +89,11 @@ class Client:
 async def _create_many(
     client: Client, serials: list[str], total: int, config: dict[str, Any], **extra: Any
 ) -> tuple[list[int], float]:
-    """`total` tasks in calls of 100 serials, 4 calls in flight; returns ids, seconds."""
+    """`total` tasks in calls of (up to) 100 serials, 4 calls in flight; ids, seconds."""
+    size = min(100, len(serials))  # a serial may appear once per call
     batches = [
-        [serials[(i + j) % len(serials)] for j in range(min(100, total - i))]
-        for i in range(0, total, 100)
+        [serials[(i + j) % len(serials)] for j in range(min(size, total - i))]
+        for i in range(0, total, size)
     ]
     ids: list[int] = []
     sem = asyncio.Semaphore(4)

@@ -88,3 +88,10 @@ def test_nats_cluster_nodes_share_one_config() -> None:
     for node in ("nats-1", "nats-2", "nats-3"):
         assert f"nats-route://{node}:6222" in conf
         assert COMPOSE["services"][node]["command"][-1] == node
+
+
+def test_agent_env_example_sets_only_what_the_agent_reads() -> None:
+    lines = (ROOT / "deploy" / "agent.env.example").read_text().splitlines()
+    names = {line.split("=", 1)[0] for line in lines if line and not line.startswith("#")}
+    read = env_names(settings_of("fleet_agent")) | PROCESS_WIDE
+    assert names <= read, sorted(names - read)

@@ -29,7 +29,7 @@ def wait_until(
 ) -> T:
     """Poll `probe` until it returns something truthy; fail naming `what` otherwise."""
     deadline = time.monotonic() + timeout
-    last: Any = None
+    last: T | Exception | None = None
     while time.monotonic() < deadline:
         try:
             last = probe()

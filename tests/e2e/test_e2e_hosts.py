@@ -11,6 +11,7 @@ import subprocess
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
@@ -62,7 +63,7 @@ def hosts() -> Iterator[list[Host]]:
 
 
 def test_tasks_go_to_the_right_host_and_a_cut_link_fails_only_its_tasks(
-    stack_factory: StackFactory, hosts: list[Host], tmp_path
+    stack_factory: StackFactory, hosts: list[Host], tmp_path: Path
 ) -> None:
     video = tmp_path / "clip.mp4"
     video.write_bytes(b"\x00" * 512)

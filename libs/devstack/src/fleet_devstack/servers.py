@@ -127,7 +127,7 @@ class EmbeddedNats(_Child):
             "--store_dir",
             str(self.store_dir),
             "--addr",
-            self.host,
+            self.bind,
             "--port",
             str(self.port),
             "--http_port",

@@ -104,6 +104,16 @@ class ServiceProcess:
         self.stop()
         self.start()
 
+    def pause(self) -> None:
+        """SIGSTOP: the process keeps its connections but answers nothing, like a host
+        behind a stalled network."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGCONT)
+
     def _join(self) -> None:
         if self._pump is not None:
             self._pump.join(5)

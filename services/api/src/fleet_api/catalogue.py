@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import jsonschema
 from pydantic import ValidationError
 
 from fleet_api.errors import ApiError
@@ -26,7 +27,13 @@ def parse_spec(key: str, raw: bytes) -> ScriptSpec | None:
     except ValidationError:
         return None
     # A plugin may not shadow a built-in: `post` always means the contract's `post`.
-    return None if spec.name in BUILTIN_CONFIGS else spec
+    if spec.name in BUILTIN_CONFIGS:
+        return None
+    try:
+        jsonschema.Draft202012Validator.check_schema(spec.config_schema)
+    except jsonschema.SchemaError:
+        return None  # a broken schema could not check any config: leave the script out
+    return spec
 
 
 def all_specs(plugins: dict[str, ScriptSpec]) -> list[ScriptSpec]:

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import signal
 import sys
 
-import uvicorn
+from nats.aio.client import Client
 
-from fleet_api.app import create_app, start_problem
 from fleet_api.keys import create_key, revoke_keys, stored_keys
 from fleet_api.kv import open_bucket
 from fleet_api.settings import ApiSettings
@@ -23,6 +23,7 @@ from fleet_contracts.subjects import KV_API_KEYS
 from fleet_runtime.bus import connect
 
 SHUTDOWN_GRACE_SECONDS = 3
+CONNECT_SECONDS = 10
 
 
 def parser() -> argparse.ArgumentParser:
@@ -41,8 +42,32 @@ def parser() -> argparse.ArgumentParser:
     return root
 
 
+class BusUnreachable(RuntimeError):
+    pass
+
+
+async def _connect_once(settings: ApiSettings, name: str) -> Client:
+    """One connection attempt, bounded: a command line should fail, not wait forever."""
+    try:
+        return await asyncio.wait_for(
+            connect(
+                settings.nats_url,
+                name,
+                allow_reconnect=False,
+                max_reconnect_attempts=1,  # nats-py: 0 would retry forever
+                connect_timeout=3,
+            ),
+            CONNECT_SECONDS,
+        )
+    except Exception as exc:
+        reason = str(exc) or type(exc).__name__
+        raise BusUnreachable(
+            f"cannot reach NATS at {settings.nats_url} (FLEET_NATS_URL): {reason}"
+        ) from exc
+
+
 async def _keys(settings: ApiSettings, args: argparse.Namespace) -> int:
-    nc = await connect(settings.nats_url, "fleet-api-keys", max_reconnect_attempts=0)
+    nc = await _connect_once(settings, "fleet-api-keys")
     try:
         kv = await open_bucket(nc.jetstream(), KV_API_KEYS)
         if args.action == "create":
@@ -77,7 +102,17 @@ async def _keys(settings: ApiSettings, args: argparse.Namespace) -> int:
 
 
 async def _preflight(settings: ApiSettings) -> str | None:
+    """Why the gateway must not serve, if it must not; waits for NATS to come up."""
+    from fleet_api.app import start_problem
+
+    this = asyncio.current_task()
+    assert this is not None
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, this.cancel)
     nc = await connect(settings.nats_url, "fleet-api-preflight")
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.remove_signal_handler(sig)
     try:
         kv = await open_bucket(nc.jetstream(), KV_API_KEYS)
         return start_problem(settings, await stored_keys(kv))
@@ -86,7 +121,15 @@ async def _preflight(settings: ApiSettings) -> str | None:
 
 
 def serve(settings: ApiSettings) -> int:
-    problem = asyncio.run(_preflight(settings))
+    # Imported here so that the key commands start without loading the web stack.
+    import uvicorn
+
+    from fleet_api.app import create_app
+
+    try:
+        problem = asyncio.run(_preflight(settings))
+    except asyncio.CancelledError:
+        return 0  # asked to stop while waiting for NATS
     if problem:
         print(f"fleet_api: {problem}", file=sys.stderr)
         return 2
@@ -100,6 +143,10 @@ def serve(settings: ApiSettings) -> int:
         lifespan="on",
     )
     server = uvicorn.Server(config)
+    # uvicorn re-raises the stop signal once it has shut down gracefully, under the
+    # handler that was there before it; ignoring both makes a clean stop exit 0.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, signal.SIG_IGN)
     server.run()
     return 0 if server.started else 1
 
@@ -107,6 +154,10 @@ def serve(settings: ApiSettings) -> int:
 def run(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     settings = ApiSettings()
-    if args.command == "keys":
-        return asyncio.run(_keys(settings, args))
-    return serve(settings)
+    try:
+        if args.command == "keys":
+            return asyncio.run(_keys(settings, args))
+        return serve(settings)
+    except BusUnreachable as exc:
+        print(f"fleet_api: {exc}", file=sys.stderr)
+        return 3

@@ -23,6 +23,7 @@ from fleet_contracts.validation import describe_errors
 log = structlog.get_logger(__name__)
 
 _SOURCES = ("body", "query", "path", "header", "cookie")
+_NOT_AN_OBJECT = ("model_attributes_type", "dict_type", "model_type")
 
 
 class ApiError(Exception):
@@ -91,8 +92,11 @@ def validation_error(errors: list[ErrorDetails]) -> ApiError:
                 ErrorCode.MISSING_SCRIPT_NAME, "script_name: required (the script to run)"
             )
     for err in cleaned:
-        if tuple(err["loc"]) == () and err["type"] == "missing":
-            return ApiError(ErrorCode.INVALID_PARAMETERS, "body: required (send a JSON object)")
+        if tuple(err["loc"]) == () and err["type"] in ("missing", *_NOT_AN_OBJECT):
+            return ApiError(
+                ErrorCode.INVALID_PARAMETERS,
+                "body: must be a JSON object, sent with Content-Type: application/json",
+            )
     return ApiError(ErrorCode.INVALID_PARAMETERS, describe_errors(cleaned))
 
 

@@ -152,7 +152,12 @@ async def run_command(gw: Gateway, command: AnyCommand, *, keyed: bool = False) 
     finally:
         with contextlib.suppress(nats.errors.Error):
             await sub.unsubscribe()
-    late = await recorded_result(gw, command.message_id, PING_TIMEOUT_SECONDS)
+    try:
+        late = await recorded_result(gw, command.message_id, PING_TIMEOUT_SECONDS)
+    except ApiError as exc:
+        if exc.code != ErrorCode.UNAVAILABLE:
+            raise
+        late = None  # the command is on the stream all the same: say so, below
     if late is not None:
         return _unwrap(late)
     raise _still_pending(command, keyed, timeout)

@@ -27,10 +27,10 @@ import structlog
 from adbutils import AdbClient, AdbDevice, AdbError
 from adbutils._adb import AdbConnection
 
-from fleet_contracts.agent import DeviceInfo
 from fleet_agent.driver import DeviceListener
 from fleet_agent.phone import DeviceGoneError, ElementMissingError, PhoneError, Selector
 from fleet_agent.scripts.post_selectors import INSTAGRAM_PACKAGE, TIKTOK_PACKAGE
+from fleet_contracts.agent import DeviceInfo
 
 log = structlog.get_logger(__name__)
 
@@ -150,12 +150,12 @@ class AdbPhone:
     def serial(self) -> str:
         return str(self._device.serial)
 
-    async def _call(self, what: str, fn: Callable[[], T], timeout: float) -> T:
+    async def _call(self, what: str, fn: Callable[[], T], limit: float) -> T:
         try:
-            return await asyncio.wait_for(asyncio.to_thread(fn), timeout)
+            return await asyncio.wait_for(asyncio.to_thread(fn), limit)
         except TimeoutError as exc:
             await self._raise_if_gone(what)
-            raise PhoneError(f"{what}: no answer from {self.serial} within {timeout:g}s") from exc
+            raise PhoneError(f"{what}: no answer from {self.serial} within {limit:g}s") from exc
         except PhoneError:
             raise
         except Exception as exc:
@@ -166,7 +166,7 @@ class AdbPhone:
         def state() -> str:
             for info in self._client.list():
                 if info.serial == self.serial:
-                    return info.state
+                    return str(info.state)
             return "absent"
 
         try:
@@ -192,7 +192,7 @@ class AdbPhone:
         )
 
     async def shell(self, command: str) -> str:
-        out = await self._call(
+        out: object = await self._call(
             f"shell {command.split(' ', 1)[0]}",
             partial(self._device.shell, command, timeout=SHELL_TIMEOUT),
             SHELL_TIMEOUT + 5,
@@ -207,9 +207,9 @@ class AdbPhone:
         ui = await self._ui_device()
         await self._call(f"stop {package}", partial(ui.app_stop, package), 30.0)
 
-    def _find(self, ui: UiDevice, selectors: list[Selector], timeout: float) -> UiObject | None:
+    def _find(self, ui: UiDevice, selectors: list[Selector], within: float) -> UiObject | None:
         # Several candidates per element: poll them together rather than wait on each.
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + within
         while True:
             for selector in selectors:
                 kwargs: dict[str, Any] = dict(selector)
@@ -222,45 +222,45 @@ class AdbPhone:
                 return None
             time.sleep(POLL)
 
-    async def tap(self, step: str, selectors: list[Selector], timeout: float) -> None:
+    async def tap(self, step: str, selectors: list[Selector], within: float) -> None:
         ui = await self._ui_device()
 
         def click() -> bool:
-            obj = self._find(ui, selectors, timeout)
+            obj = self._find(ui, selectors, within)
             if obj is None:
                 return False
             obj.click(timeout=self._ui_timeout)
             return True
 
-        if not await self._call(f"step {step!r}", click, timeout + self._ui_timeout):
-            raise ElementMissingError(step, selectors, timeout)
+        if not await self._call(f"step {step!r}", click, within + self._ui_timeout):
+            raise ElementMissingError(step, selectors, within)
 
     async def type_text(
-        self, step: str, selectors: list[Selector], text: str, timeout: float
+        self, step: str, selectors: list[Selector], text: str, within: float
     ) -> None:
         ui = await self._ui_device()
 
         def type_in() -> bool:
-            obj = self._find(ui, selectors, timeout)
+            obj = self._find(ui, selectors, within)
             if obj is None:
                 return False
             obj.set_text(text, timeout=self._ui_timeout)
             return True
 
-        if not await self._call(f"step {step!r}", type_in, timeout + self._ui_timeout):
-            raise ElementMissingError(step, selectors, timeout)
+        if not await self._call(f"step {step!r}", type_in, within + self._ui_timeout):
+            raise ElementMissingError(step, selectors, within)
 
-    async def present(self, selectors: list[Selector], timeout: float) -> bool:
+    async def present(self, selectors: list[Selector], within: float) -> bool:
         ui = await self._ui_device()
         found = await self._call(
-            "look for element", partial(self._find, ui, selectors, timeout), timeout + 10
+            "look for element", partial(self._find, ui, selectors, within), within + 10
         )
         return found is not None
 
     async def screenshot(self, path: Path) -> Path | None:
         ui = await self._ui_device()
         await self._call("screenshot", partial(ui.screenshot, str(path)), 20.0)
-        return path if path.exists() else None
+        return path if await asyncio.to_thread(path.exists) else None
 
     async def wait(self, seconds: float) -> None:
         await asyncio.sleep(seconds)
@@ -407,7 +407,7 @@ class AdbDriver:
         assert self._listener is not None
         online = {serial for serial, state in states.items() if state == "device"}
         for serial in sorted(set(self._phones) - online):
-            reason = "unplugged" if serial not in states else states[serial]
+            reason = states.get(serial, "unplugged")
             log.info("adb.device_lost", serial=serial, state=states.get(serial, "absent"))
             await self._listener.device_disconnected(serial, reason)
             self._phones.pop(serial, None)

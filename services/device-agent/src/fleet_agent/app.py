@@ -22,6 +22,13 @@ from nats.js.errors import BadRequestError, BucketNotFoundError
 from nats.js.kv import KeyValue
 from pydantic import ValidationError
 
+from fleet_agent.driver import Driver
+from fleet_agent.phone import Phone
+from fleet_agent.reports import publish_many, publish_report
+from fleet_agent.runs import DEVICE_DISCONNECTED, Runner
+from fleet_agent.scripts import Script, ScriptHost, discover, spec_of
+from fleet_agent.settings import AgentSettings
+from fleet_agent.sim import SimDriver
 from fleet_contracts.agent import (
     AccountsReport,
     AgentReply,
@@ -40,15 +47,9 @@ from fleet_contracts.subjects import (
     heartbeat_subject,
     token,
 )
+from fleet_contracts.validation import describe
 from fleet_runtime.bus import connect, ensure_streams
 from fleet_runtime.logs import bind_correlation
-from fleet_agent.driver import Driver
-from fleet_agent.phone import Phone
-from fleet_agent.reports import publish_many, publish_report
-from fleet_agent.runs import DEVICE_DISCONNECTED, Runner
-from fleet_agent.scripts import Script, ScriptHost, discover, spec_of
-from fleet_agent.settings import AgentSettings
-from fleet_agent.sim import SimDriver
 
 log = structlog.get_logger(__name__)
 
@@ -94,6 +95,8 @@ class Agent:
         self._scripts: dict[str, Script] = {}
         self._subs: list[Subscription] = []
         self._heartbeat: asyncio.Task[None] | None = None
+        # Device changes seen while starting wait for agent.started to go out first.
+        self._announced = asyncio.Event()
 
     async def __aenter__(self) -> Self:
         await self.start()
@@ -158,19 +161,8 @@ class Agent:
             )
             devices = await self._driver.start(self)
             self._devices = {d.serial: d for d in devices}
-            await publish_report(
-                self._js,
-                AgentStartedReport(
-                    agent_id=self.agent_id,
-                    host=s.agent_host,
-                    devices=devices,
-                    scripts=[
-                        spec_of(script, builtin=name == "post")
-                        for name, script in sorted(self._scripts.items())
-                    ],
-                ),
-            )
-            await publish_many(self._js, [await self._accounts_report(d.serial) for d in devices])
+            accounts = [await self._accounts_report(d.serial) for d in devices]
+            # Listen before announcing: a scheduler may dispatch as soon as it hears us.
             nc = self._nc
             self._subs = [
                 await nc.subscribe(agent_run_subject(self.agent_id), cb=self._on_run),
@@ -183,6 +175,21 @@ class Agent:
                             sim_control_subject(self.agent_id, action), cb=self._on_sim
                         )
                     )
+            await nc.flush()
+            await publish_report(
+                self._js,
+                AgentStartedReport(
+                    agent_id=self.agent_id,
+                    host=s.agent_host,
+                    devices=devices,
+                    scripts=[
+                        spec_of(script, builtin=name == "post")
+                        for name, script in sorted(self._scripts.items())
+                    ],
+                ),
+            )
+            self._announced.set()
+            await publish_many(self._js, list(accounts))
             self._heartbeat = asyncio.create_task(self._heartbeats(), name="heartbeats")
             log.info(
                 "agent.started",
@@ -230,6 +237,7 @@ class Agent:
         return AccountsReport(agent_id=self.agent_id, serial=serial, accounts=accounts)
 
     async def device_connected(self, info: DeviceInfo) -> None:
+        await self._announced.wait()
         with bind_correlation(None, agent_id=self.agent_id, serial=info.serial):
             self._devices[info.serial] = info
             log.info("device.connected", model=info.model, android=info.android_version)
@@ -242,6 +250,7 @@ class Agent:
             await publish_report(self.js, await self._accounts_report(info.serial))
 
     async def device_disconnected(self, serial: str, reason: str) -> None:
+        await self._announced.wait()
         with bind_correlation(None, agent_id=self.agent_id, serial=serial):
             log.info("device.disconnected", reason=reason)
             await self.runner.end_on(serial, DEVICE_DISCONNECTED)
@@ -287,11 +296,15 @@ class Agent:
             beat = Heartbeat(
                 agent_id=self.agent_id,
                 host=self.settings.agent_host,
-                devices=[self.runner.status(serial) for serial in self._devices],
+                devices=[
+                    self.runner.status(serial, info.battery)
+                    for serial, info in self._devices.items()
+                ],
                 interval_seconds=interval,
             )
             try:
-                await self.nc.publish(subject, beat.to_bytes())
+                # Defaults left out: a 1,000-phone heartbeat stays ~45 kB, one message.
+                await self.nc.publish(subject, beat.model_dump_json(exclude_defaults=True).encode())
             except Exception as exc:
                 log.warning("heartbeat.failed", error=str(exc))
             await asyncio.sleep(interval)
@@ -305,7 +318,9 @@ class Agent:
         try:
             request = RunTask.from_bytes(msg.data)
         except ValidationError as exc:
-            await self._reply(msg, AgentReply(accepted=False, reason=f"bad RunTask: {exc}"))
+            await self._reply(
+                msg, AgentReply(accepted=False, reason=f"bad RunTask: {describe(exc)}")
+            )
             return
         with bind_correlation(
             request.correlation_id, task_id=request.task_id, serial=request.serial
@@ -319,7 +334,9 @@ class Agent:
         try:
             request = StopRun.from_bytes(msg.data)
         except ValidationError as exc:
-            await self._reply(msg, AgentReply(accepted=False, reason=f"bad StopRun: {exc}"))
+            await self._reply(
+                msg, AgentReply(accepted=False, reason=f"bad StopRun: {describe(exc)}")
+            )
             return
         with bind_correlation(request.correlation_id, task_id=request.task_id):
             log.info("run.stop_requested", reason=request.reason)

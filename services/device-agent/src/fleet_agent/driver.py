@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from fleet_contracts.agent import DeviceInfo
 from fleet_agent.phone import Phone
+from fleet_contracts.agent import DeviceInfo
 
 
 class DeviceListener(Protocol):

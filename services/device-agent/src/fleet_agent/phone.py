@@ -29,9 +29,9 @@ class DeviceGoneError(PhoneError):
 class ElementMissingError(PhoneError):
     """None of a step's selectors appeared on screen in time."""
 
-    def __init__(self, step: str, selectors: list[Selector], timeout: float) -> None:
+    def __init__(self, step: str, selectors: list[Selector], within: float) -> None:
         tried = " | ".join(describe_selector(s) for s in selectors)
-        super().__init__(f"step {step!r}: no element matching [{tried}] within {timeout:g}s")
+        super().__init__(f"step {step!r}: no element matching [{tried}] within {within:g}s")
         self.step = step
         self.selectors = selectors
 
@@ -50,15 +50,15 @@ class Phone(Protocol):
 
     async def app_stop(self, package: str) -> None: ...
 
-    async def tap(self, step: str, selectors: list[Selector], timeout: float) -> None:
-        """Click the first of `selectors` that appears within `timeout` seconds."""
+    async def tap(self, step: str, selectors: list[Selector], within: float) -> None:
+        """Click the first of `selectors` that appears within `within` seconds."""
         ...
 
     async def type_text(
-        self, step: str, selectors: list[Selector], text: str, timeout: float
+        self, step: str, selectors: list[Selector], text: str, within: float
     ) -> None: ...
 
-    async def present(self, selectors: list[Selector], timeout: float) -> bool: ...
+    async def present(self, selectors: list[Selector], within: float) -> bool: ...
 
     async def screenshot(self, path: Path) -> Path | None: ...
 

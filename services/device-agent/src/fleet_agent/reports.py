@@ -11,6 +11,7 @@ import asyncio
 import structlog
 from nats.errors import Error as NatsError
 from nats.js import JetStreamContext
+from nats.js.api import PubAck
 
 from fleet_contracts.agent import Report
 from fleet_contracts.subjects import report_subject
@@ -20,25 +21,50 @@ log = structlog.get_logger(__name__)
 
 
 async def publish_report(
-    js: JetStreamContext, report: Report, *, attempts: int = 8, timeout: float = 2.0
+    js: JetStreamContext, report: Report, *, attempts: int = 15, ack_wait: float = 2.0
 ) -> bool:
     """Store `report` on REPORTS; False (and an error logged) if every attempt failed."""
-    subject = report_subject(report.agent_id, report.type)
+    kind = str(type(report).model_fields["type"].default)
+    subject = report_subject(report.agent_id, kind)
     payload = report.to_bytes()
     headers = headers_for(report)
     delay = 0.1
     for attempt in range(1, attempts + 1):
         try:
-            await js.publish(subject, payload, headers=headers, timeout=timeout)
+            await js.publish(subject, payload, headers=headers, timeout=ack_wait)
             return True
         except (NatsError, TimeoutError) as exc:
-            log.warning(
-                "report.retry", type=report.type, attempt=attempt, error=str(exc) or repr(exc)
-            )
+            log.warning("report.retry", type=kind, attempt=attempt, error=str(exc) or repr(exc))
             await asyncio.sleep(delay)
             delay = min(delay * 2, 1.0)
-    log.error("report.lost", type=report.type, message_id=report.message_id)
+    log.error("report.lost", type=kind, message_id=report.message_id)
     return False
+
+
+async def publish_progress(js: JetStreamContext, report: Report) -> None:
+    """Send a progress report without waiting for its ack.
+
+    Progress is advisory, and a run should not pay a round trip per step. Order is
+    kept: reports leave on one connection, so the outcome (awaited) lands after them.
+    A lost progress report is logged, never retried.
+    """
+    kind = str(type(report).model_fields["type"].default)
+    try:
+        ack = await js.publish_async(
+            report_subject(report.agent_id, kind),
+            report.to_bytes(),
+            wait_stall=5.0,
+            headers=headers_for(report),
+        )
+    except (NatsError, TimeoutError) as exc:
+        log.warning("report.progress_dropped", error=str(exc) or repr(exc))
+        return
+
+    def _check(done: asyncio.Future[PubAck]) -> None:
+        if not done.cancelled() and done.exception() is not None:
+            log.warning("report.progress_unacked", error=str(done.exception()))
+
+    ack.add_done_callback(_check)
 
 
 async def publish_many(js: JetStreamContext, reports: list[Report]) -> None:

@@ -18,6 +18,9 @@ import structlog
 from nats.js import JetStreamContext
 from pydantic import ValidationError
 
+from fleet_agent.phone import DeviceGoneError, Phone, PhoneError
+from fleet_agent.reports import publish_progress, publish_report
+from fleet_agent.scripts import Cancelled, CancelToken, Script, ScriptFailure, Target
 from fleet_contracts.agent import (
     AgentReply,
     DeviceStatus,
@@ -31,9 +34,6 @@ from fleet_contracts.agent import (
 )
 from fleet_contracts.validation import describe
 from fleet_runtime.logs import bind_correlation
-from fleet_agent.phone import DeviceGoneError, Phone, PhoneError
-from fleet_agent.reports import publish_report
-from fleet_agent.scripts import Cancelled, CancelToken, Script, ScriptFailure, Target
 
 log = structlog.get_logger(__name__)
 
@@ -74,12 +74,13 @@ class Runner:
         self._max_parallel = max_parallel
         self._runs: dict[str, Run] = {}
 
-    def status(self, serial: str) -> DeviceStatus:
+    def status(self, serial: str, battery: int | None = None) -> DeviceStatus:
         run = self._runs.get(serial)
         return DeviceStatus(
             serial=serial,
             busy=run is not None,
             task_id=run.request.task_id if run is not None else None,
+            battery=battery,
         )
 
     def running(self) -> list[RunTask]:
@@ -111,8 +112,8 @@ class Runner:
             return AgentReply(
                 accepted=False,
                 reason=(
-                    f"agent {self._agent_id} already runs {len(self._runs)} scripts "
-                    f"(FLEET_AGENT_MAX_PARALLEL={self._max_parallel})"
+                    f"agent {self._agent_id} is at its limit of {self._max_parallel} running "
+                    f"scripts (FLEET_AGENT_MAX_PARALLEL={self._max_parallel})"
                 ),
             )
         run = Run(request)
@@ -161,6 +162,10 @@ class Runner:
             try:
                 outcome = await self._attempt(run, phone)
             except asyncio.CancelledError:
+                # We cancelled our own run: the outcome still has to be published.
+                task = asyncio.current_task()
+                if task is not None:
+                    task.uncancel()
                 outcome = self._ended_by_cancel(run)
             # The phone is free once the script has ended, before the scheduler hears.
             if self._runs.get(request.serial) is run:
@@ -210,7 +215,7 @@ class Runner:
 
         async def progress(step: str, percent: int | None, message: str) -> None:
             log.info("run.step", step=step, percent=percent, detail=message or None)
-            await publish_report(
+            await publish_progress(
                 self._js,
                 TaskProgressReport(
                     agent_id=self._agent_id,

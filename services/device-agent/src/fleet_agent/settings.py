@@ -41,9 +41,9 @@ class AgentSettings(BaseSettings):
             return [Path(part.strip()) for part in value.split(",") if part.strip()]
         return value
 
-    @field_validator("agent_material_library", mode="before")
+    @field_validator("agent_material_library", "agent_max_parallel", mode="before")
     @classmethod
-    def _empty_library(cls, value: object) -> object:
+    def _empty_is_unset(cls, value: object) -> object:
         return None if value == "" else value
 
     @property

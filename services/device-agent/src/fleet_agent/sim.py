@@ -14,9 +14,9 @@ from pathlib import Path
 
 import structlog
 
-from fleet_contracts.agent import DeviceInfo
 from fleet_agent.driver import DeviceListener
 from fleet_agent.phone import DeviceGoneError, ElementMissingError, Selector
+from fleet_contracts.agent import DeviceInfo
 
 log = structlog.get_logger(__name__)
 
@@ -59,7 +59,7 @@ class SimPhone:
             raise DeviceGoneError(f"device {self._serial} was unplugged")
 
     async def push(self, local: Path, remote: str) -> None:
-        size = local.stat().st_size
+        size = (await asyncio.to_thread(local.stat)).st_size
         await self._take(PUSH_BASE + size / PUSH_BYTES_PER_SECOND)
         self.pushed[remote] = size
 
@@ -76,17 +76,17 @@ class SimPhone:
     async def app_stop(self, package: str) -> None:
         await self._take(SHELL)
 
-    async def tap(self, step: str, selectors: list[Selector], timeout: float) -> None:
+    async def tap(self, step: str, selectors: list[Selector], within: float) -> None:
         if not selectors:
-            raise ElementMissingError(step, selectors, timeout)
+            raise ElementMissingError(step, selectors, within)
         await self._take(TAP)
 
     async def type_text(
-        self, step: str, selectors: list[Selector], text: str, timeout: float
+        self, step: str, selectors: list[Selector], text: str, within: float
     ) -> None:
         await self._take(TAP + min(TYPE_MAX, TYPE_PER_CHAR * len(text)))
 
-    async def present(self, selectors: list[Selector], timeout: float) -> bool:
+    async def present(self, selectors: list[Selector], within: float) -> bool:
         # Optional elements (popups, volume sheet) are absent on a simulated phone.
         await self._take(PRESENT)
         return False

@@ -42,7 +42,6 @@ from fleet_contracts.subjects import (
 )
 from fleet_contracts.validation import describe
 from fleet_runtime.logs import bind_correlation
-
 from fleet_scheduler import handlers
 from fleet_scheduler.consumer import pull_loop
 from fleet_scheduler.context import Context
@@ -51,7 +50,7 @@ from fleet_scheduler.handlers import Outcome
 from fleet_scheduler.projections import load_tasks, task_state
 from fleet_scheduler.store import ConcurrencyError, Metadata
 from fleet_scheduler.task import StopOnAgent
-from fleet_scheduler.uow import unit_of_work
+from fleet_scheduler.uow import UnitOfWork, unit_of_work
 
 log = structlog.get_logger(__name__)
 
@@ -140,38 +139,89 @@ async def _decide(
 
 
 async def recorded_result(conn: asyncpg.Connection, command_id: str) -> CommandResult | None:
-    raw = await conn.fetchval("SELECT result FROM command_results WHERE command_id = $1", command_id)
+    raw = await conn.fetchval(
+        "SELECT result FROM command_results WHERE command_id = $1", command_id
+    )
     return None if raw is None else CommandResult.model_validate(raw)
+
+
+def metadata_for(cmd: AnyCommand) -> Metadata:
+    return Metadata(correlation_id=cmd.correlation_id, causation_id=cmd.message_id)
+
+
+async def _apply(
+    uow: UnitOfWork, ctx: Context, cmd: AnyCommand, plugins: dict[str, Any]
+) -> tuple[CommandResult, list[StopOnAgent]]:
+    """Decide and append one command; its result is for the caller to record."""
+    try:
+        outcome = await _decide(uow.conn, ctx, cmd, plugins)
+        await uow.append(outcome.events, metadata_for(cmd))
+    except Rejected as exc:
+        failure = CommandResult(code=int(exc.code), message=exc.message, command_id=cmd.message_id)
+        return failure, []
+    return CommandResult(data=outcome.data, command_id=cmd.message_id), outcome.effects
+
+
+async def _apply_once(
+    uow: UnitOfWork, ctx: Context, cmds: list[AnyCommand], plugins: list[dict[str, Any]]
+) -> list[tuple[CommandResult, list[StopOnAgent]]]:
+    """Apply the commands not handled before and record their results."""
+    rows = await uow.conn.fetch(
+        "SELECT command_id, result FROM command_results WHERE command_id = ANY($1::text[])",
+        [cmd.message_id for cmd in cmds],
+    )
+    seen = {r["command_id"]: CommandResult.model_validate(r["result"]) for r in rows}
+    out: list[tuple[CommandResult, list[StopOnAgent]]] = []
+    fresh: dict[str, CommandResult] = {}
+    for cmd, schemas in zip(cmds, plugins, strict=True):
+        known = seen.get(cmd.message_id) or fresh.get(cmd.message_id)
+        if known is not None:
+            out.append((known, []))
+            continue
+        result, effects = await _apply(uow, ctx, cmd, schemas)
+        fresh[cmd.message_id] = result
+        out.append((result, effects))
+    if fresh:
+        await uow.conn.execute(
+            "INSERT INTO command_results (command_id, result)"
+            " SELECT * FROM unnest($1::text[], $2::jsonb[])",
+            list(fresh),
+            [r.model_dump(mode="json") for r in fresh.values()],
+        )
+    return out
+
+
+async def _plugins(ctx: Context, cmd: AnyCommand) -> dict[str, Any]:
+    return (
+        await plugin_schemas(ctx, cmd.request.script_name) if isinstance(cmd, CreateTasks) else {}
+    )
+
+
+async def handle_commands(
+    ctx: Context, cmds: list[AnyCommand]
+) -> list[tuple[CommandResult, list[StopOnAgent]]]:
+    """Apply each command once, all in one transaction; results in the same order.
+
+    One transaction for a whole fetched batch saves a commit and the events lock per
+    command; should the batch conflict, each command is retried alone.
+    """
+    plugins = [await _plugins(ctx, cmd) for cmd in cmds]
+    try:
+        async with unit_of_work(ctx.pool, on_commit=ctx.appended) as uow:
+            return await _apply_once(uow, ctx, cmds, plugins)
+    except ConcurrencyError as exc:
+        log.info("command.batch_conflict", size=len(cmds), error=str(exc))
+    return [await handle_command(ctx, cmd) for cmd in cmds]
 
 
 async def handle_command(ctx: Context, cmd: AnyCommand) -> tuple[CommandResult, list[StopOnAgent]]:
     """Apply `cmd` once; return its result and what to tell agents after commit."""
-    plugins = (
-        await plugin_schemas(ctx, cmd.request.script_name) if isinstance(cmd, CreateTasks) else {}
-    )
-    metadata = Metadata(correlation_id=cmd.correlation_id, causation_id=cmd.message_id)
+    plugins = await _plugins(ctx, cmd)
     for attempt in range(5):
         try:
-            async with unit_of_work(ctx.pool, metadata, ctx.appended) as uow:
-                seen = await recorded_result(uow.conn, cmd.message_id)
-                if seen is not None:
-                    return seen, []
-                effects: list[StopOnAgent] = []
-                try:
-                    outcome = await _decide(uow.conn, ctx, cmd, plugins)
-                    await uow.append(outcome.events)
-                    result = CommandResult(data=outcome.data, command_id=cmd.message_id)
-                    effects = outcome.effects
-                except Rejected as exc:
-                    result = CommandResult(
-                        code=int(exc.code), message=exc.message, command_id=cmd.message_id
-                    )
-                await uow.conn.execute(
-                    "INSERT INTO command_results (command_id, result) VALUES ($1, $2)",
-                    cmd.message_id,
-                    result.model_dump(mode="json"),
-                )
-            return result, effects
+            async with unit_of_work(ctx.pool, metadata_for(cmd), ctx.appended) as uow:
+                [outcome] = await _apply_once(uow, ctx, [cmd], [plugins])
+            return outcome
         except ConcurrencyError as exc:
             log.info("command.conflict", attempt=attempt, error=str(exc))
     raise RuntimeError(f"command {cmd.message_id} kept conflicting")
@@ -188,23 +238,28 @@ async def send_stops(ctx: Context, effects: list[StopOnAgent]) -> None:
             log.warning("stop.not_delivered", task_id=effect.task_id, error=str(exc))
 
 
-async def on_message(ctx: Context, msg: Msg) -> None:
-    headers = msg.headers or {}
-    reply_to = headers.get(HDR_REPLY_TO)
-    try:
-        cmd = parse_command(msg.data)
-    except ValidationError as exc:
-        message_id = headers.get(HDR_MSG_ID, "")
-        result = CommandResult(
-            code=int(ErrorCode.INVALID_PARAMETERS), message=describe(exc), command_id=message_id
-        )
-        log.warning("command.unreadable", error=result.message)
-        if reply_to:
-            await ctx.nc.publish(reply_to, result.model_dump_json().encode())
+async def on_messages(ctx: Context, msgs: list[Msg]) -> None:
+    readable: list[tuple[AnyCommand, str | None]] = []
+    for msg in msgs:
+        headers = msg.headers or {}
+        reply_to = headers.get(HDR_REPLY_TO)
+        try:
+            readable.append((parse_command(msg.data), reply_to))
+        except ValidationError as exc:
+            result = CommandResult(
+                code=int(ErrorCode.INVALID_PARAMETERS),
+                message=describe(exc),
+                command_id=headers.get(HDR_MSG_ID, ""),
+            )
+            log.warning("command.unreadable", error=result.message)
+            if reply_to:
+                await ctx.nc.publish(reply_to, result.model_dump_json().encode())
+    if not readable:
         return
-    with bind_correlation(cmd.correlation_id, command_id=cmd.message_id, command=cmd.type):
-        result, effects = await handle_command(ctx, cmd)
-        log.info("command.handled", code=result.code)
+    outcomes = await handle_commands(ctx, [cmd for cmd, _ in readable])
+    for (cmd, reply_to), (result, effects) in zip(readable, outcomes, strict=True):
+        with bind_correlation(cmd.correlation_id, command_id=cmd.message_id, command=cmd.type):
+            log.info("command.handled", code=result.code)
         if reply_to:
             await ctx.nc.publish(reply_to, result.model_dump_json().encode())
         if effects:
@@ -212,7 +267,7 @@ async def on_message(ctx: Context, msg: Msg) -> None:
 
 
 async def run(ctx: Context, stopping: asyncio.Event) -> None:
-    async def handle(msg: Msg) -> None:
-        await on_message(ctx, msg)
+    async def handle(msgs: list[Msg]) -> None:
+        await on_messages(ctx, msgs)
 
     await pull_loop(ctx.js, "COMMANDS", SCHEDULER_COMMANDS_CONSUMER, handle, stopping)

@@ -1,4 +1,4 @@
-"""A durable pull consumer loop: fetch, handle each message, then ack.
+"""A durable pull consumer loop: fetch a batch, handle it, then ack each message.
 
 The handler commits before it returns, so the ack always follows the commit; a
 message whose handling failed for an outside reason (database away) is nak'ed with
@@ -9,6 +9,7 @@ restart without state may have lost the consumer.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable
 
 import structlog
@@ -26,7 +27,7 @@ async def pull_loop(
     js: JetStreamContext,
     stream: str,
     durable: str,
-    handle: Callable[[Msg], Awaitable[None]],
+    handle: Callable[[list[Msg]], Awaitable[None]],
     stopping: asyncio.Event,
     *,
     batch: int = 64,
@@ -54,15 +55,16 @@ async def pull_loop(
                     msgs = await sub.fetch(batch, timeout=1.0)
                 except (TimeoutError, NatsTimeoutError):
                     continue
-                for msg in msgs:
-                    if stopping.is_set():
-                        return
-                    try:
-                        await handle(msg)
-                    except Exception as exc:
-                        log.exception("consumer.handle_failed", durable=durable, error=str(exc))
+                if stopping.is_set():
+                    return
+                try:
+                    await handle(msgs)
+                except Exception as exc:
+                    log.exception("consumer.handle_failed", durable=durable, error=str(exc))
+                    for msg in msgs:
                         await msg.nak(delay=1.0)
-                        continue
+                    continue
+                for msg in msgs:
                     await msg.ack()
         except asyncio.CancelledError:
             raise
@@ -77,7 +79,5 @@ async def pull_loop(
 
 
 async def _pause(stopping: asyncio.Event, seconds: float) -> None:
-    try:
+    with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(stopping.wait(), seconds)
-    except TimeoutError:
-        pass

@@ -14,7 +14,6 @@ from nats.aio.client import Client
 from nats.js import JetStreamContext
 
 from fleet_contracts.agent import DeviceStatus
-
 from fleet_scheduler.settings import SchedulerSettings
 
 

@@ -30,7 +30,6 @@ from fleet_contracts.scripts import (
     validate_script_config,
 )
 from fleet_contracts.subjects import account_stream_id, task_stream_id
-
 from fleet_scheduler.errors import Rejected
 from fleet_scheduler.schedule import initial_due
 from fleet_scheduler.store import NewEvent
@@ -202,9 +201,7 @@ def register_account(cmd: RegisterAccount, known_serials: set[str]) -> Outcome:
     """Accounts registered through the API win over what agents report for that name."""
     account = cmd.account
     if account.serial not in known_serials:
-        raise Rejected(
-            ErrorCode.INVALID_PARAMETERS, f"serial: unknown device {account.serial!r}"
-        )
+        raise Rejected(ErrorCode.INVALID_PARAMETERS, f"serial: unknown device {account.serial!r}")
     event = AccountRegistered(
         username=account.username, platform=account.platform, serial=account.serial
     )

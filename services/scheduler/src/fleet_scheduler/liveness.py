@@ -1,14 +1,16 @@
 """Agent liveness: heartbeats heard, agents declared lost, starts never confirmed.
 
 Heartbeats arrive on core NATS at every scheduler replica; each keeps them in memory
-and flushes the newest time per agent to the agents table every second, so the
-database write rate does not grow with the number of agents' beats. Declaring an
+and flushes the newest time per agent to the agents table every second (one row per
+agent, not per phone), so the database write rate does not grow with the beats. Declaring an
 agent lost is done from that table, under row locks, by whichever replica gets there.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import time
 from datetime import timedelta
 
 import structlog
@@ -17,14 +19,19 @@ from pydantic import ValidationError
 
 from fleet_contracts.agent import DeviceInfo, Heartbeat
 from fleet_contracts.events import DeviceDisconnected
-from fleet_contracts.subjects import HEARTBEAT_WILDCARD, device_stream_id
-
+from fleet_contracts.subjects import HEARTBEAT_WILDCARD, REPORTS, device_stream_id
 from fleet_scheduler.context import AgentSeen, Context
+from fleet_scheduler.handlers import Outcome
+from fleet_scheduler.projections import task_state
 from fleet_scheduler.reports import connected_event, fail_active
 from fleet_scheduler.store import NewEvent
+from fleet_scheduler.task import Task
 from fleet_scheduler.uow import unit_of_work
 
 log = structlog.get_logger(__name__)
+
+AGENT_LOST = "agent lost"
+PRUNE_EVERY_SECONDS = 600.0
 
 
 async def subscribe_heartbeats(ctx: Context) -> None:
@@ -40,49 +47,63 @@ async def subscribe_heartbeats(ctx: Context) -> None:
 
 
 async def flush_heartbeats(ctx: Context) -> None:
-    """Write what was heard; an agent that had been declared lost gets its devices back."""
+    """Write what was heard; phones of an agent declared lost come back online when it
+    beats again and still holds them."""
     heard, ctx.heartbeats = ctx.heartbeats, {}
     if not heard:
         return
+    agents = sorted(heard)
+    async with ctx.pool.acquire() as conn:
+        await conn.execute(
+            "INSERT INTO agents (agent_id, host, last_seen, lost)"
+            " SELECT a, h, s, false FROM unnest($1::text[], $2::text[], $3::timestamptz[])"
+            " AS x(a, h, s) ON CONFLICT (agent_id) DO UPDATE SET host = EXCLUDED.host,"
+            " last_seen = GREATEST(agents.last_seen, EXCLUDED.last_seen), lost = false",
+            agents,
+            [heard[a].host for a in agents],
+            [heard[a].last_seen for a in agents],
+        )
+        pairs = [(a, d.serial) for a in agents for d in heard[a].devices]
+        back = await conn.fetch(BACK_ONLINE, [p[0] for p in pairs], [p[1] for p in pairs])
+    if not back:
+        return
     async with unit_of_work(ctx.pool, on_commit=ctx.appended) as uow:
-        for agent_id, seen in sorted(heard.items()):
-            was_lost = await uow.conn.fetchval(
-                "SELECT lost FROM agents WHERE agent_id = $1 FOR UPDATE", agent_id
-            )
-            await uow.conn.execute(
-                "INSERT INTO agents (agent_id, host, last_seen, lost) VALUES ($1, $2, $3, false)"
-                " ON CONFLICT (agent_id) DO UPDATE SET host = $2,"
-                " last_seen = GREATEST(agents.last_seen, $3), lost = false",
-                agent_id,
-                seen.host,
-                seen.last_seen,
-            )
-            await uow.conn.execute(
-                "UPDATE devices SET last_seen = $2 WHERE agent_id = $1", agent_id, seen.last_seen
-            )
-            if was_lost and seen.devices:
-                offline = await uow.conn.fetch(
-                    "SELECT serial, model, android_version, battery FROM devices"
-                    " WHERE agent_id = $1 AND NOT online AND serial = ANY($2::text[])",
-                    agent_id,
-                    [d.serial for d in seen.devices],
+        # Read again under the lock: a report may have brought them back meanwhile.
+        rows = await uow.conn.fetch(
+            BACK_ONLINE, [r["agent_id"] for r in back], [r["serial"] for r in back]
+        )
+        await uow.append(
+            [
+                connected_event(
+                    r["agent_id"],
+                    heard[r["agent_id"]].host,
+                    DeviceInfo(
+                        serial=r["serial"],
+                        model=r["model"],
+                        android_version=r["android_version"],
+                        battery=r["battery"],
+                    ),
                 )
-                await uow.append(
-                    [
-                        connected_event(
-                            agent_id,
-                            seen.host,
-                            DeviceInfo(
-                                serial=r["serial"],
-                                model=r["model"],
-                                android_version=r["android_version"],
-                                battery=r["battery"],
-                            ),
-                        )
-                        for r in offline
-                    ]
-                )
-                log.info("agent.back", agent_id=agent_id, devices=len(offline))
+                for r in rows
+            ]
+        )
+    log.info("devices.back_online", count=len(rows))
+
+
+BACK_ONLINE = (
+    "SELECT d.serial, d.agent_id, d.model, d.android_version, d.battery FROM devices d"
+    " JOIN unnest($1::text[], $2::text[]) AS h(agent_id, serial)"
+    " ON d.serial = h.serial AND d.agent_id = h.agent_id"
+    f" WHERE NOT d.online AND d.offline_reason = '{AGENT_LOST}' ORDER BY d.serial"
+)
+"""Phones a heartbeat lists that went offline only because their agent was declared
+lost; an unplugged phone comes back only by its agent's DeviceConnectedReport."""
+
+
+async def _any(ctx: Context, sql: str, *args: object) -> bool:
+    """A look without the events lock: most passes find nothing to do."""
+    async with ctx.pool.acquire() as conn:
+        return bool(await conn.fetch(sql + " LIMIT 1", *args))
 
 
 async def declare_lost(ctx: Context) -> None:
@@ -90,6 +111,12 @@ async def declare_lost(ctx: Context) -> None:
     lease = ctx.settings.scheduler_agent_lease_seconds
     if now - ctx.started_at < timedelta(seconds=lease):
         return  # just started: agents have not had a lease's time to be heard yet
+    if not await _any(
+        ctx,
+        "SELECT 1 FROM agents WHERE NOT lost AND last_seen < $1",
+        now - timedelta(seconds=lease),
+    ):
+        return
     async with unit_of_work(ctx.pool, on_commit=ctx.appended) as uow:
         lost = await uow.conn.fetch(
             "SELECT agent_id, last_seen FROM agents WHERE NOT lost AND last_seen < $1"
@@ -115,7 +142,9 @@ async def declare_lost(ctx: Context) -> None:
                 [
                     NewEvent(
                         device_stream_id(d["serial"]),
-                        DeviceDisconnected(serial=d["serial"], agent_id=agent_id, reason="agent lost"),
+                        DeviceDisconnected(
+                            serial=d["serial"], agent_id=agent_id, reason=AGENT_LOST
+                        ),
                     )
                     for d in devices
                 ]
@@ -125,6 +154,10 @@ async def declare_lost(ctx: Context) -> None:
 
 async def expire_starts(ctx: Context) -> None:
     """Fail dispatched tasks whose agent never confirmed the start within the timeout."""
+    if not await _any(
+        ctx, "SELECT 1 FROM tasks WHERE state = 'dispatched' AND lease_until < $1", ctx.clock()
+    ):
+        return
     async with unit_of_work(ctx.pool, on_commit=ctx.appended) as uow:
         rows = await uow.conn.fetch(
             "SELECT DISTINCT agent_id FROM tasks WHERE state = 'dispatched' AND lease_until < $1",
@@ -139,14 +172,54 @@ async def expire_starts(ctx: Context) -> None:
             )
 
 
+async def release_held_devices(ctx: Context) -> None:
+    """Free phones still held for a run that ended here but was never reported ended.
+
+    A stopped task keeps its phone busy until the agent reports the script's end; an
+    agent that never started it has nothing to report. After the start timeout the
+    phone is released with a TaskFailed in the task's history saying so.
+    """
+    grace = ctx.settings.scheduler_start_timeout_seconds
+    held = (
+        "SELECT t.* FROM devices d JOIN tasks t ON t.id = d.current_task_id"
+        " WHERE d.busy AND t.state NOT IN ('dispatched', 'running')"
+        " AND COALESCE(t.finished_at, t.dispatched_at) < now() - make_interval(secs => $1)"
+    )
+    if not await _any(ctx, held, grace):
+        return
+    async with unit_of_work(ctx.pool, on_commit=ctx.appended) as uow:
+        rows = await uow.conn.fetch(held + " ORDER BY t.id FOR UPDATE OF t", grace)
+        outcome = Outcome()
+        for row in rows:
+            task = Task(task_state(row))
+            task.failed(
+                row["dispatch_id"] or "",
+                f"{row['reason'] or 'ended'}; agent {row['agent_id']} reported no end",
+            )
+            outcome.take(task)
+        await uow.append(outcome.events)
+
+
+async def prune_reports(ctx: Context) -> None:
+    """Forget report ids older than REPORTS keeps messages: they cannot come back."""
+    async with ctx.pool.acquire() as conn:
+        await conn.execute(
+            "DELETE FROM processed_reports WHERE recorded_at < now() - make_interval(secs => $1)",
+            2 * REPORTS.max_age_seconds,
+        )
+
+
 async def run(ctx: Context, stopping: asyncio.Event, period: float = 1.0) -> None:
+    next_prune = 0.0
     while not stopping.is_set():
-        for step in (flush_heartbeats, declare_lost, expire_starts):
+        steps = [flush_heartbeats, declare_lost, expire_starts, release_held_devices]
+        if time.monotonic() >= next_prune:
+            next_prune = time.monotonic() + PRUNE_EVERY_SECONDS
+            steps.append(prune_reports)
+        for step in steps:
             try:
                 await step(ctx)
             except Exception as exc:
                 log.warning("liveness.step_failed", step=step.__name__, error=str(exc))
-        try:
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stopping.wait(), period)
-        except TimeoutError:
-            pass

@@ -8,6 +8,8 @@ changes only the device: it frees it, it never brings the task back.
 
 from __future__ import annotations
 
+from collections import Counter
+
 import asyncpg
 import structlog
 
@@ -30,7 +32,6 @@ from fleet_contracts.events import (
     TaskStarted,
     TaskStopped,
 )
-
 from fleet_scheduler.store import RecordedEvent, recorded_from_row
 from fleet_scheduler.task import TaskState
 
@@ -39,13 +40,30 @@ log = structlog.get_logger(__name__)
 READ_MODEL_TABLES = ("tasks", "devices", "accounts")
 
 
-async def _move(conn: asyncpg.Connection, old: int | None, new: int | None) -> None:
+Deltas = Counter[int]
+"""Changes to the per-status counters, written once per transaction by `flush_stats`."""
+
+
+def _move(deltas: Deltas, old: int | None, new: int | None) -> None:
     if old == new:
         return
     if old is not None:
-        await conn.execute("UPDATE task_stats SET count = count - 1 WHERE status = $1", old)
+        deltas[old] -= 1
     if new is not None:
-        await conn.execute("UPDATE task_stats SET count = count + 1 WHERE status = $1", new)
+        deltas[new] += 1
+
+
+async def flush_stats(conn: asyncpg.Connection, deltas: Deltas) -> None:
+    changed = {status: d for status, d in deltas.items() if d}
+    if changed:
+        await conn.execute(
+            "UPDATE task_stats s SET count = s.count + d.delta"
+            " FROM unnest($1::smallint[], $2::bigint[]) AS d(status, delta)"
+            " WHERE s.status = d.status",
+            list(changed),
+            list(changed.values()),
+        )
+    deltas.clear()
 
 
 async def _release(conn: asyncpg.Connection, task_id: int, finished: RecordedEvent) -> None:
@@ -64,69 +82,98 @@ async def _end(
     dispatch_id: str,
     state: str,
     reason: str | None,
+    deltas: Deltas,
 ) -> None:
-    status = TaskStatus.COMPLETED if state == "completed" else TaskStatus.FAILED
-    row = await conn.fetchrow(
-        "UPDATE tasks t SET state = $2, status = $3, reason = $4, finished_at = $5,"
-        " progress = CASE WHEN $2 = 'completed' THEN 100 ELSE t.progress END,"
-        " version = $6"
-        " FROM (SELECT id, status AS old FROM tasks WHERE id = $1 FOR UPDATE) o"
-        " WHERE t.id = o.id AND t.state IN ('dispatched', 'running')"
-        " AND t.dispatch_id = $7 RETURNING o.old, t.deleted",
-        task_id,
-        state,
-        int(status),
-        reason,
-        rec.recorded_at,
-        rec.version,
-        dispatch_id,
+    status = int(TaskStatus.COMPLETED if state == "completed" else TaskStatus.FAILED)
+    old = await conn.fetchrow(
+        "SELECT status, deleted, state, dispatch_id FROM tasks WHERE id = $1 FOR UPDATE", task_id
     )
-    if row is None:
+    active = old is not None and old["state"] in ("dispatched", "running")
+    if old is not None and active and old["dispatch_id"] == dispatch_id:
+        await conn.execute(
+            "UPDATE tasks SET state = $2, status = $3, reason = $4, finished_at = $5,"
+            " progress = CASE WHEN $2 = 'completed' THEN 100 ELSE progress END,"
+            " version = $6 WHERE id = $1",
+            task_id,
+            state,
+            status,
+            reason,
+            rec.recorded_at,
+            rec.version,
+        )
+        if not old["deleted"]:
+            _move(deltas, old["status"], status)
+    else:
         await conn.execute("UPDATE tasks SET version = $2 WHERE id = $1", task_id, rec.version)
-    elif not row["deleted"]:
-        await _move(conn, row["old"], int(status))
     await _release(conn, task_id, rec)
 
 
 async def _set_status(
-    conn: asyncpg.Connection, task_id: int, sql: str, *args: object
+    conn: asyncpg.Connection, deltas: Deltas, task_id: int, status: int, sql: str, *args: object
 ) -> None:
     """Run an UPDATE of one task (params from $2) and keep the counters in step."""
-    row = await conn.fetchrow(
-        "WITH o AS (SELECT status AS old, deleted FROM tasks WHERE id = $1 FOR UPDATE)"
-        f" UPDATE tasks SET {sql} WHERE id = $1 RETURNING (SELECT old FROM o),"
-        " (SELECT deleted FROM o), status",
-        task_id,
-        *args,
+    old = await conn.fetchrow("SELECT status, deleted FROM tasks WHERE id = $1 FOR UPDATE", task_id)
+    await conn.execute(f"UPDATE tasks SET {sql} WHERE id = $1", task_id, *args)
+    if old is not None and not old["deleted"]:
+        _move(deltas, old["status"], status)
+
+
+async def _insert_created(
+    conn: asyncpg.Connection, recs: list[RecordedEvent], deltas: Deltas
+) -> None:
+    """Insert the rows of many TaskCreated events in one statement."""
+    events = [rec.event() for rec in recs]
+    created = [e for e in events if isinstance(e, TaskCreated)]
+    await conn.execute(
+        "INSERT INTO tasks (id, serial, username, script_name, script_config, source,"
+        " state, status, wait_reason, min_interval, max_interval, start_time,"
+        " created_at, due_at, version, correlation_id)"
+        " SELECT id, serial, username, script_name, script_config, source, 'pending', 0,"
+        " wait_reason, min_interval, max_interval, start_time, created_at, due_at, version,"
+        " correlation_id"
+        " FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::jsonb[],"
+        " $6::text[], $7::text[], $8::int[], $9::int[], $10::text[], $11::timestamptz[],"
+        " $12::timestamptz[], $13::int[], $14::text[]) AS x(id, serial, username, script_name,"
+        " script_config, source, wait_reason, min_interval, max_interval, start_time,"
+        " created_at, due_at, version, correlation_id)",
+        [e.task_id for e in created],
+        [e.serial for e in created],
+        [e.username for e in created],
+        [e.script_name for e in created],
+        [e.script_config for e in created],
+        [str(e.source) for e in created],
+        [e.wait_reason for e in created],
+        [e.min_interval for e in created],
+        [e.max_interval for e in created],
+        [e.start_time for e in created],
+        [rec.recorded_at for rec in recs],
+        [e.due_at for e in created],
+        [rec.version for rec in recs],
+        [rec.metadata.get("correlation_id") for rec in recs],
     )
-    if row is not None and not row["deleted"]:
-        await _move(conn, row["old"], row["status"])
+    deltas[int(TaskStatus.PENDING)] += len(created)
 
 
-async def project(conn: asyncpg.Connection, rec: RecordedEvent) -> None:  # noqa: C901
+async def project_all(conn: asyncpg.Connection, recs: list[RecordedEvent], deltas: Deltas) -> None:
+    """Project events in order; runs of TaskCreated go in as one insert."""
+    run: list[RecordedEvent] = []
+    for rec in recs:
+        if rec.type == "task.created":
+            run.append(rec)
+            continue
+        if run:
+            await _insert_created(conn, run, deltas)
+            run = []
+        await project(conn, rec, deltas)
+    if run:
+        await _insert_created(conn, run, deltas)
+
+
+async def project(conn: asyncpg.Connection, rec: RecordedEvent, deltas: Deltas) -> None:
     event = rec.event()
     match event:
         case TaskCreated():
-            await conn.execute(
-                "INSERT INTO tasks (id, serial, username, script_name, script_config, source,"
-                " state, status, wait_reason, min_interval, max_interval, start_time,"
-                " created_at, due_at, version)"
-                " VALUES ($1, $2, $3, $4, $5, $6, 'pending', 0, $7, $8, $9, $10, $11, $12, $13)",
-                event.task_id,
-                event.serial,
-                event.username,
-                event.script_name,
-                event.script_config,
-                str(event.source),
-                event.wait_reason,
-                event.min_interval,
-                event.max_interval,
-                event.start_time,
-                rec.recorded_at,
-                event.due_at,
-                rec.version,
-            )
-            await _move(conn, None, int(TaskStatus.PENDING))
+            await _insert_created(conn, [rec], deltas)
         case TaskScheduled():
             await conn.execute(
                 "UPDATE tasks SET due_at = $2, wait_reason = $3, interval_anchor = $4,"
@@ -156,7 +203,9 @@ async def project(conn: asyncpg.Connection, rec: RecordedEvent) -> None:  # noqa
         case TaskStarted():
             await _set_status(
                 conn,
+                deltas,
                 event.task_id,
+                1,
                 "state = 'running', status = 1, started_at = $2, progress = 0, version = $3",
                 rec.recorded_at,
                 rec.version,
@@ -169,14 +218,16 @@ async def project(conn: asyncpg.Connection, rec: RecordedEvent) -> None:  # noqa
                 rec.version,
             )
         case TaskCompleted():
-            await _end(conn, rec, event.task_id, event.dispatch_id, "completed", None)
+            await _end(conn, rec, event.task_id, event.dispatch_id, "completed", None, deltas)
         case TaskFailed():
-            await _end(conn, rec, event.task_id, event.dispatch_id, "failed", event.reason)
+            await _end(conn, rec, event.task_id, event.dispatch_id, "failed", event.reason, deltas)
         case TaskStopped():
             # The device stays busy until the agent says the script has ended.
             await _set_status(
                 conn,
+                deltas,
                 event.task_id,
+                3,
                 "state = 'failed', status = 3, reason = $2, finished_at = $3, version = $4",
                 event.reason,
                 rec.recorded_at,
@@ -199,7 +250,9 @@ async def project(conn: asyncpg.Connection, rec: RecordedEvent) -> None:  # noqa
         case TaskRetried():
             await _set_status(
                 conn,
+                deltas,
                 event.task_id,
+                0,
                 "state = 'pending', status = 0, reason = NULL, wait_reason = '',"
                 " retry_count = $2, due_at = $3, started_at = NULL, finished_at = NULL,"
                 " progress = NULL, version = $4",
@@ -215,7 +268,7 @@ async def project(conn: asyncpg.Connection, rec: RecordedEvent) -> None:  # noqa
                 rec.version,
             )
             if row is not None:
-                await _move(conn, row["status"], None)
+                _move(deltas, row["status"], None)
         case DeviceConnected():
             await conn.execute(
                 "INSERT INTO devices (serial, agent_id, host, model, android_version, battery,"
@@ -223,7 +276,8 @@ async def project(conn: asyncpg.Connection, rec: RecordedEvent) -> None:  # noqa
                 " ON CONFLICT (serial) DO UPDATE SET agent_id = $2, host = $3,"
                 " model = COALESCE($4, devices.model),"
                 " android_version = COALESCE($5, devices.android_version),"
-                " battery = COALESCE($6, devices.battery), online = true, last_seen = $7",
+                " battery = COALESCE($6, devices.battery), online = true, last_seen = $7,"
+                " offline_reason = NULL",
                 event.serial,
                 event.agent_id,
                 event.host,
@@ -234,9 +288,10 @@ async def project(conn: asyncpg.Connection, rec: RecordedEvent) -> None:  # noqa
             )
         case DeviceDisconnected():
             await conn.execute(
-                "UPDATE devices SET online = false, busy = false, current_task_id = NULL"
-                " WHERE serial = $1",
+                "UPDATE devices SET online = false, busy = false, current_task_id = NULL,"
+                " offline_reason = $2 WHERE serial = $1",
                 event.serial,
+                event.reason,
             )
         case AccountsReported():
             names = [a["username"] for a in event.accounts if a.get("username")]
@@ -283,6 +338,7 @@ def task_state(row: asyncpg.Record) -> TaskState:
         dispatch_id=row["dispatch_id"],
         retry_count=row["retry_count"],
         deleted=row["deleted"],
+        correlation_id=row["correlation_id"],
     )
 
 
@@ -304,6 +360,7 @@ async def rebuild(conn: asyncpg.Connection, batch: int = 2000) -> int:
         await conn.execute("LOCK TABLE events IN EXCLUSIVE MODE")
         await conn.execute("TRUNCATE tasks, devices, accounts")
         await conn.execute("UPDATE task_stats SET count = 0")
+        deltas: Deltas = Counter()
         position = 0
         while True:
             rows = await conn.fetch(
@@ -314,14 +371,9 @@ async def rebuild(conn: asyncpg.Connection, batch: int = 2000) -> int:
             )
             if not rows:
                 break
-            for row in rows:
-                await project(conn, recorded_from_row(row))
+            await project_all(conn, [recorded_from_row(r) for r in rows], deltas)
             position = rows[-1]["position"]
             replayed += len(rows)
-        # Liveness is not in the log: devices come back as their agents last left them.
-        await conn.execute(
-            "UPDATE devices d SET last_seen = a.last_seen FROM agents a"
-            " WHERE a.agent_id = d.agent_id"
-        )
+        await flush_stats(conn, deltas)
     log.info("read_models.rebuilt", events=replayed)
     return replayed

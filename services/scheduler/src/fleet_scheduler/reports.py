@@ -1,7 +1,8 @@
 """What agents observed (REPORTS stream), turned into events.
 
 Each report is handled once: its message id is recorded in the transaction that
-appends its events, and the message is acked after commit.
+appends its events, and the message is acked after commit. A fetched batch of reports
+shares one transaction.
 """
 
 from __future__ import annotations
@@ -30,7 +31,6 @@ from fleet_contracts.agent import (
 from fleet_contracts.events import AccountsReported, DeviceConnected, DeviceDisconnected
 from fleet_contracts.subjects import SCHEDULER_REPORTS_CONSUMER, device_stream_id
 from fleet_runtime.logs import bind_correlation
-
 from fleet_scheduler.consumer import pull_loop
 from fleet_scheduler.context import AgentSeen, Context
 from fleet_scheduler.handlers import Outcome
@@ -56,9 +56,7 @@ def connected_event(agent_id: str, host: str, device: DeviceInfo) -> NewEvent:
     )
 
 
-async def fail_active(
-    uow: UnitOfWork, where: str, args: list[object], reason: str
-) -> list[int]:
+async def fail_active(uow: UnitOfWork, where: str, args: list[object], reason: str) -> list[int]:
     """Fail every dispatched or running task matching `where` ($1.. = args)."""
     rows = await uow.conn.fetch(
         f"SELECT * FROM tasks WHERE state IN ('dispatched', 'running') AND {where}"
@@ -201,39 +199,61 @@ async def apply_report(uow: UnitOfWork, ctx: Context, report: AnyReport) -> None
             await _task_report(uow, report)
 
 
+def metadata_for(report: AnyReport) -> Metadata:
+    return Metadata(correlation_id=report.correlation_id, causation_id=report.message_id)
+
+
+async def _apply_once(uow: UnitOfWork, ctx: Context, report: AnyReport) -> bool:
+    fresh = await uow.conn.fetchval(
+        "INSERT INTO processed_reports (message_id) VALUES ($1)"
+        " ON CONFLICT DO NOTHING RETURNING true",
+        report.message_id,
+    )
+    if not fresh:
+        return False
+    uow.metadata = metadata_for(report)
+    with bind_correlation(report.correlation_id, report=report.type, agent_id=report.agent_id):
+        await apply_report(uow, ctx, report)
+    return True
+
+
 async def handle_report(ctx: Context, report: AnyReport) -> bool:
     """Apply `report` once; False when its id was handled before."""
-    metadata = Metadata(correlation_id=report.correlation_id, causation_id=report.message_id)
     for attempt in range(5):
         try:
-            async with unit_of_work(ctx.pool, metadata, ctx.appended) as uow:
-                fresh = await uow.conn.fetchval(
-                    "INSERT INTO processed_reports (message_id) VALUES ($1)"
-                    " ON CONFLICT DO NOTHING RETURNING true",
-                    report.message_id,
-                )
-                if not fresh:
-                    return False
-                await apply_report(uow, ctx, report)
-            return True
+            async with unit_of_work(ctx.pool, metadata_for(report), ctx.appended) as uow:
+                return await _apply_once(uow, ctx, report)
         except ConcurrencyError as exc:
             log.info("report.conflict", attempt=attempt, error=str(exc))
     raise RuntimeError(f"report {report.message_id} kept conflicting")
 
 
-async def on_message(ctx: Context, msg: Msg) -> None:
+async def handle_reports(ctx: Context, reports: list[AnyReport]) -> None:
+    """Apply a fetched batch in one transaction (a thousand phones report a lot); on a
+    conflict, each report again alone."""
     try:
-        report = parse_report(msg.data)
+        async with unit_of_work(ctx.pool, on_commit=ctx.appended) as uow:
+            for report in reports:
+                await _apply_once(uow, ctx, report)
+        return
+    except ConcurrencyError as exc:
+        log.info("report.batch_conflict", size=len(reports), error=str(exc))
+    for report in reports:
+        await handle_report(ctx, report)
+
+
+def _readable(msg: Msg) -> AnyReport | None:
+    try:
+        return parse_report(msg.data)
     except ValidationError as exc:
         log.warning("report.unreadable", subject=msg.subject, error=str(exc))
-        return
-    with bind_correlation(report.correlation_id, report=report.type, agent_id=report.agent_id):
-        applied = await handle_report(ctx, report)
-        log.debug("report.handled", applied=applied)
+        return None
 
 
 async def run(ctx: Context, stopping: asyncio.Event) -> None:
-    async def handle(msg: Msg) -> None:
-        await on_message(ctx, msg)
+    async def handle(msgs: list[Msg]) -> None:
+        reports = [r for r in map(_readable, msgs) if r is not None]
+        if reports:
+            await handle_reports(ctx, reports)
 
     await pull_loop(ctx.js, "REPORTS", SCHEDULER_REPORTS_CONSUMER, handle, stopping)

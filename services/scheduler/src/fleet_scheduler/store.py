@@ -149,20 +149,31 @@ def recorded_from_row(record: asyncpg.Record) -> RecordedEvent:
 class PostgresRecorder:
     """The log in PostgreSQL. `append` must run inside a transaction of `conn`."""
 
-    def __init__(self, conn: asyncpg.Connection) -> None:
+    def __init__(self, conn: asyncpg.Connection, *, locked: bool = False) -> None:
         self.conn = conn
+        self.locked = locked
+        """True when the caller's transaction already holds the events lock."""
 
     async def append(self, events: Sequence[NewEvent], metadata: Metadata) -> list[RecordedEvent]:
         if not events:
             return []
-        await self.conn.execute("LOCK TABLE events IN EXCLUSIVE MODE")
-        streams = sorted({e.stream_id for e in events})
-        rows = await self.conn.fetch(
-            "SELECT stream_id, max(version) AS v FROM events"
-            " WHERE stream_id = ANY($1::text[]) GROUP BY stream_id",
-            streams,
-        )
-        versions = _versions(events, {r["stream_id"]: r["v"] for r in rows})
+        if not self.locked:
+            await self.conn.execute("LOCK TABLE events IN EXCLUSIVE MODE")
+        current: dict[str, int] = {}
+        unknown = sorted({e.stream_id for e in events if e.expected_version is None})
+        if unknown:
+            rows = await self.conn.fetch(
+                "SELECT stream_id, max(version) AS v FROM events"
+                " WHERE stream_id = ANY($1::text[]) GROUP BY stream_id",
+                unknown,
+            )
+            current = {r["stream_id"]: r["v"] for r in rows}
+        # A stream with an expected version is taken at its word here; the unique
+        # (stream_id, version) index refuses the insert if the stream moved on.
+        for new in events:
+            if new.expected_version is not None and new.stream_id not in current:
+                current[new.stream_id] = new.expected_version
+        versions = _versions(events, current)
         try:
             inserted = await self.conn.fetch(
                 "INSERT INTO events (stream_id, version, type, data, metadata)"
@@ -176,7 +187,8 @@ class PostgresRecorder:
             )
         except asyncpg.UniqueViolationError as exc:
             raise ConcurrencyError(str(exc)) from exc
-        await self.conn.execute("SELECT pg_notify('fleet_events', '')")
+        if not self.locked:
+            await self.conn.execute("SELECT pg_notify('fleet_events', '')")
         return sorted((recorded_from_row(r) for r in inserted), key=lambda r: r.position)
 
     async def read_after(self, position: int, limit: int) -> list[RecordedEvent]:

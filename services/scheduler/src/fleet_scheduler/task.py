@@ -25,7 +25,6 @@ from fleet_contracts.events import (
     TaskStarted,
     TaskStopped,
 )
-
 from fleet_scheduler.errors import Rejected
 
 ACTIVE = ("dispatched", "running")
@@ -51,6 +50,7 @@ class TaskState:
     dispatch_id: str | None = None
     retry_count: int = 0
     deleted: bool = False
+    correlation_id: str | None = None
 
     @property
     def status(self) -> TaskStatus:
@@ -85,8 +85,9 @@ class Task:
         s = self.state
         match event:
             case TaskDispatched():
-                s = replace(s, state="dispatched", agent_id=event.agent_id,
-                            dispatch_id=event.dispatch_id)
+                s = replace(
+                    s, state="dispatched", agent_id=event.agent_id, dispatch_id=event.dispatch_id
+                )
             case TaskStarted():
                 s = replace(s, state="running")
             case TaskCompleted() if s.state in ACTIVE:
@@ -126,9 +127,7 @@ class Task:
     def retry(self, now: datetime) -> None:
         if self.state.state != "failed":
             raise self._wrong_state("only failed tasks can be retried")
-        self._emit(
-            TaskRetried(task_id=self.id, retry_count=self.state.retry_count + 1, due_at=now)
-        )
+        self._emit(TaskRetried(task_id=self.id, retry_count=self.state.retry_count + 1, due_at=now))
 
     # Dispatch
     def schedule(self, due_at: datetime, reason: str, after_task_id: int | None) -> None:
@@ -180,7 +179,10 @@ class Task:
         if self.state.state == "running" and self._current(dispatch_id):
             self._emit(
                 TaskProgressed(
-                    task_id=self.id, dispatch_id=dispatch_id, step=step, percent=percent,
+                    task_id=self.id,
+                    dispatch_id=dispatch_id,
+                    step=step,
+                    percent=percent,
                     message=message,
                 )
             )

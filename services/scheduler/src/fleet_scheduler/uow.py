@@ -8,13 +8,14 @@ see each other's committed claims.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
 import asyncpg
 
-from fleet_scheduler.projections import project
+from fleet_scheduler.projections import Deltas, flush_stats, project_all
 from fleet_scheduler.store import Metadata, NewEvent, PostgresRecorder, RecordedEvent
 
 
@@ -23,11 +24,16 @@ class UnitOfWork:
     conn: asyncpg.Connection
     metadata: Metadata
     appended: list[RecordedEvent] = field(default_factory=list)
+    deltas: Deltas = field(default_factory=Counter)
 
-    async def append(self, events: Sequence[NewEvent]) -> list[RecordedEvent]:
-        recorded = await PostgresRecorder(self.conn).append(events, self.metadata)
-        for rec in recorded:
-            await project(self.conn, rec)
+    async def append(
+        self, events: Sequence[NewEvent], metadata: Metadata | None = None
+    ) -> list[RecordedEvent]:
+        if not events:
+            return []
+        recorder = PostgresRecorder(self.conn, locked=True)
+        recorded = await recorder.append(events, metadata or self.metadata)
+        await project_all(self.conn, recorded, self.deltas)
         self.appended.extend(recorded)
         return recorded
 
@@ -42,5 +48,8 @@ async def unit_of_work(
         await conn.execute("LOCK TABLE events IN EXCLUSIVE MODE")
         uow = UnitOfWork(conn, metadata or Metadata())
         yield uow
+        await flush_stats(conn, uow.deltas)
+        if uow.appended:
+            await conn.execute("SELECT pg_notify('fleet_events', '')")
     if uow.appended and on_commit is not None:
         on_commit()

@@ -79,6 +79,7 @@ async def _events(sub: Subscription, feed: FeedFilter) -> AsyncIterator[ServerSe
     "/events",
     summary="Live events as Server-Sent Events (filter by task, device, type; resumable)",
     response_model=None,
+    response_class=EventSourceResponse,
     responses={
         200: {
             "description": "text/event-stream: `id` = stream sequence, `event` = type, "

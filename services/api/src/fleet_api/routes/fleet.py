@@ -12,6 +12,7 @@ from fleet_api.docs import errors
 from fleet_api.routes.params import NO_NUL, ApiCaller, CorrelationId, Text
 from fleet_api.scheduler import ask, run_command
 from fleet_api.state import gateway
+from fleet_api.text import require_storable
 from fleet_contracts.commands import RegisterAccount, RemoveAccount
 from fleet_contracts.envelope import Envelope
 from fleet_contracts.queries import ListAccounts, ListDevices
@@ -67,6 +68,7 @@ async def register_account(
     caller: ApiCaller,
     cid: CorrelationId,
 ) -> Envelope[dict[str, Any]]:
+    require_storable(body.model_dump())
     command = RegisterAccount(account=body, actor=caller.actor, correlation_id=cid)
     data = await run_command(gateway(request), command)
     return Envelope(data=data if isinstance(data, dict) else {"result": data})

@@ -14,10 +14,12 @@ from fastapi import APIRouter, Body, Header, Query, Request
 
 from fleet_api.catalogue import check_config
 from fleet_api.docs import errors
-from fleet_api.routes.params import ApiCaller, CorrelationId, TaskId, Text
+from fleet_api.errors import ApiError
+from fleet_api.routes.params import MAX_ID, ApiCaller, CorrelationId, TaskId, Text
 from fleet_api.scheduler import ask, run_command
 from fleet_api.state import gateway
-from fleet_contracts.codes import TaskSource
+from fleet_api.text import require_storable
+from fleet_contracts.codes import ErrorCode, TaskSource
 from fleet_contracts.commands import (
     BatchDeleteTasks,
     CreateTasks,
@@ -70,6 +72,7 @@ async def create_task(
     ] = None,
 ) -> Envelope[CreateTaskResult]:
     gw = gateway(request)
+    require_storable(body.model_dump(mode="python", exclude_none=True))
     config = check_config(body.script_name, body.script_config, gw.scripts.entries)
     ids: dict[str, Any] = {"correlation_id": cid}
     if idempotency_key:
@@ -128,6 +131,12 @@ async def batch_delete(
     caller: ApiCaller,
     cid: CorrelationId,
 ) -> Envelope[BatchDeleteResult]:
+    for i, task_id in enumerate(body.task_ids):
+        if not 1 <= task_id <= MAX_ID:
+            raise ApiError(
+                ErrorCode.INVALID_PARAMETERS,
+                f"task_ids[{i}]: {task_id} is not a task id (1 to {MAX_ID})",
+            )
     command = BatchDeleteTasks(task_ids=body.task_ids, actor=caller.actor, correlation_id=cid)
     data = await run_command(gateway(request), command)
     return Envelope(data=BatchDeleteResult.model_validate(data))

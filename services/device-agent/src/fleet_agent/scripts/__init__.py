@@ -25,8 +25,8 @@ from typing import Any, ClassVar, Protocol, runtime_checkable
 import structlog
 from pydantic import BaseModel
 
-from fleet_contracts.scripts import ScriptSpec
 from fleet_agent.phone import Phone
+from fleet_contracts.scripts import ScriptSpec
 
 log = structlog.get_logger(__name__)
 
@@ -36,7 +36,7 @@ Progress = Callable[[str, int | None, str], Awaitable[None]]
 """`await progress(step, percent, message)`: reported to the scheduler as it happens."""
 
 
-class ScriptFailure(Exception):  # noqa: N818 - it is the outcome, not a programming error
+class ScriptFailure(Exception):
     """The script ended without success; `reason` is what the operator reads.
 
     `on_screen` says whether the phone's screen explains the failure: the runner then
@@ -58,6 +58,7 @@ class ScriptHost:
     material_library: Path | None = None
     rng: random.Random = field(default_factory=random.Random)
     ui_timeout: float = 15.0
+    optional_wait: float = 2.0
 
 
 @dataclass(frozen=True)
@@ -74,7 +75,7 @@ class Target:
     platform: str | None = None
 
 
-class Cancelled(Exception):  # noqa: N818
+class Cancelled(Exception):
     """Raised by `CancelToken.check` once a stop, unplug or shutdown was asked for."""
 
 

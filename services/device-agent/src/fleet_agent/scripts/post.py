@@ -9,23 +9,23 @@ the pushed files are removed again whatever happened (success, failure, stop).
 
 from __future__ import annotations
 
+import asyncio
 import shlex
 from typing import Any, ClassVar
 
 import structlog
 from pydantic import BaseModel
 
-from fleet_contracts.scripts.post import PostConfig
 from fleet_agent.materials import MaterialError, select_materials
 from fleet_agent.phone import ElementMissingError, PhoneError, Selector
 from fleet_agent.scripts import CancelToken, Progress, ScriptFailure, ScriptHost, Target
 from fleet_agent.scripts.post_flow import Step, plan
 from fleet_agent.scripts.post_selectors import CURRENT, AppTable
+from fleet_contracts.scripts.post import PostConfig
 
 log = structlog.get_logger(__name__)
 
 REMOTE_ROOT = "/sdcard/DCIM/fleet"
-OPTIONAL_WAIT = 2.0
 
 
 def app_table(target: Target, config: PostConfig) -> AppTable:
@@ -54,8 +54,13 @@ class PostScript:
         assert isinstance(config, PostConfig)
         await progress("check materials", 1, "")
         try:
-            files = select_materials(
-                config, self._host.material_roots, self._host.material_library, self._host.rng
+            # File checks may hit a slow network share: keep them off the event loop.
+            files = await asyncio.to_thread(
+                select_materials,
+                config,
+                self._host.material_roots,
+                self._host.material_library,
+                self._host.rng,
             )
         except MaterialError as exc:
             raise ScriptFailure(str(exc), on_screen=False) from exc
@@ -115,7 +120,7 @@ class PostScript:
         elif step.action == "tap":
             await phone.tap(step.name, selectors, timeout)
         elif step.action == "tap_optional":
-            if await phone.present(selectors, OPTIONAL_WAIT):
+            if await phone.present(selectors, self._host.optional_wait):
                 await phone.tap(step.name, selectors, timeout)
         elif step.action == "type":
             await phone.type_text(step.name, selectors, step.text, timeout)

@@ -11,8 +11,8 @@ import shlex
 from dataclasses import dataclass
 from typing import Literal
 
-from fleet_contracts.scripts.post import PostConfig
 from fleet_agent.scripts.post_selectors import AppTable
+from fleet_contracts.scripts.post import PostConfig
 
 Action = Literal["app_start", "shell", "tap", "tap_optional", "type", "wait"]
 

@@ -1,0 +1,135 @@
+"""The scheduler process: `Scheduler(settings)` starts every loop, `stop()` ends them.
+
+Loops: commands (COMMANDS consumer), reports (REPORTS consumer), queries (request/
+reply), heartbeats and liveness, the dispatcher and the relay. Usable in-process:
+`async with Scheduler(settings): ...`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+from collections.abc import Callable
+from datetime import datetime
+from types import TracebackType
+
+import asyncpg
+import structlog
+from nats.aio.client import Client
+
+from fleet_contracts.messages import utcnow
+from fleet_runtime.bus import connect, ensure_streams
+from fleet_scheduler import commands, dispatch, liveness, queries, relay, reports
+from fleet_scheduler.context import Context
+from fleet_scheduler.migrate import migrate
+from fleet_scheduler.settings import SchedulerSettings
+from fleet_scheduler.store import init_connection
+
+log = structlog.get_logger(__name__)
+
+
+async def open_pool(settings: SchedulerSettings) -> asyncpg.Pool:
+    """A pool on a migrated database; waits for the database to come up."""
+    while True:
+        try:
+            conn = await asyncpg.connect(settings.database_url)
+            break
+        except (OSError, asyncpg.PostgresError) as exc:
+            log.warning("database.unavailable", error=str(exc))
+            await asyncio.sleep(1.0)
+    try:
+        await migrate(conn)
+    finally:
+        await conn.close()
+    pool = await asyncpg.create_pool(
+        settings.database_url,
+        min_size=2,
+        max_size=settings.scheduler_db_pool_size,
+        init=init_connection,
+    )
+    assert pool is not None
+    return pool
+
+
+class Scheduler:
+    def __init__(
+        self,
+        settings: SchedulerSettings | None = None,
+        *,
+        clock: Callable[[], datetime] = utcnow,
+        relay_enabled: bool = True,
+    ) -> None:
+        self.settings = settings or SchedulerSettings()
+        self.clock = clock
+        self.relay_enabled = relay_enabled
+        self.ctx: Context | None = None
+        self._stopping = asyncio.Event()
+        self._loops: list[asyncio.Task[None]] = []
+        self._nc: Client | None = None
+
+    async def start(self) -> None:
+        settings = self.settings
+        pool = await open_pool(settings)
+
+        async def resubscribe() -> None:
+            if self.ctx is not None:
+                with contextlib.suppress(Exception):
+                    await ensure_streams(self.ctx.js)
+
+        self._nc = await connect(
+            settings.nats_url, f"scheduler-{settings.scheduler_id}", on_reconnected=resubscribe
+        )
+        js = self._nc.jetstream()
+        await ensure_streams(js)
+        self.ctx = ctx = Context(
+            settings=settings,
+            pool=pool,
+            nc=self._nc,
+            js=js,
+            clock=self.clock,
+            rng=random.Random(settings.scheduler_seed),
+            started_at=self.clock(),
+        )
+        await queries.subscribe(ctx)
+        await liveness.subscribe_heartbeats(ctx)
+        stopping = self._stopping
+        loops = [commands.run(ctx, stopping), reports.run(ctx, stopping)]
+        loops += [liveness.run(ctx, stopping), dispatch.run(ctx, stopping)]
+        if self.relay_enabled:
+            loops.append(relay.run(ctx, stopping))
+        self._loops = [asyncio.create_task(loop) for loop in loops]
+        log.info("scheduler.started", scheduler_id=settings.scheduler_id)
+
+    async def stop(self) -> None:
+        self._stopping.set()
+        if self._loops:
+            _, pending = await asyncio.wait(self._loops, timeout=3.0)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*self._loops, return_exceptions=True)
+        if self.ctx is not None:
+            for task in list(self.ctx.background):
+                task.cancel()
+            await asyncio.gather(*self.ctx.background, return_exceptions=True)
+        if self._nc is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._nc.drain(), 3.0)
+            with contextlib.suppress(Exception):
+                await self._nc.close()
+        if self.ctx is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.ctx.pool.close(), 3.0)
+        log.info("scheduler.stopped")
+
+    async def __aenter__(self) -> Scheduler:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()

@@ -1,0 +1,244 @@
+"""The query side: NATS request/reply answered from the read models.
+
+Every subject is served in the `schedulers` queue group, so one replica answers each
+request. Stats come from the counters table: O(1) whatever the number of tasks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import asyncpg
+import structlog
+from nats.aio.msg import Msg
+from pydantic import BaseModel, ValidationError
+
+from fleet_contracts.codes import ErrorCode, TaskStatus
+from fleet_contracts.commands import Reply
+from fleet_contracts.queries import (
+    QUERY_SUBJECTS,
+    GetCommandResult,
+    GetStats,
+    GetTask,
+    ListAccounts,
+    ListDevices,
+    ListTasks,
+    Ping,
+    Query,
+    TaskEvents,
+)
+from fleet_contracts.rest import (
+    AccountView,
+    DeviceView,
+    TaskEventView,
+    TaskPage,
+    TaskStats,
+    TaskView,
+)
+from fleet_contracts.subjects import SCHEDULER_QUEUE, task_stream_id
+from fleet_contracts.validation import describe
+from fleet_runtime.logs import bind_correlation
+from fleet_scheduler.commands import recorded_result
+from fleet_scheduler.context import Context
+
+log = structlog.get_logger(__name__)
+
+TASK_COLUMNS = (
+    "t.*, d.online AS device_online, d.busy AS device_busy, d.current_task_id AS device_task"
+)
+TASK_FROM = "tasks t LEFT JOIN devices d ON d.serial = t.serial"
+
+
+def task_view(row: asyncpg.Record, now: Any) -> TaskView:
+    """A task row as the API shows it; a waiting task says what it waits for."""
+    state = row["state"]
+    reason: str | None = row["reason"]
+    if state == "pending":
+        # Its own later due time first (start_time, interval, back-off), then the device.
+        if row["due_at"] > now and row["wait_reason"]:
+            reason = row["wait_reason"]
+        elif not row["device_online"]:
+            reason = "device offline"
+        elif row["device_busy"] and row["device_task"] != row["id"]:
+            reason = f"device busy with task {row['device_task']}"
+        else:
+            reason = row["wait_reason"] or "waiting for dispatch"
+    elif state == "dispatched":
+        reason = f"dispatched to agent {row['agent_id']}, waiting for start"
+    status = TaskStatus(row["status"])
+    return TaskView(
+        id=row["id"],
+        serial=row["serial"],
+        username=row["username"],
+        script_name=row["script_name"],
+        script_config=row["script_config"],
+        status=status,
+        status_name=status.name.lower(),
+        source=row["source"],
+        reason=reason,
+        retry_count=row["retry_count"],
+        min_interval=row["min_interval"],
+        max_interval=row["max_interval"],
+        start_time=row["start_time"],
+        agent_id=row["agent_id"],
+        progress=row["progress"],
+        created_at=row["created_at"],
+        due_at=row["due_at"],
+        started_at=row["started_at"],
+        finished_at=row["finished_at"],
+    )
+
+
+def _not_found(task_id: int) -> Reply:
+    return Reply.failure(ErrorCode.NOT_FOUND, f"task {task_id} not found")
+
+
+async def list_tasks(ctx: Context, q: ListTasks) -> Reply:
+    where = ["NOT t.deleted"]
+    args: list[Any] = []
+    for column, value in (
+        ("t.status", None if q.status is None else int(q.status)),
+        ("t.serial", q.serial),
+        ("t.script_name", q.script_name),
+        ("t.source", None if q.source is None else str(q.source)),
+    ):
+        if value is not None:
+            args.append(value)
+            where.append(f"{column} = ${len(args)}")
+    clause = " AND ".join(where)
+    async with ctx.pool.acquire() as conn:
+        if len(where) == 1:
+            total = await conn.fetchval("SELECT COALESCE(sum(count), 0) FROM task_stats")
+        else:
+            total = await conn.fetchval(f"SELECT count(*) FROM tasks t WHERE {clause}", *args)
+        rows = await conn.fetch(
+            f"SELECT {TASK_COLUMNS} FROM {TASK_FROM} WHERE {clause}"
+            f" ORDER BY t.id DESC LIMIT {q.page_size} OFFSET {(q.page - 1) * q.page_size}",
+            *args,
+        )
+    now = ctx.clock()
+    page = TaskPage(
+        tasks=[task_view(r, now) for r in rows], total=total, page=q.page, page_size=q.page_size
+    )
+    return Reply(data=page.model_dump(mode="json"))
+
+
+async def get_task(ctx: Context, q: GetTask) -> Reply:
+    async with ctx.pool.acquire() as conn:
+        row = await conn.fetchrow(
+            f"SELECT {TASK_COLUMNS} FROM {TASK_FROM} WHERE t.id = $1 AND NOT t.deleted", q.task_id
+        )
+    if row is None:
+        return _not_found(q.task_id)
+    return Reply(data=task_view(row, ctx.clock()).model_dump(mode="json"))
+
+
+async def get_stats(ctx: Context, q: GetStats) -> Reply:
+    async with ctx.pool.acquire() as conn:
+        rows = await conn.fetch("SELECT status, count FROM task_stats")
+    counts = {TaskStatus(r["status"]).name.lower(): r["count"] for r in rows}
+    stats = TaskStats(total=sum(counts.values()), **counts)
+    return Reply(data=stats.model_dump())
+
+
+async def task_events(ctx: Context, q: TaskEvents) -> Reply:
+    """A task's whole history, deleted or not: the log keeps it."""
+    async with ctx.pool.acquire() as conn:
+        rows = await conn.fetch(
+            "SELECT position, version, type, data, metadata, recorded_at FROM events"
+            " WHERE stream_id = $1 ORDER BY version",
+            task_stream_id(q.task_id),
+        )
+    if not rows:
+        return _not_found(q.task_id)
+    views = [
+        TaskEventView(
+            position=r["position"],
+            version=r["version"],
+            type=r["type"],
+            data=r["data"],
+            recorded_at=r["recorded_at"],
+            correlation_id=r["metadata"].get("correlation_id"),
+            causation_id=r["metadata"].get("causation_id"),
+        ).model_dump(mode="json")
+        for r in rows
+    ]
+    return Reply(data=views)
+
+
+async def list_devices(ctx: Context, q: ListDevices) -> Reply:
+    async with ctx.pool.acquire() as conn:
+        # A phone is last seen when its agent last was (heartbeats are per agent).
+        rows = await conn.fetch(
+            "SELECT d.*, GREATEST(d.last_seen, a.last_seen) AS seen FROM devices d"
+            " LEFT JOIN agents a ON a.agent_id = d.agent_id"
+            " WHERE ($1::boolean IS NULL OR d.online = $1) ORDER BY d.serial",
+            q.online,
+        )
+    views = [
+        DeviceView.model_validate({**dict(r), "last_seen": r["seen"]}).model_dump(mode="json")
+        for r in rows
+    ]
+    return Reply(data=views)
+
+
+async def list_accounts(ctx: Context, q: ListAccounts) -> Reply:
+    async with ctx.pool.acquire() as conn:
+        rows = await conn.fetch(
+            "SELECT * FROM accounts WHERE ($1::text IS NULL OR serial = $1) ORDER BY username",
+            q.serial,
+        )
+    return Reply(data=[AccountView.model_validate(dict(r)).model_dump(mode="json") for r in rows])
+
+
+async def command_result(ctx: Context, q: GetCommandResult) -> Reply:
+    async with ctx.pool.acquire() as conn:
+        result = await recorded_result(conn, q.command_id)
+    if result is None:
+        return Reply.failure(ErrorCode.NOT_FOUND, f"command {q.command_id} not handled yet")
+    return Reply(data=result.model_dump(mode="json"))
+
+
+async def ping(ctx: Context, q: Ping) -> Reply:
+    return Reply(data={"scheduler_id": ctx.settings.scheduler_id})
+
+
+Answer = Callable[[Context, Any], Awaitable[Reply]]
+ANSWERS: dict[type[Query], Answer] = {
+    ListTasks: list_tasks,
+    GetTask: get_task,
+    GetStats: get_stats,
+    TaskEvents: task_events,
+    ListDevices: list_devices,
+    ListAccounts: list_accounts,
+    GetCommandResult: command_result,
+    Ping: ping,
+}
+
+
+async def subscribe(ctx: Context) -> None:
+    for model, answer in ANSWERS.items():
+        await ctx.nc.subscribe(
+            QUERY_SUBJECTS[model], queue=SCHEDULER_QUEUE, cb=_responder(ctx, model, answer)
+        )
+
+
+def _responder(ctx: Context, model: type[BaseModel], answer: Answer) -> Callable[[Msg], Any]:
+    async def respond(msg: Msg) -> None:
+        try:
+            query = model.model_validate_json(msg.data or b"{}")
+        except ValidationError as exc:
+            reply = Reply.failure(ErrorCode.INVALID_PARAMETERS, describe(exc))
+        else:
+            assert isinstance(query, Query)
+            with bind_correlation(query.correlation_id or None, query=model.__name__):
+                try:
+                    reply = await answer(ctx, query)
+                except Exception as exc:
+                    log.exception("query.failed", error=str(exc))
+                    reply = Reply.failure(ErrorCode.UNAVAILABLE, "scheduler database unavailable")
+        if msg.reply:
+            await msg.respond(reply.model_dump_json().encode())
+
+    return respond

@@ -1,0 +1,297 @@
+"""Dispatch against a stand-in agent on the bus: runs, stops, refusals, lost agents,
+start_time and intervals under a fake clock, and two schedulers sharing the work."""
+
+from __future__ import annotations
+
+from collections import Counter
+from datetime import timedelta
+from typing import Any
+
+import asyncpg
+
+from fleet_contracts.agent import (
+    AgentStartedReport,
+    DeviceConnectedReport,
+    DeviceDisconnectedReport,
+    DeviceInfo,
+)
+from fleet_contracts.codes import TaskSource
+from fleet_contracts.commands import CreateTasks, StopTask
+from fleet_contracts.queries import GetStats, GetTask, ListDevices
+from fleet_contracts.rest import CreateTaskRequest
+from fleet_scheduler.app import Scheduler
+from fleet_scheduler.settings import SchedulerSettings
+
+from .conftest import Bus, FakeAgent, FakeClock, eventually, wait_devices
+
+
+def create(**body: Any) -> CreateTasks:
+    return CreateTasks(
+        request=CreateTaskRequest.model_validate({"script_name": "post", **body}),
+        source=TaskSource.API,
+    )
+
+
+async def task(bus: Bus, task_id: int) -> dict[str, Any]:
+    data: dict[str, Any] = (await bus.query(GetTask(task_id=task_id))).data
+    return data
+
+
+async def until_status(bus: Bus, task_id: int, status: int) -> dict[str, Any]:
+    async def check() -> dict[str, Any] | None:
+        view = await task(bus, task_id)
+        return view if view["status"] == status else None
+
+    result: dict[str, Any] = await eventually(check, what=f"task {task_id} status {status}")
+    return result
+
+
+async def ids_of(bus: Bus, **body: Any) -> list[int]:
+    result = await bus.command(create(**body))
+    assert result.code == 0, result.message
+    ids: list[int] = result.data["task_ids"]
+    return ids
+
+
+async def test_run_to_completion_one_task_per_device(bus: Bus, agent: FakeAgent) -> None:
+    first, second = await ids_of(bus, serials=["device_serial_1"]) + await ids_of(
+        bus, serials=["device_serial_1"]
+    )
+    await eventually(lambda: _async(len(agent.runs) == 1), what="first run sent")
+    assert (await task(bus, first))["status"] == 0  # dispatched: running only once started
+    run = agent.run_for(first)
+    await agent.started(run)
+    view = await until_status(bus, first, 1)
+    assert view["agent_id"] == "a1" and view["started_at"]
+    second_view = await task(bus, second)
+    assert second_view["reason"] == f"device busy with task {first}"
+    await agent.complete(run)
+    await until_status(bus, first, 2)
+    await eventually(lambda: _async(len(agent.runs) == 2), what="second run after the first")
+    assert agent.runs[1].task_id == second
+    stats = (await bus.query(GetStats())).data
+    assert stats["completed"] == 1 and stats["total"] == 2
+
+
+async def _async(value: Any) -> Any:
+    return value
+
+
+async def test_stop_running_task_keeps_device_busy_until_the_agent_ends_it(
+    bus: Bus, agent: FakeAgent
+) -> None:
+    agent.auto_start = True
+    running, waiting = await ids_of(bus, serials=["device_serial_2"]) + await ids_of(
+        bus, serials=["device_serial_2"]
+    )
+    await until_status(bus, running, 1)
+    assert (await bus.command(StopTask(task_id=running))).code == 0
+    view = await task(bus, running)
+    assert (view["status"], view["reason"]) == (3, "stopped")
+    await eventually(lambda: _async(agent.stops), what="StopRun delivered")
+    assert agent.stops[0].task_id == running
+    devices = {d["serial"]: d for d in (await bus.query(ListDevices())).data}
+    assert devices["device_serial_2"]["busy"] is True
+    assert len(agent.runs) == 1
+    # The agent's own report of the stopped script frees the device; the task stays failed.
+    await agent.fail(agent.run_for(running), "stopped", stopped=True)
+    await until_status(bus, waiting, 1)
+    assert (await task(bus, running))["reason"] == "stopped"
+
+
+async def test_refused_run_goes_back_to_pending_with_the_agents_reason(
+    bus: Bus, agent: FakeAgent, db: asyncpg.Connection, clock: FakeClock
+) -> None:
+    agent.refuse = "device busy with task 12"
+    [tid] = await ids_of(bus, serials=["device_serial_3"])
+
+    async def requeued() -> bool:
+        types = await db.fetch("SELECT type FROM events WHERE stream_id = $1", f"task-{tid}")
+        return "task.requeued" in [r["type"] for r in types]
+
+    await eventually(requeued, what="requeue")
+    view = await task(bus, tid)
+    assert (view["status"], view["reason"]) == (0, "device busy with task 12")
+    agent.refuse = None
+    agent.auto_start = True
+    clock.advance(seconds=3)  # past the back-off
+    await until_status(bus, tid, 1)
+
+
+async def test_agent_that_stops_heartbeating_is_lost(
+    bus: Bus, settings: SchedulerSettings, clock: FakeClock
+) -> None:
+    settings.scheduler_agent_lease_seconds = 5
+    async with Scheduler(settings, clock=clock):
+        agent = FakeAgent(bus, "host-3", ["p1", "p2"])
+        agent.auto_start = True
+        await agent.start()
+        await wait_devices(bus, 2)
+        [tid] = await ids_of(bus, serials=["p1"])
+        await until_status(bus, tid, 1)
+        agent.beating = False
+        clock.advance(seconds=20)
+        view = await until_status(bus, tid, 3)
+        assert view["reason"].startswith("agent lost: host-3 sent no heartbeat for ")
+        devices = (await bus.query(ListDevices())).data
+        assert [d["online"] for d in devices] == [False, False]
+        # Beats again: its phones come back and new work flows to them.
+        agent.beating = True
+        await wait_devices(bus, 2)
+        [again] = await ids_of(bus, serials=["p2"])
+        await until_status(bus, again, 1)
+        await agent.close()
+
+
+async def test_start_never_confirmed_fails_with_the_agent_named(
+    bus: Bus, settings: SchedulerSettings, clock: FakeClock
+) -> None:
+    settings.scheduler_start_timeout_seconds = 30
+    async with Scheduler(settings, clock=clock):
+        agent = FakeAgent(bus, "slow", ["q1"])
+        agent.auto_start = False
+        await agent.start()
+        await wait_devices(bus, 1)
+        [tid] = await ids_of(bus, serials=["q1"])
+        await eventually(lambda: _async(agent.runs), what="run sent")
+        clock.advance(seconds=31)
+        view = await until_status(bus, tid, 3)
+        assert view["reason"] == "agent slow never confirmed start"
+        await agent.close()
+
+
+async def test_start_time_holds_a_task_until_its_time(
+    bus: Bus, agent: FakeAgent, clock: FakeClock
+) -> None:
+    agent.auto_start = True
+    at = clock.now + timedelta(minutes=30)
+    hhmm = at.strftime("%H:%M")
+    [held] = await ids_of(bus, serials=["device_serial_1"], start_time=hhmm)
+    [free] = await ids_of(bus, serials=["device_serial_2"])
+    await until_status(bus, free, 1)  # a dispatch pass ran after both were created
+    view = await task(bus, held)
+    assert view["status"] == 0
+    assert view["reason"] == f"start_time {hhmm} UTC"
+    assert [r.task_id for r in agent.runs] == [free]
+    clock.advance(minutes=31)
+    await until_status(bus, held, 1)
+
+
+async def test_interval_spaces_tasks_on_one_device(
+    bus: Bus, agent: FakeAgent, clock: FakeClock, db: asyncpg.Connection
+) -> None:
+    agent.auto_start = True
+    [first] = await ids_of(bus, serials=["device_serial_1"])
+    await until_status(bus, first, 1)
+    [second] = await ids_of(bus, serials=["device_serial_1"], min_interval=10, max_interval=10)
+    await agent.complete(agent.run_for(first))
+    await until_status(bus, first, 2)
+
+    async def rescheduled() -> dict[str, Any] | None:
+        view = await task(bus, second)
+        return view if view["reason"] == f"interval 10m after task {first}" else None
+
+    view = await eventually(rescheduled, what="interval drawn")
+    finished = await db.fetchval("SELECT finished_at FROM tasks WHERE id = $1", first)
+    assert view["status"] == 0
+    due = await db.fetchval("SELECT due_at FROM tasks WHERE id = $1", second)
+    assert due - finished == timedelta(minutes=10)
+    assert len(agent.runs) == 1
+    clock.advance(minutes=11)
+    await until_status(bus, second, 1)
+
+
+async def test_two_schedulers_never_dispatch_a_task_twice(
+    bus: Bus, settings: SchedulerSettings
+) -> None:
+    other = settings.model_copy(update={"scheduler_id": "second", "scheduler_seed": 8})
+    async with Scheduler(settings), Scheduler(other):
+        agent = FakeAgent(bus, "shared", [f"d{n}" for n in range(4)])
+        agent.auto_start = True
+        agent.auto_complete = True
+        await agent.start()
+        await wait_devices(bus, 4)
+        ids: list[int] = []
+        for _ in range(10):
+            ids += await ids_of(bus, serials=[f"d{n}" for n in range(4)])
+
+        async def all_done() -> bool:
+            return bool((await bus.query(GetStats())).data["completed"] == len(ids))
+
+        await eventually(all_done, within=30, what="all tasks completed")
+        counts = Counter(r.task_id for r in agent.runs)
+        assert sorted(counts) == sorted(ids)
+        assert set(counts.values()) == {1}
+        await agent.close()
+
+
+async def test_unplugged_phone_fails_its_task_and_holds_new_work_until_replugged(
+    bus: Bus, agent: FakeAgent
+) -> None:
+    agent.auto_start = True
+    [tid] = await ids_of(bus, serials=["device_serial_3"])
+    await until_status(bus, tid, 1)
+    agent.serials.remove("device_serial_3")  # it no longer lists the phone in heartbeats
+    await agent.fail(agent.run_for(tid), "device disconnected")
+    await bus.report(DeviceDisconnectedReport(agent_id="a1", serial="device_serial_3"))
+    view = await until_status(bus, tid, 3)
+    assert view["reason"] == "device disconnected"
+    [later] = await ids_of(bus, serials=["device_serial_3"])
+
+    async def offline() -> bool:
+        return bool((await task(bus, later))["reason"] == "device offline")
+
+    await eventually(offline, what="waits for the device")
+    await bus.report(
+        DeviceConnectedReport(
+            agent_id="a1", host="host-a1", device=DeviceInfo(serial="device_serial_3")
+        )
+    )
+    await until_status(bus, later, 1)
+
+
+async def test_agent_restart_fails_the_runs_it_had(bus: Bus, agent: FakeAgent) -> None:
+    agent.auto_start = True
+    [tid] = await ids_of(bus, serials=["device_serial_1"])
+    await until_status(bus, tid, 1)
+    await bus.report(
+        AgentStartedReport(
+            agent_id="a1",
+            host="host-a1",
+            devices=[DeviceInfo(serial=f"device_serial_{n}", model="Pixel") for n in (1, 2, 3)],
+        )
+    )
+    view = await until_status(bus, tid, 3)
+    assert view["reason"] == "agent lost: a1 restarted"
+    [after] = await ids_of(bus, serials=["device_serial_1"])
+    await until_status(bus, after, 1)
+
+
+async def test_unanswered_run_is_sent_again_with_the_same_dispatch(
+    bus: Bus, agent: FakeAgent
+) -> None:
+    agent.answer = False  # as if the request was lost, or the scheduler died before sending
+    [tid] = await ids_of(bus, serials=["device_serial_2"])
+    await eventually(lambda: _async(agent.runs), what="first RunTask")
+    agent.answer = True
+    agent.auto_start = True
+    await until_status(bus, tid, 1)
+    assert {r.dispatch_id for r in agent.runs} == {agent.runs[0].dispatch_id}
+
+
+async def test_phone_held_for_a_stop_nobody_reports_is_released(
+    bus: Bus, settings: SchedulerSettings, clock: FakeClock
+) -> None:
+    settings.scheduler_start_timeout_seconds = 1
+    async with Scheduler(settings, clock=clock):
+        agent = FakeAgent(bus, "quiet", ["z1"])
+        agent.auto_start = False  # accepts, then never reports anything
+        await agent.start()
+        await wait_devices(bus, 1)
+        first, second = await ids_of(bus, serials=["z1"]) + await ids_of(bus, serials=["z1"])
+        await eventually(lambda: _async(agent.runs), what="first run")
+        assert (await bus.command(StopTask(task_id=first))).code == 0
+        await eventually(lambda: _async(len(agent.runs) == 2), what="phone released")
+        assert agent.runs[1].task_id == second
+        assert (await task(bus, first))["reason"] == "stopped"
+        await agent.close()
