@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from fleet_devstack.stack import Stack
 from tests.e2e.harness import Api, parse_time, wait_until
 
 LONG = {"upload_wait_time": 3600}  # runs until stopped (sim time)
@@ -14,14 +16,16 @@ def post(video: str, **extra: Any) -> dict[str, Any]:
     return {"content_type": 0, "material_list": [video], "upload_wait_time": 0, **extra}
 
 
-def test_seed_example_then_every_task_endpoint(api: Api, video: str) -> None:
+def test_seed_example_then_every_task_endpoint(stack: Stack, api: Api, video: str) -> None:
     lic = api.ok("GET", "/license/check")
     assert lic["api_enabled"] is True
 
     # The seed's curl body, as is, with two serials and a file that exists.
+    trace = f"seed-{uuid.uuid4().hex}"
     created = api.ok(
         "POST",
         "/task",
+        headers={"X-Correlation-Id": trace},
         json={
             "serials": ["device_serial_1", "device_serial_2"],
             "script_name": "post",
@@ -42,6 +46,12 @@ def test_seed_example_then_every_task_endpoint(api: Api, video: str) -> None:
     assert {"task.created", "task.dispatched", "task.started", "task.completed"} <= set(
         api.history(first["id"])
     )
+    # One correlation id follows the request through every service's log lines.
+    for svc in (stack.api, stack.schedulers[0], stack.agents["host-1"]):
+        assert svc is not None
+        assert sum(trace in line for line in svc.output().splitlines()) >= 1, svc.name
+    agent_lines = [ln for ln in stack.agents["host-1"].output().splitlines() if trace in ln]
+    assert any("run.completed" in ln for ln in agent_lines)
 
     # A material that is not there fails naming the path; retry puts it back in line.
     [bad] = api.create(serials=["device_serial_3"], script_config=post("/nowhere/clip.mp4"))

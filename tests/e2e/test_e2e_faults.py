@@ -131,7 +131,12 @@ def test_same_create_twice_under_a_timeout_creates_once(stack: Stack, api: Api, 
     # The client gives up before the stalled scheduler could answer; the gateway has
     # published the command by then, and it is applied once the scheduler is back.
     with pytest.raises(httpx.TimeoutException):
-        api.http.post("/task", json=body, headers={"Idempotency-Key": key}, timeout=1.0)
+        api.http.post(
+            "/task",
+            json=body,
+            timeout=3.0,
+            headers={"Idempotency-Key": key, "X-Correlation-Id": "first-attempt"},
+        )
     scheduler.resume()
     first = wait_until(
         lambda: (
@@ -146,3 +151,7 @@ def test_same_create_twice_under_a_timeout_creates_once(stack: Stack, api: Api, 
     again = api.ok("POST", "/task", json=body, headers={"Idempotency-Key": key})
     assert again == first and first["created_count"] == 2
     assert api.ok("GET", "/task/stats")["total"] == 2
+    # What the retries returned is what the timed-out request created.
+    created = api.ok("GET", f"/task/{first['task_ids'][0]}/events")[0]
+    assert created["type"] == "task.created"
+    assert created["correlation_id"] == "first-attempt"

@@ -224,3 +224,20 @@ async def test_commands_survive_a_nats_restart(
 
     await eventually(accepted, within=30, what="a command after the restart")
     assert (await bus.query(GetStats())).data["total"] == 2
+
+
+async def test_a_command_that_cannot_be_stored_is_answered_not_redelivered_forever(
+    bus: Bus, agent: FakeAgent, db: asyncpg.Connection
+) -> None:
+    # Another publisher than the gateway (which refuses these) sends values Postgres
+    # cannot take: an id past 64 bits, a NUL byte in a text.
+    poison = BatchDeleteTasks(task_ids=[2**70])
+    huge = await bus.command(poison)
+    assert huge.code == ErrorCode.INVALID_PARAMETERS
+    assert "batch_delete_tasks" in huge.message
+    nul = await bus.command(RemoveAccount(username="bad\x00name"))
+    assert nul.code == ErrorCode.INVALID_PARAMETERS
+    # The same id again gets the recorded answer; the commands behind them still run.
+    assert await bus.command(poison, msg_id="past-the-dedup-window") == huge
+    ok = await bus.command(create(serials=["device_serial_1"]))
+    assert ok.code == 0, ok.message

@@ -123,7 +123,14 @@ async def run_command(gw: Gateway, command: AnyCommand, *, keyed: bool = False) 
     deadline = loop.time() + timeout
     _require_bus(gw)
     if keyed:
-        earlier = await recorded_result(gw, command.message_id, PING_TIMEOUT_SECONDS)
+        try:
+            earlier = await recorded_result(gw, command.message_id, PING_TIMEOUT_SECONDS)
+        except ApiError as exc:
+            if exc.code != ErrorCode.UNAVAILABLE or not gw.nc.is_connected:
+                raise
+            # No scheduler answered at once (busy, restarting, cut off): the key makes
+            # sending safe anyway, and the command waits on the stream until one does.
+            earlier = None
         if earlier is not None:
             log.info("command.replayed", command_id=command.message_id)
             return _unwrap(earlier)

@@ -1,7 +1,10 @@
-"""Publishing what the agent saw to the REPORTS stream, with ids and bounded retries.
+"""Publishing what the agent saw to the REPORTS stream, with ids and retries.
 
 Each report carries its own message id as `Nats-Msg-Id`, so a retry after a lost ack
-is stored once. Retries are bounded: a stopping agent must not hang on a dead bus.
+is stored once. A run's outcome is retried for as long as the agent runs: losing it
+would leave its task running for ever in the scheduler's eyes, since the agent keeps
+heartbeating. Once the agent is stopping, retries are bounded: a stopping agent must not
+hang on a dead bus (the scheduler fails its runs when it restarts or goes silent).
 """
 
 from __future__ import annotations
@@ -21,22 +24,34 @@ log = structlog.get_logger(__name__)
 
 
 async def publish_report(
-    js: JetStreamContext, report: Report, *, attempts: int = 15, ack_wait: float = 2.0
+    js: JetStreamContext,
+    report: Report,
+    *,
+    attempts: int = 15,
+    ack_wait: float = 2.0,
+    until: asyncio.Event | None = None,
 ) -> bool:
-    """Store `report` on REPORTS; False (and an error logged) if every attempt failed."""
+    """Store `report` on REPORTS; False (and an error logged) if every attempt failed.
+
+    With `until`, attempts are not counted until that event is set (the agent stopping);
+    after it, `attempts` more are made at most.
+    """
     kind = str(type(report).model_fields["type"].default)
     subject = report_subject(report.agent_id, kind)
     payload = report.to_bytes()
     headers = headers_for(report)
     delay = 0.1
-    for attempt in range(1, attempts + 1):
+    attempt = 0
+    while attempt < attempts:
+        if until is None or until.is_set():
+            attempt += 1
         try:
             await js.publish(subject, payload, headers=headers, timeout=ack_wait)
             return True
         except (NatsError, TimeoutError) as exc:
             log.warning("report.retry", type=kind, attempt=attempt, error=str(exc) or repr(exc))
             await asyncio.sleep(delay)
-            delay = min(delay * 2, 1.0)
+            delay = min(delay * 2, 2.0)
     log.error("report.lost", type=kind, message_id=report.message_id)
     return False
 

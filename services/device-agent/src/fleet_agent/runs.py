@@ -73,6 +73,7 @@ class Runner:
         self._screenshot_dir = screenshot_dir
         self._max_parallel = max_parallel
         self._runs: dict[str, Run] = {}
+        self._stopping = asyncio.Event()
 
     def status(self, serial: str, battery: int | None = None) -> DeviceStatus:
         run = self._runs.get(serial)
@@ -143,6 +144,7 @@ class Runner:
             await asyncio.shield(run.job)
 
     async def end_all(self, reason: str) -> None:
+        self._stopping.set()
         jobs = [run.job for run in self._runs.values() if run.job is not None]
         for run in list(self._runs.values()):
             self._cancel(run, reason)
@@ -174,7 +176,7 @@ class Runner:
                 log.info("run.failed", reason=outcome.reason, stopped=outcome.stopped)
             else:
                 log.info("run.completed")
-            await publish_report(self._js, outcome)
+            await publish_report(self._js, outcome, until=self._stopping)
 
     def _ended_by_cancel(self, run: Run) -> TaskFailedReport:
         reason = run.token.reason or STOPPED

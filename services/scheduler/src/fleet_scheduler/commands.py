@@ -45,7 +45,7 @@ from fleet_runtime.logs import bind_correlation
 from fleet_scheduler import handlers
 from fleet_scheduler.consumer import pull_loop
 from fleet_scheduler.context import Context
-from fleet_scheduler.errors import Rejected
+from fleet_scheduler.errors import Rejected, database_unavailable, failure_code
 from fleet_scheduler.handlers import Outcome
 from fleet_scheduler.projections import load_tasks, task_state
 from fleet_scheduler.store import ConcurrencyError, Metadata
@@ -211,6 +211,11 @@ async def handle_commands(
             return await _apply_once(uow, ctx, cmds, plugins)
     except ConcurrencyError as exc:
         log.info("command.batch_conflict", size=len(cmds), error=str(exc))
+    except Exception as exc:
+        if database_unavailable(exc):
+            raise
+        # One bad command must not hold back the others in its batch: find it alone.
+        log.warning("command.batch_failed", size=len(cmds), error=repr(exc))
     return [await handle_command(ctx, cmd) for cmd in cmds]
 
 
@@ -224,7 +229,35 @@ async def handle_command(ctx: Context, cmd: AnyCommand) -> tuple[CommandResult, 
             return outcome
         except ConcurrencyError as exc:
             log.info("command.conflict", attempt=attempt, error=str(exc))
+        except Exception as exc:
+            if database_unavailable(exc):
+                raise
+            return await record_failure(ctx, cmd, exc), []
     raise RuntimeError(f"command {cmd.message_id} kept conflicting")
+
+
+async def record_failure(ctx: Context, cmd: AnyCommand, exc: Exception) -> CommandResult:
+    """Answer a command that cannot be applied, and remember the answer: otherwise it
+    would be redelivered, fail again, and its caller would only ever see a timeout."""
+    code = failure_code(exc)
+    with bind_correlation(cmd.correlation_id, command_id=cmd.message_id, command=cmd.type):
+        log.error("command.failed", code=int(code), exc_info=exc)
+    detail = str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
+    message = (
+        f"{cmd.type}: the command's values cannot be stored ({detail})"
+        if code is ErrorCode.INVALID_PARAMETERS
+        else f"{cmd.type} failed inside the scheduler (command id {cmd.message_id})"
+    )
+    result = CommandResult(code=int(code), message=message, command_id=cmd.message_id)
+    async with ctx.pool.acquire() as conn:
+        await conn.execute(
+            "INSERT INTO command_results (command_id, result) VALUES ($1, $2::jsonb)"
+            " ON CONFLICT (command_id) DO NOTHING",
+            cmd.message_id,
+            result.model_dump(mode="json"),
+        )
+        stored = await recorded_result(conn, cmd.message_id)
+    return stored or result
 
 
 async def send_stops(ctx: Context, effects: list[StopOnAgent]) -> None:

@@ -33,6 +33,7 @@ from fleet_contracts.subjects import SCHEDULER_REPORTS_CONSUMER, device_stream_i
 from fleet_runtime.logs import bind_correlation
 from fleet_scheduler.consumer import pull_loop
 from fleet_scheduler.context import AgentSeen, Context
+from fleet_scheduler.errors import database_unavailable
 from fleet_scheduler.handlers import Outcome
 from fleet_scheduler.projections import load_tasks, task_state
 from fleet_scheduler.store import ConcurrencyError, Metadata, NewEvent
@@ -225,6 +226,13 @@ async def handle_report(ctx: Context, report: AnyReport) -> bool:
                 return await _apply_once(uow, ctx, report)
         except ConcurrencyError as exc:
             log.info("report.conflict", attempt=attempt, error=str(exc))
+        except Exception as exc:
+            if database_unavailable(exc):
+                raise
+            # What the agent sent cannot be applied; redelivering it would block every
+            # report behind it, so it is logged with its content and passed over.
+            log.error("report.skipped", report=report.model_dump(mode="json"), exc_info=exc)
+            return False
     raise RuntimeError(f"report {report.message_id} kept conflicting")
 
 
@@ -238,6 +246,10 @@ async def handle_reports(ctx: Context, reports: list[AnyReport]) -> None:
         return
     except ConcurrencyError as exc:
         log.info("report.batch_conflict", size=len(reports), error=str(exc))
+    except Exception as exc:
+        if database_unavailable(exc):
+            raise
+        log.warning("report.batch_failed", size=len(reports), error=repr(exc))
     for report in reports:
         await handle_report(ctx, report)
 
