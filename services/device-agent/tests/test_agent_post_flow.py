@@ -118,7 +118,9 @@ async def test_post_walks_the_flow_and_cleans_up(rig: Rig, video: Path) -> None:
     ) in commands
     assert commands[-1] == f"rm -rf {REMOTE}/1"
     steps = [r.step for r in rig.bus.of("task.progress", 1)]
-    assert steps[:3] == ["check materials", "push media", "media scanner"]
+    # Throttled: the first step goes out at once, later ones at most every half second.
+    assert steps[0] == "check materials"
+    assert len(steps) == len(set(steps))
 
 
 async def test_missing_selector_fails_naming_the_step_with_a_screenshot(

@@ -78,8 +78,10 @@ async def test_run_reports_started_progress_completed(agent: Agent, bus: Bus, vi
     assert kinds[0] == "task.started"
     assert kinds[-1] == "task.completed"
     steps = [r.step for r in bus.of("task.progress", 1)]
-    assert steps[:2] == ["check materials", "push media"]
-    assert {"caption", "post", "wait for upload"} <= set(steps)
+    # Progress is throttled (latest step wins, see test_agent_progress): the first step
+    # always shows, and no step is reported twice.
+    assert steps[0] == "check materials"
+    assert len(steps) == len(set(steps))
     assert all(r.correlation_id == request.correlation_id for r in bus.for_task(1))
     assert done.result["files"] == [str(video)]
 

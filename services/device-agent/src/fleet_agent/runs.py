@@ -19,6 +19,7 @@ from nats.js import JetStreamContext
 from pydantic import ValidationError
 
 from fleet_agent.phone import DeviceGoneError, Phone, PhoneError
+from fleet_agent.progress import ProgressThrottle
 from fleet_agent.reports import publish_progress, publish_report
 from fleet_agent.scripts import Cancelled, CancelToken, Script, ScriptFailure, Target
 from fleet_contracts.agent import (
@@ -215,10 +216,11 @@ class Runner:
         except ValidationError as exc:
             return self._failed(run, describe(exc, "script_config"))
 
+        throttle = ProgressThrottle(lambda report: publish_progress(self._js, report))
+
         async def progress(step: str, percent: int | None, message: str) -> None:
             log.info("run.step", step=step, percent=percent, detail=message or None)
-            await publish_progress(
-                self._js,
+            await throttle.report(
                 TaskProgressReport(
                     agent_id=self._agent_id,
                     task_id=request.task_id,
@@ -227,7 +229,7 @@ class Runner:
                     percent=percent,
                     message=message,
                     **ids,
-                ),
+                )
             )
 
         target = Target(
@@ -237,7 +239,11 @@ class Runner:
             platform=self._platform_of(request.serial, request.username),
         )
         try:
-            result = await script.run(target, config, progress, run.token)
+            try:
+                result = await script.run(target, config, progress, run.token)
+            finally:
+                # No step may land after the outcome it would contradict.
+                await throttle.close()
         except Cancelled:
             return self._ended_by_cancel(run)
         except ScriptFailure as exc:

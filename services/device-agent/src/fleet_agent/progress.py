@@ -1,0 +1,64 @@
+"""Progress of one run, sent at most once per interval.
+
+A script reports every step; on a real phone steps take seconds, but a fast one (or the
+simulator at speed 0) reports ten in a millisecond, and each report becomes an event in
+the log. So at most one goes out per interval: the latest step wins, and a step held back
+is still sent once the interval has passed, unless the run has ended by then (its outcome
+says more than any step).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable
+
+from fleet_contracts.agent import TaskProgressReport
+
+Send = Callable[[TaskProgressReport], Awaitable[None]]
+
+
+class ProgressThrottle:
+    def __init__(
+        self,
+        send: Send,
+        interval: float = 0.5,
+        clock: Callable[[], float] | None = None,
+    ) -> None:
+        self._send = send
+        self._interval = interval
+        self._clock = clock or (lambda: asyncio.get_running_loop().time())
+        self._last_sent: float | None = None
+        self._held: TaskProgressReport | None = None
+        self._flush: asyncio.Task[None] | None = None
+        self._closed = False
+
+    async def report(self, progress: TaskProgressReport) -> None:
+        if self._closed:
+            return
+        now = self._clock()
+        if self._last_sent is None or now - self._last_sent >= self._interval:
+            self._held = None
+            self._last_sent = now
+            await self._send(progress)
+            return
+        self._held = progress
+        if self._flush is None or self._flush.done():
+            wait = self._interval - (now - self._last_sent)
+            self._flush = asyncio.create_task(self._send_held_after(wait))
+
+    async def _send_held_after(self, wait: float) -> None:
+        await asyncio.sleep(wait)
+        held, self._held = self._held, None
+        if held is not None and not self._closed:
+            self._last_sent = self._clock()
+            await self._send(held)
+
+    async def close(self) -> None:
+        """The run ended: drop what is held, before the outcome is published."""
+        self._closed = True
+        self._held = None
+        if self._flush is not None and not self._flush.done():
+            self._flush.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._flush
