@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from bench import system
+from fleet_runtime.logs import configure
 
 
 async def main() -> str:
@@ -29,6 +30,8 @@ async def main() -> str:
 
 
 if __name__ == "__main__":
+    # The in-process scheduler of the first scenario would log every command.
+    configure("bench", "WARNING")
     report = asyncio.run(main())
     print(report)
     out = Path(__file__).parent / "results" / "latest.md"

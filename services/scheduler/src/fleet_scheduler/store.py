@@ -31,6 +31,8 @@ class NewEvent:
     event: DomainEvent
     expected_version: int | None = None
     """The stream's version before this event; None appends after whatever is there."""
+    metadata: Metadata | None = None
+    """This event's own ids, when one append carries events of several causes."""
 
 
 @dataclass(frozen=True)
@@ -116,7 +118,7 @@ class InMemoryRecorder:
                 version=version,
                 type=str(new.event.type),  # type: ignore[attr-defined]
                 data=new.event.model_dump(mode="json", exclude={"type"}),
-                metadata=metadata.for_event(),
+                metadata=(new.metadata or metadata).for_event(),
                 recorded_at=now,
             )
             for i, (new, version) in enumerate(zip(events, versions, strict=True))
@@ -183,7 +185,7 @@ class PostgresRecorder:
                 versions,
                 [str(e.event.type) for e in events],  # type: ignore[attr-defined]
                 [e.event.model_dump(mode="json", exclude={"type"}) for e in events],
-                [metadata.for_event() for _ in events],
+                [(e.metadata or metadata).for_event() for e in events],
             )
         except asyncpg.UniqueViolationError as exc:
             raise ConcurrencyError(str(exc)) from exc
