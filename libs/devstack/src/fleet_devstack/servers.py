@@ -136,7 +136,9 @@ class EmbeddedNats(_Child):
             f"fleet-dev-{self.port}",
         ]
         out = self._open_log(self.log_file)
-        self.proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(
+            args, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
         deadline = time.monotonic() + timeout
         health = f"http://{self.host}:{self.monitor_port}/healthz?js-enabled-only=true"
         while time.monotonic() < deadline:
@@ -261,7 +263,9 @@ class EmbeddedPostgres(_Child):
             args += ["-c", "fsync=off", "-c", "synchronous_commit=off"]
             args += ["-c", "full_page_writes=off"]
         out = self._open_log(self.log_file)
-        self.proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, user=user)
+        self.proc = subprocess.Popen(
+            args, stdout=out, stderr=subprocess.STDOUT, user=user, start_new_session=True
+        )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

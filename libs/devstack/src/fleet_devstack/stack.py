@@ -62,6 +62,10 @@ class ServiceProcess:
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
+            # Ctrl-C reaches the supervisor alone, which then stops services in order
+            # (agents first, NATS last); otherwise NATS would go before the agents could
+            # report the runs they end.
+            start_new_session=True,
         )
         self._pump = threading.Thread(
             target=self._copy_output, args=(self.proc.stdout,), daemon=True
