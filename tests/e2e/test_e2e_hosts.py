@@ -63,8 +63,10 @@ def hosts() -> Iterator[list[Host]]:
 
 
 def test_tasks_go_to_the_right_host_and_a_cut_link_fails_only_its_tasks(
-    stack_factory: StackFactory, hosts: list[Host], tmp_path: Path
+    hosts: list[Host], stack_factory: StackFactory, tmp_path: Path
 ) -> None:
+    # `hosts` comes first so it is torn down last: the agents stop while their
+    # namespaces still exist.
     video = tmp_path / "clip.mp4"
     video.write_bytes(b"\x00" * 512)
     stack = stack_factory(

@@ -214,8 +214,16 @@ class Agent:
                     await self._heartbeat
             if self._driver is not None:
                 await self._driver.stop()
+            # Subscriptions are gone and runs have ended: what is left is to push out
+            # pending publishes. A bounded flush, then close; nats-py's drain() waits out
+            # its own 30 s timeout on a half-open link (a host cut off) and ignores
+            # cancellation meanwhile.
+            try:
+                await self._nc.flush(timeout=2)
+            except Exception as exc:
+                log.warning("agent.flush_failed", error=str(exc) or repr(exc))
             with contextlib.suppress(Exception):
-                await self._nc.drain()
+                await self._nc.close()
             self._nc = None
             log.info("agent.stopped")
 

@@ -177,7 +177,9 @@ class Runner:
                 log.info("run.failed", reason=outcome.reason, stopped=outcome.stopped)
             else:
                 log.info("run.completed")
-            await publish_report(self._js, outcome, until=self._stopping)
+            # While running: until it lands. Once stopping: a few tries, then go; the
+            # scheduler fails these runs itself when this agent restarts or goes silent.
+            await publish_report(self._js, outcome, until=self._stopping, attempts=3)
 
     def _ended_by_cancel(self, run: Run) -> TaskFailedReport:
         reason = run.token.reason or STOPPED
