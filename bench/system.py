@@ -127,6 +127,15 @@ async def _create_many(
     return ids, time.perf_counter() - start
 
 
+async def _finished(client: Client, count: int) -> dict[str, int]:
+    """Poll stats until `count` tasks have ended; the stats then."""
+    while True:
+        stats: dict[str, int] = await client.call("GET", "/task/stats")
+        if stats["completed"] + stats["failed"] >= count:
+            return stats
+        await asyncio.sleep(0.05)
+
+
 async def run(scale: Scale = BIG, data_dir: Path | None = None) -> Result:
     root = data_dir or Path(tempfile.mkdtemp(prefix="fleet-bench-"))
     media = root / "clip.mp4"
@@ -166,11 +175,7 @@ async def _measure(stack: Stack, scale: Scale, media: str) -> Result:
         ids, create_seconds = await _create_many(client, serials, scale.e2e_tasks, quick)
         create_rate = len(ids) / create_seconds
         start = time.perf_counter() - create_seconds
-        while True:
-            stats = await client.call("GET", "/task/stats")
-            if stats["completed"] + stats["failed"] >= len(ids):
-                break
-            await asyncio.sleep(0.05)
+        stats = await _finished(client, len(ids))
         e2e_seconds = time.perf_counter() - start
         completed, failed = stats["completed"], stats["failed"]
 
@@ -185,11 +190,7 @@ async def _measure(stack: Stack, scale: Scale, media: str) -> Result:
 
         # 3b: the same at rest: one call of 100 tasks on idle devices, nothing else going on.
         calm_ids, _ = await _create_many(client, serials, min(100, len(serials)), quick)
-        while True:
-            stats = await client.call("GET", "/task/stats")
-            if stats["completed"] + stats["failed"] >= len(ids) + len(calm_ids):
-                break
-            await asyncio.sleep(0.05)
+        await _finished(client, len(ids) + len(calm_ids))
         calm = [await client.call("GET", f"/task/{i}") for i in calm_ids]
         calm_waits = dispatch_waits([t for t in calm if t["started_at"]])
 

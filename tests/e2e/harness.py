@@ -42,6 +42,11 @@ def wait_until(
     raise AssertionError(f"timed out after {timeout}s waiting for {what}; last: {last!r}")
 
 
+def post(video: str, wait: int = 0, **extra: Any) -> dict[str, Any]:
+    """A `post` script_config for one existing video, waiting `wait` s for the upload."""
+    return {"content_type": 0, "material_list": [video], "upload_wait_time": wait, **extra}
+
+
 def parse_time(value: str) -> datetime:
     return datetime.fromisoformat(value.replace("Z", "+00:00"))
 

@@ -4,16 +4,11 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 from fleet_devstack.stack import Stack
-from tests.e2e.harness import Api, parse_time, wait_until
+from tests.e2e.harness import Api, parse_time, post, wait_until
 
-LONG = {"upload_wait_time": 3600}  # runs until stopped (sim time)
-
-
-def post(video: str, **extra: Any) -> dict[str, Any]:
-    return {"content_type": 0, "material_list": [video], "upload_wait_time": 0, **extra}
+LONG = 3600  # upload wait (sim seconds): runs until stopped
 
 
 def test_seed_example_then_every_task_endpoint(stack: Stack, api: Api, video: str) -> None:
@@ -157,7 +152,7 @@ def test_interval_spaces_tasks_on_one_device(api: Api, video: str) -> None:
 
 
 def test_stop_and_delete_a_running_task(api: Api, video: str) -> None:
-    [running] = api.create(serials=["device_serial_1"], script_config=post(video, **LONG))
+    [running] = api.create(serials=["device_serial_1"], script_config=post(video, LONG))
     api.wait_status(running, 1)
     api.ok("POST", f"/task/{running}/stop")
     stopped = api.wait_status(running, 3)
@@ -169,7 +164,7 @@ def test_stop_and_delete_a_running_task(api: Api, video: str) -> None:
     status, body = api.call("POST", f"/task/{running}/stop")
     assert (status, body["code"]) == (409, 40901)
 
-    [doomed] = api.create(serials=["device_serial_2"], script_config=post(video, **LONG))
+    [doomed] = api.create(serials=["device_serial_2"], script_config=post(video, LONG))
     api.wait_status(doomed, 1)
     api.ok("DELETE", f"/task/{doomed}")
     status, _ = api.call("GET", f"/task/{doomed}")

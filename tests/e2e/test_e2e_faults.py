@@ -4,18 +4,13 @@ from __future__ import annotations
 
 import uuid
 from collections import Counter
-from typing import Any
 
 import httpx
 import pytest
 
 from fleet_devstack.stack import AgentSpec, Stack
 from tests.e2e.conftest import StackFactory
-from tests.e2e.harness import Api, wait_until
-
-
-def post(video: str, wait: int = 0) -> dict[str, Any]:
-    return {"content_type": 0, "material_list": [video], "upload_wait_time": wait}
+from tests.e2e.harness import Api, post, wait_until
 
 
 def assert_ran_at_most_once(api: Api, ids: list[int]) -> None:

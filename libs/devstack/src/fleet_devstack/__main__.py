@@ -15,7 +15,8 @@ import threading
 import time
 from pathlib import Path
 
-from fleet_devstack.stack import AgentSpec, Stack, StackConfig, port_or_free
+from fleet_devstack.servers import port_or_free
+from fleet_devstack.stack import AgentSpec, Stack, StackConfig
 
 COLOURS = ["36", "35", "33", "32", "34", "31"]
 

@@ -34,6 +34,30 @@ def _port_open(host: str, port: int) -> bool:
     return False
 
 
+def port_or_free(preferred: int, host: str = "127.0.0.1") -> int:
+    """`preferred` when nothing listens there, else any free port."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((host, preferred))
+            return preferred
+        except OSError:
+            return free_port(host)
+
+
+def end_process(
+    proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM, timeout: float = 15.0
+) -> int:
+    """Send `sig` and wait `timeout`; SIGKILL if it is still there. The exit code."""
+    if proc.poll() is None:
+        proc.send_signal(sig)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+    return proc.returncode
+
+
 def nats_server_binary() -> str:
     here = Path(sys.executable).parent / "nats-server"
     if here.exists():
@@ -60,25 +84,18 @@ class _Child:
 
     def stop(self, timeout: float = 15.0) -> None:
         proc, self.proc = self.proc, None
-        if proc is None:
-            return
-        if proc.poll() is None:
-            proc.send_signal(self.stop_signal)
-            try:
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
-        if self._log:
-            self._log.close()
-            self._log = None
+        if proc is not None:
+            end_process(proc, self.stop_signal, timeout)
+        self._close_log()
 
     def kill(self) -> None:
         """SIGKILL, as a crash would: no shutdown work at all."""
         proc, self.proc = self.proc, None
-        if proc is not None and proc.poll() is None:
-            proc.kill()
-            proc.wait(5)
+        if proc is not None:
+            end_process(proc, signal.SIGKILL, 5)
+        self._close_log()
+
+    def _close_log(self) -> None:
         if self._log:
             self._log.close()
             self._log = None

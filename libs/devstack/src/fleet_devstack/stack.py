@@ -22,7 +22,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
-from fleet_devstack.servers import EmbeddedNats, EmbeddedPostgres, free_port
+from fleet_devstack.servers import (
+    EmbeddedNats,
+    EmbeddedPostgres,
+    end_process,
+)
 
 LineSink = Callable[[str, str], None]
 
@@ -84,24 +88,16 @@ class ServiceProcess:
 
     def stop(self, timeout: float = 15.0) -> int | None:
         """SIGTERM, then SIGKILL after `timeout`; returns the exit code."""
-        proc = self.proc
-        if proc is None:
+        if self.proc is None:
             return None
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
+        code = end_process(self.proc, signal.SIGTERM, timeout)
         self._join()
-        return proc.returncode
+        return code
 
     def kill(self) -> None:
         """SIGKILL: the process gets no chance to clean up, as in a crash."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(5)
+        if self.proc is not None:
+            end_process(self.proc, signal.SIGKILL, 5)
         self._join()
 
     def restart(self) -> None:
@@ -295,15 +291,3 @@ class Stack:
             yield self
         finally:
             self.stop()
-
-
-def port_or_free(preferred: int, host: str = "127.0.0.1") -> int:
-    """`preferred` when nothing listens there, else any free port."""
-    import socket
-
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        try:
-            sock.bind((host, preferred))
-            return preferred
-        except OSError:
-            return free_port(host)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from datetime import datetime
+from typing import TypeVar
 
 import asyncpg
 import structlog
@@ -22,6 +23,7 @@ from fleet_contracts.agent import (
     DeviceConnectedReport,
     DeviceDisconnectedReport,
     DeviceInfo,
+    Report,
     TaskCompletedReport,
     TaskFailedReport,
     TaskProgressReport,
@@ -145,6 +147,7 @@ async def _agent_started(uow: UnitOfWork, ctx: Context, report: AgentStartedRepo
 
 
 TaskReport = TaskStartedReport | TaskProgressReport | TaskCompletedReport | TaskFailedReport
+R = TypeVar("R", bound=Report)
 TASK_REPORTS = (TaskStartedReport, TaskProgressReport, TaskCompletedReport, TaskFailedReport)
 
 
@@ -175,7 +178,12 @@ async def _task_reports(uow: UnitOfWork, reports: list[TaskReport]) -> None:
     for report in reports:
         task = tasks.get(report.task_id)
         if task is None:
-            log.warning("report.unknown_task", task_id=report.task_id, report=report.type)
+            log.warning(
+                "report.unknown_task",
+                task_id=report.task_id,
+                report=report.type,
+                correlation_id=report.correlation_id,
+            )
             continue
         before = len(task.pending)
         _apply_to(task, report)
@@ -192,7 +200,7 @@ async def _task_reports(uow: UnitOfWork, reports: list[TaskReport]) -> None:
     await uow.append(events)
 
 
-async def _fresh(uow: UnitOfWork, reports: list[TaskReport]) -> list[TaskReport]:
+async def _fresh(uow: UnitOfWork, reports: list[R]) -> list[R]:
     """The reports not applied before, each once (JetStream may redeliver any)."""
     unique = list({r.message_id: r for r in reports}.values())
     rows = await uow.conn.fetch(
@@ -245,12 +253,7 @@ def metadata_for(report: AnyReport) -> Metadata:
 
 
 async def _apply_once(uow: UnitOfWork, ctx: Context, report: AnyReport) -> bool:
-    fresh = await uow.conn.fetchval(
-        "INSERT INTO processed_reports (message_id) VALUES ($1)"
-        " ON CONFLICT DO NOTHING RETURNING true",
-        report.message_id,
-    )
-    if not fresh:
+    if not await _fresh(uow, [report]):
         return False
     uow.metadata = metadata_for(report)
     with bind_correlation(report.correlation_id, report=report.type, agent_id=report.agent_id):
