@@ -40,6 +40,7 @@ from fleet_contracts.agent import (
     RunTask,
     StopRun,
 )
+from fleet_contracts.messages import new_id
 from fleet_contracts.subjects import (
     KV_SCRIPTS,
     agent_run_subject,
@@ -84,6 +85,8 @@ class Agent:
     ) -> None:
         self.settings = settings
         self.agent_id = settings.agent_id
+        self.incarnation = new_id()
+        """This process: runs sent to an earlier one are refused (fencing)."""
         self._driver_override = driver
         self._scripts_override = scripts
         self._driver: Driver | None = None
@@ -132,6 +135,7 @@ class Agent:
 
     async def start(self) -> None:
         s = self.settings
+        self.incarnation = new_id()
         with bind_correlation(None, agent_id=self.agent_id):
             self._nc = await connect(
                 s.nats_url, f"fleet-agent-{self.agent_id}", on_reconnected=self._reconnected
@@ -158,6 +162,8 @@ class Agent:
                 platform_of=self._platform_of,
                 screenshot_dir=s.agent_screenshot_dir,
                 max_parallel=s.agent_max_parallel,
+                incarnation=self.incarnation,
+                run_log=s.agent_run_log,
             )
             devices = await self._driver.start(self)
             self._devices = {d.serial: d for d in devices}
@@ -181,6 +187,7 @@ class Agent:
                 AgentStartedReport(
                     agent_id=self.agent_id,
                     host=s.agent_host,
+                    incarnation=self.incarnation,
                     devices=devices,
                     scripts=[
                         spec_of(script, builtin=name == "post")
@@ -309,6 +316,7 @@ class Agent:
                     for serial, info in self._devices.items()
                 ],
                 interval_seconds=interval,
+                incarnation=self.incarnation,
             )
             try:
                 # Defaults left out: a 1,000-phone heartbeat stays ~45 kB, one message.

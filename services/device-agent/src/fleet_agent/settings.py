@@ -32,6 +32,9 @@ class AgentSettings(BaseSettings):
     )
     agent_max_parallel: int | None = Field(None, ge=1)
     agent_ui_timeout_seconds: float = Field(15.0, gt=0)
+    # A JSON-lines file this agent appends each run it begins and ends to (tests judge
+    # the scheduler's record against it); unset: none kept.
+    agent_run_log: Path | None = None
     log_level: str = "INFO"
 
     @field_validator("agent_material_roots", mode="before")
@@ -41,7 +44,7 @@ class AgentSettings(BaseSettings):
             return [Path(part.strip()) for part in value.split(",") if part.strip()]
         return value
 
-    @field_validator("agent_material_library", "agent_max_parallel", mode="before")
+    @field_validator("agent_material_library", "agent_max_parallel", "agent_run_log", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         return None if value == "" else value

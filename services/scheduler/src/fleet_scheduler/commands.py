@@ -146,7 +146,7 @@ async def recorded_result(conn: asyncpg.Connection, command_id: str) -> CommandR
 
 
 def metadata_for(cmd: AnyCommand) -> Metadata:
-    return Metadata(correlation_id=cmd.correlation_id, causation_id=cmd.message_id)
+    return Metadata(correlation_id=cmd.correlation_id, causation_id=cmd.message_id, actor=cmd.actor)
 
 
 async def _apply(

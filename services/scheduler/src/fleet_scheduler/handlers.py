@@ -22,7 +22,12 @@ from fleet_contracts.commands import (
     RemoveAccount,
 )
 from fleet_contracts.events import AccountRegistered, AccountRemoved, TaskCreated
-from fleet_contracts.rest import BatchDeleteResult, CreateTaskResult, RetryAllResult
+from fleet_contracts.rest import (
+    RETRY_ALL_LISTED,
+    BatchDeleteResult,
+    CreateTaskResult,
+    RetryAllResult,
+)
 from fleet_contracts.scripts import (
     ScriptConfigError,
     UnknownScriptError,
@@ -193,7 +198,10 @@ def retry_all(failed: Sequence[TaskState], now: datetime) -> Outcome:
         task.retry(now)
         outcome.take(task)
         ids.append(state.id)
-    outcome.data = RetryAllResult(task_ids=ids, retried_count=len(ids)).model_dump()
+    # A count always; the ids only while few: the reply must fit a bus message (1 MiB)
+    # however many tasks had failed.
+    listed = ids if len(ids) <= RETRY_ALL_LISTED else []
+    outcome.data = RetryAllResult(task_ids=listed, retried_count=len(ids)).model_dump()
     return outcome
 
 

@@ -63,16 +63,22 @@ class RecordedEvent:
         )
 
 
+SCHEDULER_ACTOR = "scheduler"
+
+
 @dataclass(frozen=True)
 class Metadata:
     correlation_id: str = ""
     causation_id: str | None = None
+    actor: str = SCHEDULER_ACTOR
+    """Who caused the event: an API key's name, "scheduler", or "agent:<id>" (the audit)."""
 
     def for_event(self) -> dict[str, Any]:
         return {
             "message_id": new_id(),
             "correlation_id": self.correlation_id or None,
             "causation_id": self.causation_id,
+            "actor": self.actor,
         }
 
 
