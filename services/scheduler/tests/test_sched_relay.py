@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
 from dataclasses import replace
 from typing import Any
 
@@ -48,12 +47,11 @@ def events_with(**changes: Any) -> Any:
 
 
 @pytest.fixture
-async def short_dedup(bus: Bus, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[None]:
+async def short_dedup(bus: Bus, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(
         runtime_bus, "stream_config", events_with(duplicate_window_seconds=DEDUP_SECONDS)
     )
     await ensure_streams(bus.js)
-    yield
 
 
 async def published(bus: Bus) -> list[EventEnvelope]:
