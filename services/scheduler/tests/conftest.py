@@ -77,14 +77,16 @@ class Bus:
         self.nc = nc
         self.js = nc.jetstream()
 
-    async def command(self, cmd: AnyCommand, msg_id: str | None = None) -> CommandResult:
+    async def command(
+        self, cmd: AnyCommand, msg_id: str | None = None, within: float = 10
+    ) -> CommandResult:
         inbox = self.nc.new_inbox()
         sub = await self.nc.subscribe(inbox)
         headers = headers_for(cmd, **{HDR_REPLY_TO: inbox})
         if msg_id is not None:
             headers["Nats-Msg-Id"] = msg_id
         await self.js.publish(subject_for(cmd), cmd.to_bytes(), headers=headers)
-        msg = await sub.next_msg(timeout=10)
+        msg = await sub.next_msg(timeout=within)
         await sub.unsubscribe()
         return CommandResult.model_validate_json(msg.data)
 

@@ -22,12 +22,7 @@ from fleet_contracts.commands import (
     RemoveAccount,
 )
 from fleet_contracts.events import AccountRegistered, AccountRemoved, TaskCreated
-from fleet_contracts.rest import (
-    RETRY_ALL_LISTED,
-    BatchDeleteResult,
-    CreateTaskResult,
-    RetryAllResult,
-)
+from fleet_contracts.rest import BatchDeleteResult, CreateTaskResult
 from fleet_contracts.scripts import (
     ScriptConfigError,
     UnknownScriptError,
@@ -185,23 +180,6 @@ def retry_task(task_id: int, state: TaskState | None, now: datetime) -> Outcome:
     task.retry(now)
     outcome = Outcome(data={"task_id": task_id})
     outcome.take(task)
-    return outcome
-
-
-def retry_all(failed: Sequence[TaskState], now: datetime) -> Outcome:
-    outcome = Outcome()
-    ids: list[int] = []
-    for state in failed:
-        task = Task(state)
-        if state.deleted or state.state != "failed":
-            continue
-        task.retry(now)
-        outcome.take(task)
-        ids.append(state.id)
-    # A count always; the ids only while few: the reply must fit a bus message (1 MiB)
-    # however many tasks had failed.
-    listed = ids if len(ids) <= RETRY_ALL_LISTED else []
-    outcome.data = RetryAllResult(task_ids=listed, retried_count=len(ids)).model_dump()
     return outcome
 
 
