@@ -21,6 +21,7 @@ import structlog
 from fleet_contracts.agent import AgentReply, RunTask
 from fleet_contracts.messages import new_id
 from fleet_contracts.subjects import agent_run_subject
+from fleet_runtime.failpoints import failpoint
 from fleet_scheduler.context import Context
 from fleet_scheduler.handlers import Outcome
 from fleet_scheduler.projections import load_tasks
@@ -136,7 +137,9 @@ async def claim(ctx: Context, cooling: dict[str, datetime]) -> list[Claim]:
     return claims
 
 
-async def resend_unconfirmed(ctx: Context, in_flight: set[str]) -> list[Claim]:
+async def resend_unconfirmed(
+    ctx: Context, in_flight: set[str], min_age: float = RESEND_AFTER_SECONDS
+) -> list[Claim]:
     """RunTasks committed but not confirmed after a while: sent again.
 
     A scheduler killed between the claim's commit and the send leaves such tasks; the
@@ -147,8 +150,8 @@ async def resend_unconfirmed(ctx: Context, in_flight: set[str]) -> list[Claim]:
             "SELECT id, dispatch_id, serial, username, script_name, script_config, agent_id,"
             " correlation_id, incarnation"
             " FROM tasks WHERE state = 'dispatched'"
-            " AND dispatched_at < now() - make_interval(secs => $1) ORDER BY id LIMIT 500",
-            RESEND_AFTER_SECONDS,
+            " AND dispatched_at <= now() - make_interval(secs => $1) ORDER BY id LIMIT 500",
+            min_age,
         )
     return [
         Claim(
@@ -239,7 +242,10 @@ async def run(ctx: Context, stopping: asyncio.Event) -> None:
     cooling: dict[str, datetime] = {}
     in_flight: set[str] = set()
     poll = ctx.settings.scheduler_dispatch_poll_seconds
-    next_resend = time.monotonic() + RESEND_AFTER_SECONDS
+    # At start every unconfirmed dispatch is sent again at once: this process sends
+    # nothing yet, and one that died between a claim and its send left them unsent.
+    next_resend = time.monotonic()
+    first_pass = True
     while not stopping.is_set():
         ctx.dispatch_wake.clear()
         try:
@@ -247,13 +253,18 @@ async def run(ctx: Context, stopping: asyncio.Event) -> None:
         except Exception as exc:
             log.warning("dispatch.claim_failed", error=str(exc))
             claims = []
+        if claims:
+            failpoint("dispatch.after_claim")
+        in_flight.update(item.run.dispatch_id for item in claims)
         for item in claims:
             ctx.spawn(send_run(ctx, item, cooling, in_flight))
         if time.monotonic() >= next_resend:
             next_resend = time.monotonic() + RESEND_AFTER_SECONDS
             try:
-                for item in await resend_unconfirmed(ctx, in_flight):
+                age = 0.0 if first_pass else RESEND_AFTER_SECONDS
+                for item in await resend_unconfirmed(ctx, in_flight, age):
                     ctx.spawn(send_run(ctx, item, cooling, in_flight))
+                first_pass = False
             except Exception as exc:
                 log.warning("dispatch.resend_failed", error=str(exc))
         now = ctx.clock()
