@@ -50,9 +50,12 @@ async def until_status(bus: Bus, task_id: int, status: int, within: float = 10) 
         seen = await view(bus, task_id)
         return seen if seen["status"] == status else None
 
-    found: dict[str, Any] = await eventually(
-        check, within=within, what=f"task {task_id} status {status}"
-    )
+    try:
+        found: dict[str, Any] = await eventually(
+            check, within=within, what=f"task {task_id} status {status}"
+        )
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}; task is {await view(bus, task_id)}") from None
     return found
 
 
@@ -225,7 +228,7 @@ async def test_two_schedulers_with_clocks_30s_apart_neither_lose_nor_expire_earl
         devices = (await bus.query(ListDevices())).data
         assert all(d["online"] for d in devices)
         # ... and on the database's clock the start timeout does come.
-        expired = await until_status(bus, waiting, 3)
+        expired = await until_status(bus, waiting, 3, within=30)
         assert expired["reason"] == "agent steady never confirmed start"
         assert (await view(bus, starting))["status"] == 1
         await agent.close()
