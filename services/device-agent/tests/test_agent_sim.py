@@ -396,8 +396,10 @@ async def test_a_run_for_an_earlier_process_is_refused_and_runs_are_logged(
     assert [(r["task_id"], r["event"]) for r in lines] == [
         (21, "run.begun"),
         (21, "task.completed"),
+        (21, "reported"),
         (23, "run.begun"),
         (23, "task.completed"),
+        (23, "reported"),
     ]
     assert {r["incarnation"] for r in lines if r["task_id"] == 23} == {second.incarnation}
     assert not bus.for_task(22)

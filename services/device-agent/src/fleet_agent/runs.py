@@ -192,14 +192,14 @@ class Runner:
                 log.info("run.completed")
             # While running: until it lands. Once stopping: a few tries, then go; the
             # scheduler fails these runs itself when this agent restarts or goes silent.
-            landed = await publish_report(self._js, outcome, until=self._stopping, attempts=3)
-            kind: str = outcome.type  # type: ignore[attr-defined]
-            self._record(request, kind if landed else f"{kind} (not reported)")
+            self._record(request, outcome.type)  # type: ignore[attr-defined]
+            if await publish_report(self._js, outcome, until=self._stopping, attempts=3):
+                self._record(request, "reported")
 
     def _record(self, request: RunTask, what: str) -> None:
         """Append to this agent's own record of what its phones ran (tests judge the
-        scheduler's record against it): one line when a run begins, one when its outcome
-        has been stored on REPORTS (a process killed in between leaves no end line)."""
+        scheduler's record against it): a line when a run begins, one with its outcome
+        when the script has ended, and one when that outcome is stored on REPORTS."""
         if self._run_log is None:
             return
         line = json.dumps(
