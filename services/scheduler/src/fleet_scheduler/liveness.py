@@ -204,15 +204,19 @@ async def reconcile_runs(ctx: Context, heard: dict[str, AgentSeen]) -> None:
                 holds[status.task_id] = (agent_id, status.dispatch_id)
     interval = max(seen.interval_seconds for seen in heard.values())
     async with ctx.pool.acquire() as conn:
+        # Bookkeeping beside the log, without the events lock: rows a writer holds are
+        # skipped (and seen at the next flush) rather than waited for, so this cannot
+        # deadlock with a transaction locking the same tasks in another order.
         await conn.execute(
-            "UPDATE tasks SET unheld_since = NULL WHERE state = 'running'"
-            " AND unheld_since IS NOT NULL AND id = ANY($1::bigint[])",
+            "UPDATE tasks SET unheld_since = NULL WHERE id IN (SELECT id FROM tasks"
+            " WHERE state = 'running' AND unheld_since IS NOT NULL AND id = ANY($1::bigint[])"
+            " FOR UPDATE SKIP LOCKED)",
             list(holds),
         )
         await conn.execute(
-            "UPDATE tasks SET unheld_since = now() WHERE state = 'running'"
-            " AND unheld_since IS NULL AND agent_id = ANY($1::text[])"
-            " AND NOT (id = ANY($2::bigint[]))",
+            "UPDATE tasks SET unheld_since = now() WHERE id IN (SELECT id FROM tasks"
+            " WHERE state = 'running' AND unheld_since IS NULL AND agent_id = ANY($1::text[])"
+            " AND NOT (id = ANY($2::bigint[])) FOR UPDATE SKIP LOCKED)",
             agents,
             list(holds),
         )
