@@ -5,6 +5,7 @@ forge their sender, the actor of every event, and leases on one clock."""
 from __future__ import annotations
 
 import asyncio
+import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -72,7 +73,7 @@ async def busy(bus: Bus, serial: str) -> bool:
 async def test_a_task_failed_by_the_lease_that_its_agent_completes_ends_completed(
     bus: Bus, settings: SchedulerSettings
 ) -> None:
-    settings.scheduler_agent_lease_seconds = 2.5
+    settings.scheduler_agent_lease_seconds = 3
     async with Scheduler(settings):
         agent = FakeAgent(bus, "host-3", ["p1"])
         agent.auto_start = True
@@ -156,7 +157,7 @@ async def _has(agent: FakeAgent, task_id: int) -> bool:
 async def test_a_running_task_its_agent_does_not_hold_fails_then_its_end_reconciles(
     bus: Bus, settings: SchedulerSettings
 ) -> None:
-    settings.scheduler_agent_lease_seconds = 2
+    settings.scheduler_agent_lease_seconds = 3
     async with Scheduler(settings):
         agent = FakeAgent(bus, "forgetful", ["f1"])
         agent.auto_start = True
@@ -204,9 +205,10 @@ def offset_clock(seconds: float) -> Any:
 async def test_two_schedulers_with_clocks_30s_apart_neither_lose_nor_expire_early(
     bus: Bus, settings: SchedulerSettings
 ) -> None:
-    settings.scheduler_agent_lease_seconds = 2
-    settings.scheduler_start_timeout_seconds = 4
+    settings.scheduler_agent_lease_seconds = 3
+    settings.scheduler_start_timeout_seconds = 8
     other = settings.model_copy(update={"scheduler_id": "behind", "scheduler_seed": 8})
+    began = time.monotonic()
     async with (
         Scheduler(settings, clock=offset_clock(15)),
         Scheduler(other, clock=offset_clock(-15)),
@@ -221,8 +223,9 @@ async def test_two_schedulers_with_clocks_30s_apart_neither_lose_nor_expire_earl
         await eventually(lambda: _has(agent, starting), what="second run sent")
         await agent.started(agent.run_for(starting))
         await until_status(bus, starting, 1)
-        # Past the lease (and 30 s past either clock's idea of the start timeout).
-        await asyncio.sleep(1.5)
+        # Past the lease after the schedulers' start-up grace (one lease), and 30 s past
+        # either clock's idea of the start timeout.
+        await asyncio.sleep(max(1.5, began + 3 + 1.5 - time.monotonic()))
         assert (await view(bus, waiting))["status"] == 0
         assert (await view(bus, starting))["status"] == 1
         devices = (await bus.query(ListDevices())).data
