@@ -136,3 +136,26 @@ def test_lost_then_failed_keeps_the_phones_reason() -> None:
     task.completed(RUN, {})
     assert isinstance(task.pending[-1], TaskReportLate)
     assert task.state.state == "failed"
+
+
+def test_a_retried_task_not_yet_sent_again_only_records_its_old_runs_reports() -> None:
+    task = running()
+    task.failed(RUN, "caption box missing")
+    task.retry(NOW)
+    fresh = Task(task.state)
+    assert late.ending(fresh.state, RUN) is Ending.RETRIED
+    fresh.completed(RUN, {})
+    assert [type(e) for e in fresh.pending] == [TaskReportLate]
+    assert fresh.state.state == "pending"
+
+
+def test_a_heartbeat_release_is_recorded_only_for_an_ended_task() -> None:
+    task = running()
+    before = len(task.pending)
+    task.released(RUN, "agent a1 runs nothing of it")  # still running: nothing to free
+    assert len(task.pending) == before
+    task.lost("agent a1 never confirmed start")
+    task.released(RUN, "agent a1 runs nothing of it")
+    last = task.pending[-1]
+    assert isinstance(last, TaskReportLate)
+    assert (last.report, last.ended_by) == (late.HEARTBEAT, Ending.LOST)
