@@ -230,6 +230,7 @@ async def test_relay_resumes_exactly_after_nats_restarts_in_the_middle_of_a_batc
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setattr(relay, "BATCH", 50)  # many batches, so the restart lands in one
+    monkeypatch.setattr(relay, "DEADLINE_SECONDS", 2.0)  # acks lost with the server
     await append_many(db, 4000)
     total = len(await log_positions(db))
     async with Scheduler(settings):
