@@ -6,7 +6,7 @@ UV_VERSION := 0.13.9
 UV := .tools/bin/uv
 VENV := .venv
 BIN := $(VENV)/bin
-PACKAGES := fleet_contracts fleet_runtime fleet_devstack fleet_api fleet_scheduler fleet_agent
+PACKAGES := fleet_contracts fleet_runtime fleet_devstack fleet_api fleet_scheduler fleet_agent fleet_cli
 PYPROJECTS := pyproject.toml $(wildcard libs/*/pyproject.toml services/*/pyproject.toml)
 
 .PHONY: help setup run test lint typecheck pytest bench fmt clean
