@@ -79,9 +79,7 @@ def console_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ConsoleS
                 r = client.get("/device", params={"online": "true"})
                 data = r.json()["data"]
                 devices = data if isinstance(data, list) else data["devices"]
-                return r.status_code == 200 and len(devices) == sum(
-                    n for _, n in HOSTS.values()
-                )
+                return r.status_code == 200 and len(devices) == sum(n for _, n in HOSTS.values())
 
             wait_until(all_online, what="every simulated phone online")
         yield ConsoleStack(
