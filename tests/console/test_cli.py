@@ -55,7 +55,7 @@ def test_list_get_stop_retry_retry_all_and_rm(fleet: Any, console_stack: Console
     api = console_stack.client()
     (slow,) = create(api, post_body(["phone_b_3"], console_stack.video, wait=600))
     page = json.loads(fleet("task", "ls", "--serial", "phone_b_3", "--json"))
-    assert [t["id"] for t in page["tasks"]][0] == slow and page["total"] >= 1
+    assert page["tasks"][0]["id"] == slow and page["total"] >= 1
     assert f"{slow}" in fleet("task", "ls", "--serial", "phone_b_3")
 
     fleet("task", "stop", str(slow))
@@ -89,7 +89,7 @@ def test_devices_and_the_event_tail_with_resume(fleet: Any, console_stack: Conso
         "events", "tail", "--task-id", str(task_id), "--since", "0", "--limit", "3", "--json"
     )
     events = [json.loads(line) for line in lines.splitlines() if line.startswith("{")]
-    assert [e["type"] for e in events][0] == "task.created"
+    assert events[0]["type"] == "task.created"
     assert all(e["data"]["task_id"] == task_id for e in events)
     # Resuming after the first event gives the second one first.
     again = fleet(
