@@ -8,7 +8,6 @@ without a key, and read /docs on a host with no internet.
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 from collections.abc import Iterator
@@ -36,7 +35,6 @@ CHROMIUM_FLAGS = [
 ]
 LIVE = 15_000  # ms: how long the page may take to show what the stream told it
 DIGITS = re.compile(r"^\d+$")
-SCREENSHOTS = Path(__file__).resolve().parents[2] / "docs" / "console"
 
 
 @pytest.fixture(scope="module")
@@ -74,13 +72,6 @@ def page(browser: Browser, console_stack: ConsoleStack) -> Iterator[Page]:
     context = _context(browser, console_stack.admin_key)
     yield context.new_page()
     context.close()
-
-
-def _keep(page: Page, name: str) -> None:
-    """Refresh the README's screenshot when asked to (FLEET_CONSOLE_SCREENSHOTS=1)."""
-    if os.environ.get("FLEET_CONSOLE_SCREENSHOTS"):
-        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-        page.screenshot(path=str(SCREENSHOTS / f"{name}.png"))
 
 
 def _mark(page: Page) -> None:
@@ -141,7 +132,6 @@ def test_counts_and_rows_change_live_without_a_reload(
         expect(row.nth(1)).to_have_text(str(count))
     expect(page.locator("#agents tr")).to_have_count(len(HOSTS))
     expect(page.locator("#agents")).to_contain_text("ago")
-    _keep(page, "overview")
 
     page.goto(f"{console_stack.url}/console/tasks")
     expect(page.locator(f"#task-rows tr[data-task-id='{ids[0]}']")).to_be_visible()
@@ -151,7 +141,6 @@ def test_counts_and_rows_change_live_without_a_reload(
     expect(row).to_be_visible()
     expect(row).to_have_attribute("data-status", "completed")
     assert _not_reloaded(page)
-    _keep(page, "tasks")
 
 
 def test_stop_and_retry_from_the_page_and_the_timeline_says_who_and_why(
@@ -189,7 +178,6 @@ def test_stop_and_retry_from_the_page_and_the_timeline_says_who_and_why(
     if actors:  # where the log records actors, the page shows them
         expect(timeline.locator("td.actor").filter(has_text="ops-admin").first).to_be_visible()
     expect(page.locator("#artifacts")).to_be_hidden()
-    _keep(page, "task")
 
 
 def test_filters_live_in_the_url_and_survive_a_reload(
@@ -236,7 +224,6 @@ def test_the_device_grid_shows_each_host_and_a_phones_last_error(
     card = page.locator(".device[data-serial='device_serial_4']")
     expect(card.locator(".error")).to_contain_text(f"#{bad}")
     assert _not_reloaded(page)
-    _keep(page, "devices")
 
     card.locator("a").first.click()
     page.wait_for_url("**/console/devices/device_serial_4")
@@ -260,7 +247,6 @@ def test_the_event_tail_filters_and_resumes(page: Page, console_stack: ConsoleSt
     created = page.locator("#event-rows tr[data-type='task.created']")
     expect(created.locator("td:nth-child(4)")).to_have_text(f"#{first}")
     created_id = created.get_attribute("data-id")
-    _keep(page, "events")
 
     # Resume after the created event: what followed it comes back, it does not.
     page.goto(f"{console_stack.url}/console/events?task_id={first}&since={created_id}")

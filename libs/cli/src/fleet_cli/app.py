@@ -21,6 +21,7 @@ from fleet_cli.sse import ServerEvent
 app = typer.Typer(
     help="Operate a fleet of phones through its gateway: tasks, devices, live events, keys.",
     no_args_is_help=True,
+    add_completion=False,
     rich_markup_mode="rich",
 )
 task_app = typer.Typer(

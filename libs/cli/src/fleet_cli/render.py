@@ -30,7 +30,11 @@ def status(value: int) -> str:
 def tasks(items: Iterable[dict[str, Any]], title: str | None = None) -> None:
     table = Table(title=title, title_justify="left")
     for column in ("id", "serial", "script", "status", "reason", "retries", "created"):
-        table.add_column(column, justify="right" if column in ("id", "retries") else "left")
+        table.add_column(
+            column,
+            justify="right" if column in ("id", "retries") else "left",
+            no_wrap=column != "reason",
+        )
     for t in items:
         table.add_row(
             str(t["id"]),
@@ -39,7 +43,7 @@ def tasks(items: Iterable[dict[str, Any]], title: str | None = None) -> None:
             status(t["status"]),
             t.get("reason") or "",
             str(t.get("retry_count", 0)),
-            str(t.get("created_at", ""))[:19].replace("T", " "),
+            str(t.get("created_at", ""))[5:19].replace("T", " "),
         )
     out.print(table)
 

@@ -342,7 +342,8 @@ async function overview() {
     $("rate-created").textContent = created.length;
     $("rate-finished").textContent = finished.length;
   };
-  const render = () => {
+  // Redrawn at most a few times a second, however many events and heartbeats arrive.
+  const render = throttle(() => {
     const body = $("hosts");
     body.replaceChildren(...[...fleet.byHost()].map(([host, devices]) => {
       const online = devices.filter((d) => d.online).length;
@@ -353,7 +354,7 @@ async function overview() {
     const agents = [...fleet.agents.values()].sort((a, b) => a.agent_id.localeCompare(b.agent_id));
     $("agents").replaceChildren(...agents.map((a) => el("tr", {}, el("td", {}, a.agent_id), el("td", {}, a.host || ""),
       el("td", { class: "num" }, a.phones), el("td", {}, a.beat ? ago(Date.now() - a.beat) : "—"))));
-  };
+  }, 250);
   fleet.listeners.push(render);
   followLog({}, (envelope) => {
     if (envelope.type.startsWith("task.") && envelope.type !== "task.progressed") refreshStats();
@@ -549,13 +550,13 @@ function deviceCard(d) {
 }
 
 async function devices() {
-  const render = () => {
+  const render = throttle(() => {
     const hosts = fleet.byHost();
     $("device-count").textContent = `${fleet.devices.size} device(s) on ${hosts.size} host(s)`;
     $("device-hosts").replaceChildren(...[...hosts].map(([host, list]) => el("section", { class: "hosts", "data-host": host },
       el("h2", {}, host, el("span", { class: "small" }, ` ${list.filter((d) => d.online).length} online · ${list.filter((d) => d.busy).length} busy`)),
       el("div", { class: "devices" }, list.sort((a, b) => a.serial.localeCompare(b.serial, undefined, { numeric: true })).map(deviceCard)))));
-  };
+  }, 250);
   fleet.listeners.push(render);
   followLog({}, async (envelope) => {
     if (envelope.type === "task.failed") {
