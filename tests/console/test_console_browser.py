@@ -292,3 +292,66 @@ def test_docs_render_with_no_internet(browser: Browser, console_stack: ConsoleSt
     page.goto(f"{console_stack.url}/")
     expect(page.locator("ul.home a[href='/console']")).to_be_visible()
     context.close()
+
+
+def _png(width: int = 4, height: int = 3) -> bytes:
+    """A small valid PNG, made here so the test needs no image library."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return (
+            struct.pack(">I", len(body))
+            + kind
+            + body
+            + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
+        )
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    rows = b"".join(b"\x00" + b"\xc0\x20\x20" * width for _ in range(height))
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(rows))
+        + chunk(b"IEND", b"")
+    )
+
+
+def test_a_failed_tasks_page_shows_its_screenshot_and_ui_dump(
+    page: Page, console_stack: ConsoleStack
+) -> None:
+    """The artifacts endpoint comes with the material-library work; until it is on this
+    gateway the browser answers for it, in the shape the page expects: a list of
+    {name, content_type, size, url}, each url served with the same key."""
+    from playwright.sync_api import Route, expect
+
+    api = console_stack.client()
+    (bad,) = create(api, post_body(["phone_b_3"], missing_file()))
+    png = _png()
+    keys_sent: list[str | None] = []
+    listing = [
+        {"name": "screenshot.png", "content_type": "image/png", "size": len(png),
+         "url": f"/api/v1/task/{bad}/artifacts/screenshot.png"},
+        {"name": "hierarchy.xml", "content_type": "application/xml", "size": 9,
+         "url": f"/api/v1/task/{bad}/artifacts/hierarchy.xml"},
+    ]  # fmt: skip
+
+    def artifacts(route: Route) -> None:
+        keys_sent.append(route.request.headers.get("x-api-key"))
+        url = route.request.url
+        if url.endswith("/artifacts"):
+            body = {"code": 0, "message": "success", "data": listing}
+            route.fulfill(json=body)
+        elif url.endswith(".png"):
+            route.fulfill(body=png, content_type="image/png")
+        else:
+            route.fulfill(body=b"<hierarchy/>", content_type="application/xml")
+
+    page.route(f"**/api/v1/task/{bad}/artifacts**", artifacts)
+    page.goto(f"{console_stack.url}/console/tasks/{bad}")
+    expect(page.locator("#task-reason")).to_contain_text("no-such-video.mp4")
+    image = page.locator("#artifact-list img[alt='screenshot.png']")
+    expect(image).to_be_visible()
+    assert image.evaluate("img => img.naturalWidth") == 4
+    expect(page.locator("#artifact-list a[download='hierarchy.xml']")).to_be_visible()
+    assert keys_sent and set(keys_sent) == {console_stack.admin_key}
