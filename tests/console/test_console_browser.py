@@ -321,19 +321,22 @@ def test_a_failed_tasks_page_shows_its_screenshot_and_ui_dump(
     page: Page, console_stack: ConsoleStack
 ) -> None:
     """The artifacts endpoint comes with the material-library work; until it is on this
-    gateway the browser answers for it, in the shape the page expects: a list of
-    {name, content_type, size, url}, each url served with the same key."""
+    gateway the browser answers for it, in that endpoint's shape: a list of
+    {name, dispatch_id, file, content_type, size, sha256, url}, each url served with the
+    same key."""
     from playwright.sync_api import Route, expect
 
     api = console_stack.client()
     (bad,) = create(api, post_body(["phone_b_3"], missing_file()))
     png = _png()
     keys_sent: list[str | None] = []
+    base = f"{console_stack.url}/api/v1/task/{bad}/artifacts/0af3"
     listing = [
-        {"name": "screenshot.png", "content_type": "image/png", "size": len(png),
-         "url": f"/api/v1/task/{bad}/artifacts/screenshot.png"},
-        {"name": "hierarchy.xml", "content_type": "application/xml", "size": 9,
-         "url": f"/api/v1/task/{bad}/artifacts/hierarchy.xml"},
+        {"name": f"task-{bad}/0af3/{file}", "dispatch_id": "0af3", "file": file,
+         "content_type": kind, "size": size, "sha256": "", "url": f"{base}/{file}"}
+        for file, kind, size in (
+            ("screenshot.png", "image/png", len(png)), ("hierarchy.xml", "application/xml", 12)
+        )
     ]  # fmt: skip
 
     def artifacts(route: Route) -> None:

@@ -84,6 +84,7 @@ function follow(path, onEvent, { lastId = null, onOpen = null } = {}) {
           let envelope = {};
           try { envelope = await response.json(); } catch { /* not an envelope */ }
           if (response.status === 401) { askForKey(envelope.message); return; }
+          if (response.status === 429) notify(envelope.message || "too many streams open for this key");
           if (response.status === 400 || response.status === 403) {
             setLive("error", "refused");
             notify(envelope.message || `stream refused: HTTP ${response.status}`);
@@ -444,9 +445,10 @@ async function tasks() {
 }
 
 // ---------------------------------------------------------------- one task
-// Failure evidence from GET /task/{id}/artifacts. Assumed answer: a list (or
-// {artifacts: [...]}) of {name, content_type, size, url}; images are fetched with the
-// key and shown, anything else is a download link. No endpoint (404) hides the section.
+// Failure evidence from GET /task/{id}/artifacts: a list (or {artifacts: [...]}) of
+// {name, file, dispatch_id, content_type, size, url}; images are fetched with the key
+// and shown, anything else is a download link. A gateway without the endpoint (404) or
+// with nothing kept hides the section.
 async function showArtifacts(taskId) {
   const section = $("artifacts");
   let response;
@@ -462,16 +464,17 @@ async function showArtifacts(taskId) {
   const items = Array.isArray(data) ? data : (data && (data.artifacts || data.items)) || [];
   if (!items.length) { section.hidden = true; return; }
   const nodes = await Promise.all(items.map(async (item) => {
-    const name = item.name || item.id || "artifact";
-    const url = item.url || item.href || `/api/v1/task/${taskId}/artifacts/${encodeURIComponent(name)}`;
-    const type = item.content_type || item.kind || "";
+    const name = item.file || (item.name || "artifact").split("/").pop();
+    const label = item.dispatch_id ? `${name} (run ${item.dispatch_id.slice(0, 8)})` : name;
+    const url = item.url || `/api/v1/task/${taskId}/artifacts/${encodeURIComponent(name)}`;
+    const type = item.content_type || "";
     const blob = await fetch(url, { headers: headers() }).then((r) => (r.ok ? r.blob() : null)).catch(() => null);
-    if (!blob) return el("div", {}, `${name} (not readable)`);
+    if (!blob) return el("div", {}, `${label} (not readable)`);
     const href = URL.createObjectURL(blob);
     if (type.startsWith("image/") || /\.png$|\.jpe?g$/i.test(name) || type === "screenshot") {
-      return el("figure", {}, el("img", { src: href, alt: name }), el("figcaption", {}, name));
+      return el("figure", {}, el("img", { src: href, alt: name }), el("figcaption", {}, label));
     }
-    return el("div", {}, el("a", { href, download: name }, name), ` ${item.size ?? blob.size} bytes`);
+    return el("div", {}, el("a", { href, download: name }, label), ` ${item.size ?? blob.size} bytes`);
   }));
   $("artifact-list").replaceChildren(...nodes);
   section.hidden = false;
@@ -481,6 +484,7 @@ async function task() {
   const id = parseInt(document.body.dataset.taskId, 10);
   const seen = new Map();
   let screenshot = null;
+  let evidenceFor = null; // the failure whose evidence is on the page
 
   const renderTimeline = () => {
     const rows = [...seen.values()].sort((a, b) => a.position - b.position);
@@ -511,7 +515,13 @@ async function task() {
     if (t.status === 3 && screenshot) reason.textContent += `\nScreenshot kept on the agent's host: ${screenshot}`;
     $("task-stop").hidden = !(t.status === 0 || t.status === 1);
     $("task-retry").hidden = t.status !== 3;
-    if (t.status === 3) showArtifacts(id);
+    if (t.status === 3 && evidenceFor !== t.finished_at) {
+      evidenceFor = t.finished_at;
+      showArtifacts(id);
+    } else if (t.status !== 3) {
+      evidenceFor = null;
+      $("artifacts").hidden = true;
+    }
   }, 300);
   const add = (e) => { seen.set(e.position, e); };
 
