@@ -543,9 +543,13 @@ async function task() {
 // ---------------------------------------------------------------- devices
 const lastErrors = new Map();
 
+// The newest failure of each phone among the 100 newest failed tasks (one request,
+// however many phones fail at once).
 async function loadLastErrors() {
   const data = await api("GET", "/task?status=3&page_size=100");
-  for (const t of data.tasks) if (!lastErrors.has(t.serial)) lastErrors.set(t.serial, { id: t.id, reason: t.reason });
+  const newest = new Map();
+  for (const t of data.tasks) if (!newest.has(t.serial)) newest.set(t.serial, { id: t.id, reason: t.reason });
+  for (const [serial, error] of newest) lastErrors.set(serial, error);
 }
 
 function deviceCard(d) {
@@ -567,12 +571,10 @@ async function devices() {
       el("h2", {}, host, el("span", { class: "small" }, ` ${list.filter((d) => d.online).length} online · ${list.filter((d) => d.busy).length} busy`)),
       el("div", { class: "devices" }, list.sort((a, b) => a.serial.localeCompare(b.serial, undefined, { numeric: true })).map(deviceCard)))));
   }, 250);
+  const reloadErrors = throttle(() => loadLastErrors().then(render).catch(() => null), 1000);
   fleet.listeners.push(render);
-  followLog({}, async (envelope) => {
-    if (envelope.type === "task.failed") {
-      const t = await api("GET", `/task/${envelope.data.task_id}`).catch(() => null);
-      if (t) lastErrors.set(t.serial, { id: t.id, reason: t.reason });
-    }
+  followLog({}, (envelope) => {
+    if (envelope.type === "task.failed" || envelope.type === "task.stopped") reloadErrors();
     fleet.onEvent(envelope);
     render();
   });
