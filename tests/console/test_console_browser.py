@@ -180,6 +180,36 @@ def test_stop_and_retry_from_the_page_and_the_timeline_says_who_and_why(
     expect(page.locator("#artifacts")).to_be_hidden()
 
 
+def test_a_task_created_from_the_page_runs_and_bad_input_is_named(
+    page: Page, console_stack: ConsoleStack
+) -> None:
+    from playwright.sync_api import expect
+
+    page.goto(f"{console_stack.url}/console/tasks")
+    page.click("#new-task summary")
+    form = page.locator("#create-form")
+    expect(form.locator("select[name=script_name] option", has_text="post")).to_have_count(1)
+    config = {"material_list": [console_stack.video], "upload_wait_time": 0}
+    form.locator("textarea[name=script_config]").fill(json.dumps(config))
+    form.locator("button[type=submit]").click()
+    expect(page.locator("#notice")).to_contain_text("serials")  # neither phones nor accounts
+
+    form.locator("input[name=serials]").fill("phone_b_2, device_serial_2")
+    form.locator("input[name=min_interval]").fill("5")
+    form.locator("input[name=max_interval]").fill("1")
+    form.locator("button[type=submit]").click()
+    expect(page.locator("#notice")).to_contain_text("max_interval")
+
+    form.locator("input[name=min_interval]").fill("0")
+    form.locator("input[name=max_interval]").fill("0")
+    form.locator("button[type=submit]").click()
+    expect(page.locator("#created")).to_contain_text("created 2 task(s)")
+    ids = page.locator("#created").inner_text().split(": ")[1].split(", ")
+    for task_id in ids:
+        row = page.locator(f"#task-rows tr[data-task-id='{task_id}']")
+        expect(row).to_have_attribute("data-status", "completed")
+
+
 def test_filters_live_in_the_url_and_survive_a_reload(
     page: Page, console_stack: ConsoleStack
 ) -> None:

@@ -439,9 +439,39 @@ async function tasks() {
     const result = await act("retry all", () => api("POST", "/task/retry-all"));
     if (result) { notify(""); reload(); }
   });
+  setupCreate();
   // Any task event may move a row in or out of this filtered page: re-read the page,
   // at most a few times a second however busy the fleet is.
   followLog({ type: "task." }, () => reload(), { onOpen: reload });
+}
+
+// The create form: the same body a script would POST to /task; the gateway's 400
+// names the field when something is wrong, and the new rows arrive by the stream.
+function setupCreate() {
+  const form = $("create-form");
+  api("GET", "/script").then((scripts) => {
+    form.script_name.replaceChildren(...scripts.map((spec) => el("option", {}, spec.name)));
+  }).catch(() => null);
+  const words = (text) => text.split(/[\s,]+/).filter(Boolean);
+  form.addEventListener("submit", async (e) => {
+    e.preventDefault();
+    let config;
+    try {
+      config = JSON.parse(form.script_config.value || "{}");
+    } catch (err) {
+      notify(`script_config: not JSON (${err.message})`);
+      return;
+    }
+    const body = { script_name: form.script_name.value, script_config: config,
+      min_interval: Number(form.min_interval.value || 0), max_interval: Number(form.max_interval.value || 0) };
+    const serials = words(form.serials.value);
+    const usernames = words(form.usernames.value);
+    if (serials.length) body.serials = serials;
+    if (usernames.length) body.usernames = usernames;
+    if (form.start_time.value.trim()) body.start_time = form.start_time.value.trim();
+    const created = await act("create", () => api("POST", "/task", body));
+    if (created) $("created").textContent = `created ${created.created_count} task(s): ${created.task_ids.join(", ")}`;
+  });
 }
 
 // ---------------------------------------------------------------- one task
