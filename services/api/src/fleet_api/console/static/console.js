@@ -405,9 +405,9 @@ async function tasks() {
       el("td", { class: "needs-operator" }, el("input", { type: "checkbox", "aria-label": `select #${task.id}`, checked: selected.has(task.id),
         onchange: (e) => { e.target.checked ? selected.add(task.id) : selected.delete(task.id); updateSelection(); } })),
       el("td", {}, taskLink(task.id)), el("td", {}, deviceLink(task.serial)), el("td", {}, task.script_name),
-      el("td", {}, badge(task.status), task.progress != null && task.status === 1 ? ` ${task.progress}%` : ""),
+      el("td", { class: "when" }, badge(task.status), task.progress != null && task.status === 1 ? ` ${task.progress}%` : ""),
       el("td", { class: "reason" }, task.reason || ""), el("td", { class: "num" }, task.retry_count),
-      el("td", {}, when(task.created_at)), el("td", { class: "needs-operator" }, taskActions(task, reload)))));
+      el("td", { class: "when" }, when(task.created_at)), el("td", { class: "needs-operator actions" }, taskActions(task, reload)))));
     const pages = Math.max(1, Math.ceil(data.total / data.page_size));
     $("page-info").textContent = `page ${data.page} of ${pages} · ${data.total} task${data.total === 1 ? "" : "s"}`;
     const link = (id, target, enabled) => {
