@@ -41,6 +41,7 @@ from fleet_contracts.validation import describe
 from fleet_runtime.logs import bind_correlation
 from fleet_scheduler.commands import recorded_result
 from fleet_scheduler.context import Context
+from fleet_scheduler.session_queries import SESSION_ANSWERS
 
 log = structlog.get_logger(__name__)
 
@@ -214,6 +215,7 @@ ANSWERS: dict[type[Query], Answer] = {
     ListAccounts: list_accounts,
     GetCommandResult: command_result,
     Ping: ping,
+    **SESSION_ANSWERS,
 }
 
 

@@ -9,6 +9,7 @@ from fastapi import APIRouter, Body, Path, Query, Request
 
 from fleet_api.catalogue import all_specs
 from fleet_api.docs import errors
+from fleet_api.routes.custom_scripts import CUSTOM_SCHEMA, custom_scripts
 from fleet_api.routes.params import NO_NUL, ApiCaller, CorrelationId, Text
 from fleet_api.scheduler import ask, run_command
 from fleet_api.state import gateway
@@ -18,6 +19,7 @@ from fleet_contracts.envelope import Envelope
 from fleet_contracts.queries import ListAccounts, ListDevices
 from fleet_contracts.rest import AccountRequest, AccountView, DeviceView
 from fleet_contracts.scripts import ScriptSpec
+from fleet_contracts.sessions import CustomScriptSpec
 
 router = APIRouter()
 
@@ -95,9 +97,16 @@ async def remove_account(
 @router.get(
     "/script",
     tags=["scripts"],
-    summary="The script catalogue with each script's config JSON Schema",
-    response_model=Envelope[list[ScriptSpec]],
+    summary="The script catalogue with each script's config JSON Schema, custom ones too",
+    response_model=Envelope[list[ScriptSpec | CustomScriptSpec]],
     responses=errors(),
 )
-async def list_scripts(request: Request, caller: ApiCaller) -> Envelope[list[ScriptSpec]]:
-    return Envelope(data=all_specs(gateway(request).scripts.entries))
+async def list_scripts(
+    request: Request, caller: ApiCaller, cid: CorrelationId
+) -> Envelope[list[ScriptSpec | CustomScriptSpec]]:
+    gw = gateway(request)
+    custom = [
+        CustomScriptSpec(**view.model_dump(), config_schema=CUSTOM_SCHEMA)
+        for view in await custom_scripts(gw, cid)
+    ]
+    return Envelope(data=[*all_specs(gw.scripts.entries), *custom])
