@@ -244,17 +244,17 @@ async def test_a_leased_phone_is_driven_only_with_its_session(fleet: Fleet, tmp_
     )
     await refused(api, 403, 40303, "POST", f"/rpc/session/{short}/heartbeat")
     await ok(api, "DELETE", f"/rpc/session/{await lease(api, 'device_serial_3')}")
+    await bad_input_names_the_field(api)
 
 
-async def test_bad_input_names_the_field(fleet: Fleet) -> None:
-    api = fleet.api
+async def bad_input_names_the_field(api: httpx.AsyncClient) -> None:
     message = await refused(api, 400, 40001, "POST", "/rpc/session", json={"serial": "nope"})
     assert message.startswith("serial:") and "nope" in message
     message = await refused(
-        api, 400, 40001, "POST", "/rpc/session", json={"serial": "device_serial_1", "ttl_secs": -5}
+        api, 400, 40001, "POST", "/rpc/session", json={"serial": "device_serial_4", "ttl_secs": -5}
     )
     assert "ttl_secs" in message
-    sid = await lease(api, "device_serial_1")
+    sid = await lease(api, "device_serial_4")
     headers = {"x-session-id": sid}
     message = await refused(
         api,
@@ -263,7 +263,7 @@ async def test_bad_input_names_the_field(fleet: Fleet) -> None:
         "POST",
         "/rpc/jsonrpc",
         headers=headers,
-        json={"serial": "device_serial_1", "method": 123, "params": []},
+        json={"serial": "device_serial_4", "method": 123, "params": []},
     )
     assert message.startswith("method:")
     message = await refused(
@@ -273,7 +273,7 @@ async def test_bad_input_names_the_field(fleet: Fleet) -> None:
         "POST",
         "/rpc/jsonrpc",
         headers=headers,
-        json={"serial": "device_serial_1", "method": "click", "params": ["x" * 70_000]},
+        json={"serial": "device_serial_4", "method": "click", "params": ["x" * 70_000]},
     )
     assert message.startswith("params:") and "65536" in message
     message = await refused(
@@ -283,14 +283,15 @@ async def test_bad_input_names_the_field(fleet: Fleet) -> None:
         "POST",
         "/rpc/jsonrpc",
         headers=headers,
-        json=rpc("device_serial_1", "noSuchMethod"),
+        json=rpc("device_serial_4", "noSuchMethod"),
     )
     assert "noSuchMethod" in message
 
 
-async def test_roles_decide_who_leases_and_who_registers(
-    fleet: Fleet, serve: Callable[..., Awaitable[Served]], keys_kv: KeyValue
+async def roles_decide_who_leases_and_who_registers(
+    serve: Callable[..., Awaitable[Served]], keys_kv: KeyValue
 ) -> None:
+    """Keys with roles (made last: once a key exists, loopback is no longer open)."""
     viewer = await create_key(keys_kv, "watcher", Plan.PRO, Role.VIEWER)
     operator = await create_key(keys_kv, "ops", Plan.PRO, Role.OPERATOR)
     keyed = (await serve(api_require_keys="true")).client
@@ -367,7 +368,12 @@ PROGRAM = textwrap.dedent(
 )
 
 
-async def test_custom_scripts_run_as_tasks(fleet: Fleet, tmp_path: Path) -> None:
+async def test_custom_scripts_run_as_tasks(
+    fleet: Fleet,
+    tmp_path: Path,
+    serve: Callable[..., Awaitable[Served]],
+    keys_kv: KeyValue,
+) -> None:
     api = fleet.api
     program = tmp_path / "probe.py"
     program.write_text(PROGRAM)
@@ -475,3 +481,5 @@ async def test_custom_scripts_run_as_tasks(fleet: Fleet, tmp_path: Path) -> None
         },
     )
     assert message.startswith("script_config:")
+
+    await roles_decide_who_leases_and_who_registers(serve, keys_kv)
