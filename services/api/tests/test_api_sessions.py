@@ -21,6 +21,7 @@ from typing import Any
 
 import httpx
 import pytest
+from nats.aio.client import Client
 from nats.js.kv import KeyValue
 from PIL import Image
 
@@ -123,7 +124,9 @@ async def wait_status(client: httpx.AsyncClient, task_id: int, status: int) -> d
     return found
 
 
-async def test_a_leased_phone_is_driven_only_with_its_session(fleet: Fleet, tmp_path: Path) -> None:
+async def test_a_leased_phone_is_driven_only_with_its_session(
+    fleet: Fleet, tmp_path: Path, bus: Client
+) -> None:
     api = fleet.api
     assert await busy(api) == {f"device_serial_{n}": False for n in range(1, 5)}
 
@@ -244,6 +247,20 @@ async def test_a_leased_phone_is_driven_only_with_its_session(fleet: Fleet, tmp_
     )
     await refused(api, 403, 40303, "POST", f"/rpc/session/{short}/heartbeat")
     await ok(api, "DELETE", f"/rpc/session/{await lease(api, 'device_serial_3')}")
+
+    # A phone that goes away under its lease is a clear 409, not a hang.
+    gone = await lease(api, "device_serial_2")
+    await bus.request("sim.host-1.unplug", b'{"serial": "device_serial_2"}', timeout=5)
+    message = await refused(
+        api,
+        409,
+        40901,
+        "POST",
+        "/rpc/jsonrpc",
+        json=rpc("device_serial_2", "deviceInfo"),
+        headers={"x-session-id": gone},
+    )
+    assert "device_serial_2" in message
     await bad_input_names_the_field(api)
 
 
