@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import secrets
 from datetime import datetime
 from enum import StrEnum
@@ -45,6 +46,14 @@ def new_session_id() -> str:
 def lease_id_of(session_id: str) -> str:
     """The public handle of a lease: safe to log, list and put in events."""
     return hashlib.sha256(session_id.encode()).hexdigest()[:32]
+
+
+_SESSION_IN_PATH = re.compile(r"(/rpc/session/)([^/]+)")
+
+
+def loggable_path(path: str) -> str:
+    """A request path fit for the log: a session id in it becomes its lease id."""
+    return _SESSION_IN_PATH.sub(lambda m: m.group(1) + "lease:" + lease_id_of(m.group(2)), path)
 
 
 def json_size(value: Any) -> int:
