@@ -216,6 +216,7 @@ async def test_a_leased_phone_is_driven_only_with_its_session(
     await wait_status(api, other, 2)
     held = await task(api, waiting)
     assert held["status"] == 0 and held["agent_id"] is None, held
+    assert held["reason"] == "device leased by local (test); waits until the lease ends"
 
     await ok(api, "DELETE", f"/rpc/session/{sid}")
     await wait_status(api, waiting, 2)
