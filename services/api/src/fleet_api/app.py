@@ -16,7 +16,7 @@ from fleet_api.catalogue import parse_spec
 from fleet_api.correlation import CorrelationMiddleware
 from fleet_api.keys import KeyRecord, parse_record
 from fleet_api.kv import Mirror, open_bucket
-from fleet_api.routes import events, fleet, heartbeats, keys, system, tasks
+from fleet_api.routes import custom_scripts, events, fleet, heartbeats, keys, rpc, system, tasks
 from fleet_api.settings import ApiSettings
 from fleet_api.state import Gateway
 from fleet_contracts.scripts import ScriptSpec
@@ -125,6 +125,8 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     api.include_router(events.router)
     api.include_router(heartbeats.router)
     api.include_router(keys.router)
+    api.include_router(rpc.router)
+    api.include_router(custom_scripts.router)
     app.include_router(system.router)
     app.include_router(api)
     app.include_router(system.probes)
