@@ -64,6 +64,28 @@ class RemoveAccount(Command):
     username: str
 
 
+class AddMaterial(Command):
+    """Name and tag bytes the gateway has stored in the `materials` bucket."""
+
+    type: Literal["add_material"] = "add_material"
+    sha256: str = Field(..., pattern=r"^[0-9a-f]{64}$")
+    size: int = Field(..., ge=1)
+    name: str
+    content_type: str = "application/octet-stream"
+    tags: list[str] = Field(default_factory=list)
+
+
+class TagMaterial(Command):
+    type: Literal["tag_material"] = "tag_material"
+    material_id: int
+    tags: list[str]
+
+
+class DeleteMaterial(Command):
+    type: Literal["delete_material"] = "delete_material"
+    material_id: int
+
+
 AnyCommand = Annotated[
     CreateTasks
     | StopTask
@@ -72,7 +94,10 @@ AnyCommand = Annotated[
     | RetryTask
     | RetryAllTasks
     | RegisterAccount
-    | RemoveAccount,
+    | RemoveAccount
+    | AddMaterial
+    | TagMaterial
+    | DeleteMaterial,
     Field(discriminator="type"),
 ]
 COMMAND_ADAPTER: TypeAdapter[AnyCommand] = TypeAdapter(AnyCommand)
@@ -86,6 +111,9 @@ _SUBJECTS: dict[str, str] = {
     "retry_all_tasks": command_subject("task", "retry_all"),
     "register_account": command_subject("account", "register"),
     "remove_account": command_subject("account", "remove"),
+    "add_material": command_subject("material", "add"),
+    "tag_material": command_subject("material", "tag"),
+    "delete_material": command_subject("material", "delete"),
 }
 
 

@@ -13,6 +13,8 @@ from fleet_contracts.subjects import (
     QUERY_ACCOUNT_LIST,
     QUERY_COMMAND_RESULT,
     QUERY_DEVICE_LIST,
+    QUERY_MATERIAL_GET,
+    QUERY_MATERIAL_LIST,
     QUERY_PING,
     QUERY_TASK_EVENTS,
     QUERY_TASK_GET,
@@ -67,6 +69,20 @@ class Ping(Query):
     pass
 
 
+class ListMaterials(Query):
+    tag: str | None = None
+    kind: str | None = None
+    page: int = Field(1, ge=1)
+    page_size: int = Field(20, ge=1, le=100)
+
+
+class GetMaterial(Query):
+    """One live item by id or by content digest (exactly one of the two)."""
+
+    material_id: int | None = None
+    sha256: str | None = None
+
+
 QUERY_SUBJECTS: dict[type[Query], str] = {
     ListTasks: QUERY_TASK_LIST,
     GetTask: QUERY_TASK_GET,
@@ -76,4 +92,6 @@ QUERY_SUBJECTS: dict[type[Query], str] = {
     ListAccounts: QUERY_ACCOUNT_LIST,
     GetCommandResult: QUERY_COMMAND_RESULT,
     Ping: QUERY_PING,
+    ListMaterials: QUERY_MATERIAL_LIST,
+    GetMaterial: QUERY_MATERIAL_GET,
 }
