@@ -151,9 +151,7 @@ class MaterialPage(BaseModel):
 
 
 class MaterialUploaded(MaterialView):
-    duplicate: bool = Field(
-        False, description="true when these bytes were in the library already"
-    )
+    duplicate: bool = Field(False, description="true when these bytes were in the library already")
 
 
 class MaterialTagsRequest(BaseModel):
