@@ -95,8 +95,13 @@ async def ensure_bucket(
     max_age_seconds: float | None = None,
     description: str = "",
     replicas: int = 1,
+    enforce_age: bool = True,
 ) -> ObjectStore:
-    """The bucket, created if missing; an age limit given here is applied to it."""
+    """The bucket, created if missing; an age limit given here is applied to it.
+
+    `enforce_age=False` uses the age limit only when creating: an agent must not undo
+    the retention its operator set through the gateway.
+    """
     try:
         store = await js.object_store(bucket)
     except BucketNotFoundError:
@@ -111,7 +116,7 @@ async def ensure_bucket(
             return await js.create_object_store(bucket, config=config)
         except BadRequestError:
             store = await js.object_store(bucket)  # another process made it meanwhile
-    if max_age_seconds is not None:
+    if max_age_seconds is not None and enforce_age:
         info = await js.stream_info(stream_name(bucket))
         if info.config.max_age != max_age_seconds:
             info.config.max_age = max_age_seconds

@@ -67,6 +67,8 @@ class UiDevice(Protocol):
 
     def screenshot(self, filename: str) -> Any: ...
 
+    def dump_hierarchy(self) -> str: ...
+
 
 UiFactory = Callable[[AdbDevice], UiDevice]
 
@@ -261,6 +263,10 @@ class AdbPhone:
         ui = await self._ui_device()
         await self._call("screenshot", partial(ui.screenshot, str(path)), 20.0)
         return path if await asyncio.to_thread(path.exists) else None
+
+    async def hierarchy(self) -> str | None:
+        ui = await self._ui_device()
+        return await self._call("dump hierarchy", ui.dump_hierarchy, 20.0)
 
     async def wait(self, seconds: float) -> None:
         await asyncio.sleep(seconds)

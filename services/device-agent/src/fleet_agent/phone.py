@@ -62,6 +62,10 @@ class Phone(Protocol):
 
     async def screenshot(self, path: Path) -> Path | None: ...
 
+    async def hierarchy(self) -> str | None:
+        """The screen's UI hierarchy as XML (uiautomator's dump), for failure evidence."""
+        ...
+
     async def wait(self, seconds: float) -> None:
         """A pause the flow needs (upload, sound loading); the simulator scales it."""
         ...

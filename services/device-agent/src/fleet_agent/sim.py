@@ -4,13 +4,18 @@ Serials are `<prefix>1` … `<prefix>N`; device n holds the TikTok accounts `sim
 and `sim_<n>_b`. Every step sleeps for a typical phone duration times the speed
 factor (1.0 real time, 0 instant), so the same scripts and material checks run as
 on a phone. A phone is a plain object and a sleep, never a thread, so one process
-holds thousands. `unplug` / `plug` stand in for a cable being pulled.
+holds thousands. `unplug` / `plug` stand in for a cable being pulled; `fail_next`
+makes a named step's element missing once (an app update that moved a button), and
+the phone then shows a small PNG screenshot and an XML hierarchy like a real one.
 """
 
 from __future__ import annotations
 
 import asyncio
+import struct
+import zlib
 from pathlib import Path
+from xml.sax.saxutils import quoteattr
 
 import structlog
 
@@ -31,6 +36,23 @@ TYPE_MAX = 3.0
 PRESENT = 0.3
 
 
+def tiny_png(width: int = 36, height: int = 64, rgb: tuple[int, int, int] = (40, 40, 48)) -> bytes:
+    """A valid PNG of one colour: a phone-shaped screenshot a few hundred bytes long."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        body = kind + data
+        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
+
+    row = b"\x00" + bytes(rgb) * width
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(row * height))
+        + chunk(b"IEND", b"")
+    )
+
+
 class SimPhone:
     def __init__(self, serial: str, number: int, speed: float) -> None:
         self._serial = serial
@@ -38,6 +60,8 @@ class SimPhone:
         self.speed = speed
         self.attached = True
         self.pushed: dict[str, int] = {}
+        self.fail_step: str | None = None
+        self.last_step = ""
 
     @property
     def serial(self) -> str:
@@ -76,14 +100,21 @@ class SimPhone:
     async def app_stop(self, package: str) -> None:
         await self._take(SHELL)
 
-    async def tap(self, step: str, selectors: list[Selector], within: float) -> None:
-        if not selectors:
+    def _check_step(self, step: str, selectors: list[Selector], within: float) -> None:
+        self.last_step = step
+        if not selectors or step == self.fail_step:
+            if step == self.fail_step:
+                self.fail_step = None
             raise ElementMissingError(step, selectors, within)
+
+    async def tap(self, step: str, selectors: list[Selector], within: float) -> None:
+        self._check_step(step, selectors, within)
         await self._take(TAP)
 
     async def type_text(
         self, step: str, selectors: list[Selector], text: str, within: float
     ) -> None:
+        self._check_step(step, selectors, within)
         await self._take(TAP + min(TYPE_MAX, TYPE_PER_CHAR * len(text)))
 
     async def present(self, selectors: list[Selector], within: float) -> bool:
@@ -92,7 +123,22 @@ class SimPhone:
         return False
 
     async def screenshot(self, path: Path) -> Path | None:
-        return None
+        if not self.attached:
+            raise DeviceGoneError(f"device {self._serial} is not attached")
+        await asyncio.to_thread(path.write_bytes, tiny_png())
+        return path
+
+    async def hierarchy(self) -> str | None:
+        if not self.attached:
+            raise DeviceGoneError(f"device {self._serial} is not attached")
+        return (
+            "<?xml version='1.0' encoding='UTF-8' standalone='yes' ?>\n"
+            '<hierarchy rotation="0">'
+            '<node index="0" class="android.widget.FrameLayout" package="com.zhiliaoapp.musically"'
+            f' text="" content-desc={quoteattr("simulated: no element for " + self.last_step)}'
+            ' bounds="[0,0][1080,2400]" />'
+            "</hierarchy>\n"
+        )
 
     async def wait(self, seconds: float) -> None:
         await self._take(seconds)
@@ -130,6 +176,11 @@ class SimDriver:
 
     def known(self, serial: str) -> bool:
         return serial in self._phones
+
+    def fail_next(self, serial: str, step: str) -> None:
+        """The next time the phone's run reaches `step`, its element is missing."""
+        self._phones[serial].fail_step = step
+        log.info("sim.will_fail", serial=serial, step=step)
 
     async def unplug(self, serial: str) -> None:
         phone = self._phones[serial]
