@@ -9,7 +9,8 @@ Sources (`material_source`, used when `material_list` is empty):
 - `localFolder`: files of the right kind directly inside `material_path`;
 - `materialLibrary`, while the central library is empty (otherwise the scheduler picks
   from it at create and `material_list` holds `library:` entries): the library is a
-  folder (FLEET_AGENT_MATERIAL_LIBRARY) holding one sub-folder per tag, e.g. `library/cats/a.mp4`, `library/summer/b.jpg`;
+  folder (FLEET_AGENT_MATERIAL_LIBRARY) holding one sub-folder per tag, e.g.
+  `library/cats/a.mp4`, `library/summer/b.jpg`;
   `materials_tags` "cats,summer" picks among the files of those tag folders (all tags
   when empty).
 One video is picked for content_type 0, `image_count` images for content_type 1.
