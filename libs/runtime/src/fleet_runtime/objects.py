@@ -251,7 +251,7 @@ async def read_chunks(js: JetStreamContext, info: ObjectInfo) -> AsyncIterator[b
             filter_subject=chunk_subject(bucket, info.nuid),
             deliver_policy=DeliverPolicy.ALL,
             ack_policy=AckPolicy.NONE,
-            inactive_threshold=60.0,
+            inactive_threshold=300.0,  # a slow HTTP reader pauses between windows
             mem_storage=True,
         ),
     )
