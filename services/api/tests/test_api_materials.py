@@ -12,7 +12,7 @@ import pytest
 from nats.aio.client import Client
 
 from fleet_contracts.agent import AgentStartedReport, DeviceInfo
-from fleet_contracts.materials import MATERIALS_BUCKET
+from fleet_contracts.materials import ARTIFACTS_BUCKET, MATERIALS_BUCKET
 from fleet_contracts.subjects import report_subject
 from fleet_runtime.bus import headers_for
 from fleet_runtime.objects import stream_name
@@ -35,7 +35,7 @@ async def scheduler(nats_url: str, pg_dsn: str) -> AsyncIterator[Scheduler]:
 
 @pytest.fixture
 async def lib(serve: Callable[..., Awaitable[Served]], scheduler: Scheduler) -> Served:
-    return await serve(api_material_max_bytes=1_000_000)
+    return await serve(api_material_max_bytes=1_000_000, artifact_retention_hours=2)
 
 
 async def upload(
@@ -137,6 +137,19 @@ async def test_a_truncated_or_non_multipart_body_is_refused(lib: Served, bus: Cl
 
     plain = await lib.client.post("/api/v1/material", json={"file": "x"})
     assert plain.status_code == 400 and "multipart/form-data" in plain.json()["message"]
+
+
+async def test_artifacts_bucket_keeps_the_retention_and_unknown_evidence_is_404(
+    lib: Served, bus: Client
+) -> None:
+    info = await bus.jetstream().stream_info(stream_name(ARTIFACTS_BUCKET))
+    assert info.config.max_age == 2 * 3600
+    unknown = await lib.client.get("/api/v1/task/999/artifacts")
+    assert unknown.status_code == 404 and unknown.json()["code"] == 40401
+    gone = await lib.client.get("/api/v1/task/999/artifacts/ab12/screenshot.png")
+    assert gone.status_code == 404 and "FLEET_ARTIFACT_RETENTION_HOURS" in gone.json()["message"]
+    other = await lib.client.get("/api/v1/task/999/artifacts/ab12/passwd")
+    assert other.status_code == 400 and other.json()["message"].startswith("file: ")
 
 
 async def test_posting_from_the_library_checks_tags_and_refs(lib: Served, bus: Client) -> None:

@@ -48,6 +48,7 @@ from nats.js.errors import (
     ObjectNotFoundError,
 )
 from nats.js.object_store import ObjectStore
+from nats.nuid import NUID
 
 log = structlog.get_logger(__name__)
 
@@ -56,6 +57,7 @@ READ_WINDOW = 8
 """Chunks asked for at once when reading: the most a reader holds (~1 MiB)."""
 FETCH_TIMEOUT = 10.0
 _WRONG_LAST_SEQUENCE = 10071
+_nuid = NUID()
 
 
 class DigestMismatch(ValueError):
@@ -149,7 +151,7 @@ class ChunkUpload:
         self._js = js
         self.bucket = bucket
         self._chunk_size = chunk_size
-        self.nuid = js._nc._nuid.next().decode()
+        self.nuid = _nuid.next().decode()
         self._subject = chunk_subject(bucket, self.nuid)
         self._hash = hashlib.sha256()
         self._buffer = bytearray()
@@ -243,7 +245,7 @@ async def read_chunks(js: JetStreamContext, info: ObjectInfo) -> AsyncIterator[b
             raise DigestMismatch(f"object {info.name} records {info.size} bytes but no chunks")
         return
     stream = stream_name(bucket)
-    consumer = js._nc._nuid.next().decode()
+    consumer = _nuid.next().decode()
     await js.add_consumer(
         stream,
         ConsumerConfig(
