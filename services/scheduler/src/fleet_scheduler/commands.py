@@ -146,6 +146,9 @@ async def _decide(
             )
             return handlers.remove_account(cmd, bool(exists))
         case AddMaterial():
+            # Two schedulers adding the same bytes at once: the second waits for the
+            # first to commit, then finds its item (one live item per sha256).
+            await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", cmd.sha256)
             existing = await library_reads.load_live_by_sha(conn, cmd.sha256)
             new_id = 0 if existing else await conn.fetchval("SELECT nextval('material_ids')")
             return library.add_material(cmd, existing, new_id, now)

@@ -245,5 +245,14 @@ async def delete_material(
     gw = gateway(request)
     command = DeleteMaterial(material_id=material_id, actor=caller.actor, correlation_id=cid)
     data = await run_command(gw, command)
-    await delete(gw.js, MATERIALS_BUCKET, str(data["sha256"]))
+    sha256 = str(data["sha256"])
+    try:
+        await ask(gw, GetMaterial(sha256=sha256, correlation_id=cid))
+    except ApiError as exc:
+        if exc.code != ErrorCode.NOT_FOUND:
+            raise
+        await delete(gw.js, MATERIALS_BUCKET, sha256)
+    else:
+        # The same bytes were uploaded again meanwhile: the new item keeps them.
+        log.info("material.bytes_kept", sha256=sha256)
     return Envelope(data=data)
