@@ -110,6 +110,10 @@ def account_stream_id(username: str) -> str:
     return f"account-{username}"
 
 
+def material_stream_id(material_id: int) -> str:
+    return f"material-{material_id}"
+
+
 # Reports (agent -> scheduler, JetStream REPORTS)
 def report_subject(agent_id: str, report_type: str) -> str:
     return f"report.{token(agent_id)}.{report_type}"
@@ -147,6 +151,8 @@ QUERY_TASK_EVENTS = "query.task.events"
 QUERY_DEVICE_LIST = "query.device.list"
 QUERY_ACCOUNT_LIST = "query.account.list"
 QUERY_COMMAND_RESULT = "query.command.result"
+QUERY_MATERIAL_LIST = "query.material.list"
+QUERY_MATERIAL_GET = "query.material.get"
 QUERY_PING = "query.ping"
 QUERY_LEASE_CHECK = "query.lease.check"
 QUERY_LEASE_LIST = "query.lease.list"

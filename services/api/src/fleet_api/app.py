@@ -16,12 +16,25 @@ from fleet_api.catalogue import parse_spec
 from fleet_api.correlation import CorrelationMiddleware
 from fleet_api.keys import KeyRecord, parse_record
 from fleet_api.kv import Mirror, open_bucket
-from fleet_api.routes import custom_scripts, events, fleet, heartbeats, keys, rpc, system, tasks
+from fleet_api.routes import (
+    artifacts,
+    custom_scripts,
+    events,
+    fleet,
+    heartbeats,
+    keys,
+    materials,
+    rpc,
+    system,
+    tasks,
+)
 from fleet_api.settings import ApiSettings
 from fleet_api.state import Gateway
+from fleet_contracts.materials import ARTIFACTS_BUCKET, MATERIALS_BUCKET
 from fleet_contracts.scripts import ScriptSpec
 from fleet_contracts.subjects import KV_API_KEYS, KV_SCRIPTS
 from fleet_runtime.bus import connect, ensure_streams
+from fleet_runtime.objects import ensure_bucket
 
 log = structlog.get_logger(__name__)
 
@@ -60,6 +73,13 @@ async def open_gateway(settings: ApiSettings) -> Gateway:
     try:
         js = nc.jetstream()
         await ensure_streams(js)
+        await ensure_bucket(js, MATERIALS_BUCKET, description="the material library, by sha256")
+        await ensure_bucket(
+            js,
+            ARTIFACTS_BUCKET,
+            max_age_seconds=settings.artifact_retention_hours * 3600,
+            description="screenshots and UI dumps of failed steps",
+        )
         keys: Mirror[KeyRecord] = Mirror(KV_API_KEYS, parse_record)
         scripts: Mirror[ScriptSpec] = Mirror(KV_SCRIPTS, parse_spec)
         await keys.start(await open_bucket(js, KV_API_KEYS))
@@ -121,6 +141,8 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     app.state.settings = settings or ApiSettings()
     api = APIRouter(prefix="/api/v1")
     api.include_router(tasks.router)
+    api.include_router(artifacts.router)
+    api.include_router(materials.router)
     api.include_router(fleet.router)
     api.include_router(events.router)
     api.include_router(heartbeats.router)

@@ -19,10 +19,12 @@ from fleet_contracts.commands import Reply
 from fleet_contracts.queries import (
     QUERY_SUBJECTS,
     GetCommandResult,
+    GetMaterial,
     GetStats,
     GetTask,
     ListAccounts,
     ListDevices,
+    ListMaterials,
     ListTasks,
     Ping,
     Query,
@@ -41,6 +43,7 @@ from fleet_contracts.validation import describe
 from fleet_runtime.logs import bind_correlation
 from fleet_scheduler.commands import recorded_result
 from fleet_scheduler.context import Context
+from fleet_scheduler.library_reads import get_material, list_materials
 from fleet_scheduler.session_queries import SESSION_ANSWERS
 
 log = structlog.get_logger(__name__)
@@ -223,6 +226,8 @@ ANSWERS: dict[type[Query], Answer] = {
     GetCommandResult: command_result,
     Ping: ping,
     **SESSION_ANSWERS,
+    ListMaterials: list_materials,
+    GetMaterial: get_material,
 }
 
 
