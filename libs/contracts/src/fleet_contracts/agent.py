@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 from fleet_contracts.messages import Message
 from fleet_contracts.scripts import ScriptSpec
+from fleet_contracts.sessions import CustomProgram
 
 
 class DeviceInfo(BaseModel):
@@ -48,6 +49,10 @@ class RunTask(Message):
         description="the agent process this run was dispatched to; another one refuses it"
         " (empty: any, as sent by schedulers that predate fencing)",
     )
+    program: CustomProgram | None = None
+    """Set for a custom script: the registered program to run (without a shell)."""
+    session_id: str | None = None
+    """The secret of the lease made for a custom script's run (TIKMATRIX_SESSION_ID)."""
 
 
 class StopRun(Message):
@@ -69,6 +74,9 @@ class Heartbeat(Message):
     devices: list[DeviceStatus] = Field(default_factory=list)
     interval_seconds: float = 5.0
     incarnation: str = Field("", description="this agent process (new at every start)")
+    material_cache: dict[str, int] | None = Field(
+        None, description="the host's library cache: hits, misses, fetched_bytes, bytes, items"
+    )
 
 
 # Reports: agent -> REPORTS stream -> scheduler
