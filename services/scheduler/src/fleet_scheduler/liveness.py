@@ -258,9 +258,15 @@ async def reconcile_runs(ctx: Context, heard: dict[str, AgentSeen]) -> None:
 
 
 async def fail_unheld(ctx: Context) -> None:
-    """Fail running tasks that their live agent has not held for a lease's time."""
+    """Fail running tasks that their live agent has not held for a lease's time: heard
+    for that long after the first beat without the task (each beat with it clears the
+    mark), so a silent agent is left to `declare_lost`."""
     grace = ctx.settings.scheduler_agent_lease_seconds
-    unheld = "state = 'running' AND unheld_since < now() - make_interval(secs => $1)"
+    unheld = (
+        "state = 'running' AND unheld_since IS NOT NULL AND EXISTS (SELECT 1 FROM agents a"
+        " WHERE a.agent_id = tasks.agent_id AND NOT a.lost"
+        " AND a.last_seen - tasks.unheld_since > make_interval(secs => $1))"
+    )
     if not await _any(ctx, f"SELECT 1 FROM tasks WHERE {unheld}", grace):
         return
     async with unit_of_work(ctx.pool, on_commit=ctx.appended) as uow:

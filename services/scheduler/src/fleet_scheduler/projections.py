@@ -139,7 +139,7 @@ async def _late_report(conn: asyncpg.Connection, rec: RecordedEvent, event: Task
     if event.verdict == Verdict.REOPEN:
         await conn.execute(
             "UPDATE tasks SET ended_by = NULL, finished_at = NULL, reason = NULL,"
-            " version = $2 WHERE id = $1",
+            " unheld_since = NULL, version = $2 WHERE id = $1",
             event.task_id,
             rec.version,
         )
@@ -296,7 +296,7 @@ async def project(conn: asyncpg.Connection, rec: RecordedEvent, deltas: Deltas) 
                 event.task_id,
                 1,
                 "state = 'running', status = 1, started_at = $2, progress = 0, version = $3,"
-                " ended_by = NULL",
+                " ended_by = NULL, unheld_since = NULL",
                 rec.recorded_at,
                 rec.version,
             )
