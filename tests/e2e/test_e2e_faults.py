@@ -218,9 +218,13 @@ def test_scheduler_killed_between_commit_and_ack_then_between_claim_and_send(
     stack_factory: StackFactory, video: str, tmp_path: Path
 ) -> None:
     log = tmp_path / "runs.jsonl"
-    stack = stack_factory(
-        agents=[logged_agent(log)], env={"FLEET_FAILPOINT": "commands.after_commit:1"}
-    )
+    stack = stack_factory(agents=[logged_agent(log)])
+    [scheduler] = stack.schedulers
+    # Armed once the stack is up, so the first command it meets is the test's create.
+    scheduler.stop()
+    scheduler.env["FLEET_FAILPOINT"] = "commands.after_commit:1"
+    scheduler.start()
+    stack.wait_ready()
     api = Api(stack.api_url)
     key = str(uuid.uuid4())
     body = {
@@ -231,7 +235,6 @@ def test_scheduler_killed_between_commit_and_ack_then_between_claim_and_send(
     # The create is committed, then the scheduler dies before the ack and the reply.
     status, _ = api.call("POST", "/task", json=body, headers={"Idempotency-Key": key})
     assert status != 200
-    [scheduler] = stack.schedulers
     # The next process finds the redelivered create already applied, claims its tasks
     # (dispatched, phones busy) and dies before any RunTask leaves.
     restart_armed(scheduler, "dispatch.after_claim:1")
