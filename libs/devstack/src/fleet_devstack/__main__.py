@@ -3,6 +3,10 @@
 NATS and PostgreSQL keep their data under `.data/` between runs; the gateway listens on
 127.0.0.1:50809; one agent serves a simulated fleet when no phone is attached. Ctrl-C
 stops everything.
+
+`python -m fleet_devstack creds …`: a deployment's NATS identities and certificates
+(see deploy/README.md): `issue-agent ID`, `issue-service gateway|scheduler`,
+`revoke NAME`, `list`, `tls NAME…`.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import threading
 import time
 from pathlib import Path
 
+from fleet_devstack.cli_creds import add_creds_parser, creds_main
 from fleet_devstack.servers import port_or_free
 from fleet_devstack.stack import AgentSpec, Stack, StackConfig
 
@@ -30,7 +35,10 @@ def main() -> None:
     run.add_argument(
         "--sim-devices", type=int, default=int(os.environ.get("FLEET_AGENT_SIM_DEVICES", 8))
     )
+    add_creds_parser(sub)
     args = parser.parse_args()
+    if args.command == "creds":
+        sys.exit(creds_main(args))
 
     lock = threading.Lock()
     colours: dict[str, str] = {}

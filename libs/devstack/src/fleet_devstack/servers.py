@@ -121,9 +121,15 @@ class EmbeddedNats(_Child):
         port: int | None = None,
         log_file: Path | None = None,
         bind: str | None = None,
+        config_file: Path | None = None,
+        tls: bool = False,
     ) -> None:
         super().__init__()
         self.store_dir = Path(store_dir)
+        # A deployment's config (deploy/nats/*.conf); the flags below override its
+        # listen address, ports and store. `tls`: clients must dial tls://.
+        self.config_file = config_file
+        self.tls = tls
         self.host = host
         # Clients on this machine use `host`; `bind` (e.g. 0.0.0.0) lets test hosts in
         # network namespaces reach the server over their veth links too.
@@ -134,27 +140,36 @@ class EmbeddedNats(_Child):
 
     @property
     def url(self) -> str:
-        return f"nats://{self.host}:{self.port}"
+        return f"{'tls' if self.tls else 'nats'}://{self.host}:{self.port}"
 
     def start(self, timeout: float = 20.0) -> str:
         self.store_dir.mkdir(parents=True, exist_ok=True)
         args = [
             nats_server_binary(),
-            "--jetstream",
-            "--store_dir",
-            str(self.store_dir),
+            # A config file names its own JetStream store (the flag would clash with it).
+            *(
+                ["--config", str(self.config_file)]
+                if self.config_file
+                else ["--jetstream", "--store_dir", str(self.store_dir)]
+            ),
             "--addr",
             self.bind,
             "--port",
             str(self.port),
             "--http_port",
             str(self.monitor_port),
-            "--server_name",
-            f"fleet-dev-{self.port}",
         ]
+        env = dict(os.environ)
+        name = f"fleet-dev-{self.port}"
+        if self.config_file:
+            # deploy/nats/cluster.conf reads its node name from the environment, so a
+            # config reload (SIGHUP) still knows it; a flag would be lost on reload.
+            env["FLEET_NATS_NODE"] = name
+        else:
+            args += ["--server_name", name]
         out = self._open_log(self.log_file)
         self.proc = subprocess.Popen(
-            args, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            args, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, env=env
         )
         deadline = time.monotonic() + timeout
         health = f"http://{self.host}:{self.monitor_port}/healthz?js-enabled-only=true"
@@ -171,6 +186,11 @@ class EmbeddedNats(_Child):
     def restart(self, *, kill: bool = False) -> str:
         self.kill() if kill else self.stop()
         return self.start()
+
+    def reload(self) -> None:
+        """Re-read the config file (SIGHUP), as `nats-server --signal reload` does."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGHUP)
 
 
 class EmbeddedPostgres(_Child):

@@ -1,0 +1,332 @@
+"""No host can act for another: the real nats-server, run with deploy/nats/cluster.conf
+(only its ports and file paths rewritten) and identities issued by the creds CLI's code.
+
+Each refusal is checked twice: the client gets the server's permissions error, and
+the server's own log records the violation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import ssl
+import time
+import urllib.request
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import nats
+import pytest
+from nats.aio.client import Client
+from nats.js.api import StreamConfig
+
+from fleet_contracts.permissions import Role, inbox_prefix
+from fleet_contracts.subjects import (
+    ALL_STREAMS,
+    REPORTS,
+    agent_run_subject,
+    command_subject,
+    heartbeat_subject,
+    report_subject,
+)
+from fleet_devstack import EmbeddedNats, creds, pki
+from fleet_devstack.servers import free_port
+from fleet_runtime.bus import connect, ensure_streams
+from fleet_runtime.link import NatsLink
+
+ROOT = Path(__file__).resolve().parents[1]
+CLUSTER_CONF = ROOT / "deploy" / "nats" / "cluster.conf"
+
+
+NODES = ("nats-1", "nats-2", "nats-3")
+
+
+def render_cluster_conf(
+    node: str, directory: Path, tls_dir: Path, cluster_ports: dict[str, int]
+) -> Path:
+    """deploy/nats/cluster.conf for one node on this machine: ports and paths, nothing else."""
+    text = CLUSTER_CONF.read_text()
+    text = text.replace("/etc/nats/tls/", f"{tls_dir}/")
+    text = text.replace("store_dir: /data", f"store_dir: {directory / node}")
+    text = text.replace("port: 6222", f"port: {cluster_ports[node]}")
+    text = text.replace("port: 7422", f"port: {free_port()}")
+    for other, port in cluster_ports.items():
+        text = text.replace(f"nats-route://{other}:6222", f"nats-route://127.0.0.1:{port}")
+    out = directory / f"{node}.conf"
+    out.write_text(text)
+    return out
+
+
+@dataclass
+class Deployment:
+    nodes: list[EmbeddedNats]
+    creds_dir: Path
+    ca: Path
+
+    @property
+    def url(self) -> str:
+        return ",".join(node.url for node in self.nodes)
+
+    @property
+    def urls(self) -> list[str]:
+        return [node.url for node in self.nodes]
+
+    def seed(self, name: str) -> Path:
+        return creds.seed_path(self.creds_dir, name)
+
+    def tls(self) -> ssl.SSLContext:
+        return ssl.create_default_context(cafile=str(self.ca))
+
+    def link(self, name: str | None, role: Role, agent_id: str | None = None) -> NatsLink:
+        return NatsLink(
+            nkey_seed_file=self.seed(name) if name else None,
+            tls=self.tls(),
+            inbox_prefix=inbox_prefix(role, agent_id),
+        )
+
+    def server_log(self) -> str:
+        return "".join(
+            node.log_file.read_text(errors="replace")
+            for node in self.nodes
+            if node.log_file and node.log_file.exists()
+        )
+
+    def reload(self) -> None:
+        for node in self.nodes:
+            node.reload()
+
+
+def _wait_healthy(nodes: list[EmbeddedNats], within: float = 30.0) -> None:
+    """Until every node's full health check passes (JetStream has its meta leader)."""
+    deadline = time.monotonic() + within
+    for node in nodes:
+        url = f"http://{node.host}:{node.monitor_port}/healthz"
+        while True:
+            try:
+                with urllib.request.urlopen(url, timeout=1) as resp:
+                    if resp.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{url} not healthy after {within}s")
+            time.sleep(0.1)
+
+
+@pytest.fixture(scope="module")
+def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
+    """The compose cluster's shape: three nodes, TLS everywhere, one nkey per identity."""
+    root = tmp_path_factory.mktemp("deploy")
+    tls_dir = root / "tls"
+    ca = pki.make_ca(tls_dir)
+    pki.issue_cert(ca, ["localhost", "127.0.0.1"], tls_dir, "server")
+    for agent in ("host-a", "host-b", "host-c"):
+        creds.issue(root, "agent", agent_id=agent)
+    creds.issue(root, "gateway")
+    creds.issue(root, "scheduler")
+    cluster_ports = {node: free_port() for node in NODES}
+    nodes = [
+        EmbeddedNats(
+            root / node,
+            log_file=root / f"{node}.log",
+            config_file=render_cluster_conf(node, root, tls_dir, cluster_ports),
+            tls=True,
+        )
+        for node in NODES
+    ]
+    try:
+        for node in nodes:
+            node.start()
+        _wait_healthy(nodes)
+        yield Deployment(nodes, root, ca.cert)
+    finally:
+        for node in nodes:
+            node.stop()
+
+
+class Errors:
+    """The asynchronous errors a connection received (permissions violations)."""
+
+    def __init__(self) -> None:
+        self.seen: list[str] = []
+
+    async def record(self, exc: Exception) -> None:
+        self.seen.append(str(exc))
+
+    async def wait_for(self, fragment: str, within: float = 5.0) -> None:
+        deadline = time.monotonic() + within
+        while not any(fragment.lower() in e.lower() for e in self.seen):
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no error containing {fragment!r}; got {self.seen}")
+            await asyncio.sleep(0.02)
+
+
+async def raw_connect(dep: Deployment, name: str, role: Role, agent_id: str | None = None):
+    """A connection with its error callback exposed, as an agent host would open it."""
+    errors = Errors()
+    link = dep.link(name, role, agent_id)
+    nc = await nats.connect(
+        dep.urls,
+        nkeys_seed=str(link.nkey_seed_file),
+        tls=link.tls,
+        inbox_prefix=link.inbox_prefix or "_INBOX",
+        error_cb=errors.record,
+        allow_reconnect=False,
+        connect_timeout=3,
+    )
+    return nc, errors
+
+
+async def wait_log(dep: Deployment, pattern: str, within: float = 5.0) -> None:
+    deadline = time.monotonic() + within
+    while not re.search(pattern, dep.server_log()):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"the server log never matched {pattern!r}")
+        await asyncio.sleep(0.05)
+
+
+@pytest.fixture
+async def services(deployment: Deployment) -> AsyncIterator[Client]:
+    """The scheduler's identity, having set the streams up as the schedulers do."""
+    nc = await connect(
+        deployment.url,
+        "scheduler",
+        link=deployment.link("scheduler", "scheduler"),
+        max_reconnect_attempts=1,
+    )
+    # R3, as the compose cluster runs them.
+    await ensure_streams(nc.jetstream(), replicas=3)
+    yield nc
+    await nc.close()
+
+
+async def test_agent_cannot_report_as_another_host(
+    deployment: Deployment, services: Client
+) -> None:
+    nc, errors = await raw_connect(deployment, "agent-host-a", "agent", "host-a")
+    try:
+        await nc.publish(report_subject("host-b", "started"), b"{}")
+        await nc.publish(heartbeat_subject("host-b"), b"{}")
+        await nc.flush()
+        await errors.wait_for(f'publish to "{report_subject("host-b", "started")}"')
+        await errors.wait_for(f'publish to "{heartbeat_subject("host-b")}"')
+        # Its own report is stored: the refusal is about the subject, not the stream.
+        ack = await nc.jetstream().publish(report_subject("host-a", "started"), b"{}")
+        assert ack.stream == REPORTS.name
+        info = await services.jetstream().stream_info(REPORTS.name, subjects_filter="report.>")
+        assert set(info.state.subjects or {}) == {report_subject("host-a", "started")}
+    finally:
+        await nc.close()
+    await wait_log(deployment, r"Publish Violation.*report\.host-b\.started")
+
+
+async def test_agent_cannot_read_commands_or_another_hosts_runs(deployment: Deployment) -> None:
+    nc, errors = await raw_connect(deployment, "agent-host-a", "agent", "host-a")
+    try:
+        await nc.subscribe("cmd.>")
+        await nc.subscribe(agent_run_subject("host-b"))
+        await nc.subscribe("_INBOX.>")  # every other process's replies
+        await nc.flush()
+        await errors.wait_for('subscription to "cmd.>"')
+        await errors.wait_for(f'subscription to "{agent_run_subject("host-b")}"')
+        await errors.wait_for('subscription to "_INBOX.>"')
+        # Its own run subject is open to it.
+        own = await nc.subscribe(agent_run_subject("host-a"))
+        await nc.flush()
+        assert not any(agent_run_subject("host-a") in e for e in errors.seen)
+        await own.unsubscribe()
+    finally:
+        await nc.close()
+    await wait_log(deployment, r"Subscription Violation.*cmd\.>")
+    await wait_log(deployment, r"Subscription Violation.*agent\.host-b\.run")
+
+
+async def test_agent_cannot_write_the_log_or_commands(deployment: Deployment) -> None:
+    nc, errors = await raw_connect(deployment, "agent-host-a", "agent", "host-a")
+    try:
+        await nc.publish("evt.task.1.task.completed", b"{}")
+        await nc.publish(command_subject("task", "create"), b"{}")
+        await nc.publish("$JS.API.STREAM.DELETE.REPORTS", b"")
+        await nc.flush()
+        await errors.wait_for('publish to "evt.task.1.task.completed"')
+        await errors.wait_for('publish to "cmd.task.create"')
+        await errors.wait_for('publish to "$JS.API.STREAM.DELETE.REPORTS"')
+    finally:
+        await nc.close()
+
+
+async def test_only_the_scheduler_writes_the_log(deployment: Deployment, services: Client) -> None:
+    nc, errors = await raw_connect(deployment, "gateway", "gateway")
+    try:
+        await nc.publish("evt.task.1.task.created", b"{}")
+        await nc.flush()
+        await errors.wait_for('publish to "evt.task.1.task.created"')
+        ack = await nc.jetstream().publish(command_subject("task", "create"), b"{}")
+        assert ack.stream == "COMMANDS"
+    finally:
+        await nc.close()
+    ack = await services.jetstream().publish("evt.task.1.task.created", b"{}")
+    assert ack.stream == "EVENTS"
+
+
+async def test_no_credentials_is_refused(deployment: Deployment) -> None:
+    with pytest.raises(Exception, match="(?i)authorization"):
+        await nats.connect(
+            deployment.urls,
+            tls=deployment.tls(),
+            allow_reconnect=False,
+            max_reconnect_attempts=1,
+            connect_timeout=3,
+        )
+    await wait_log(deployment, r"(?i)authentication error|authorization violation")
+
+
+async def test_plain_text_is_refused(deployment: Deployment) -> None:
+    """A client that will not speak TLS is told so and cut off before authenticating."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", deployment.nodes[0].port)
+    try:
+        info = await asyncio.wait_for(reader.readline(), 5)
+        assert b'"tls_required":true' in info
+        writer.write(b'CONNECT {"verbose":false}\r\nPING\r\n')
+        await writer.drain()
+        answer = await asyncio.wait_for(reader.read(4096), 5)
+    finally:
+        writer.close()
+    # The server waits for a TLS handshake, gets none, and hangs up: no PONG, no session.
+    assert b"PONG" not in answer
+    assert reader.at_eof()
+
+
+async def test_a_revoked_host_is_cut_off_after_reload(deployment: Deployment) -> None:
+    nc, _ = await raw_connect(deployment, "agent-host-c", "agent", "host-c")
+    seed = deployment.seed("agent-host-c").read_bytes()
+    creds.revoke(deployment.creds_dir, "agent-host-c")
+    assert not deployment.seed("agent-host-c").exists()
+    deployment.reload()
+    deadline = time.monotonic() + 10
+    while nc.is_connected and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    assert not nc.is_connected, "the revoked identity kept its connection"
+    await nc.close()
+    with pytest.raises(Exception, match="(?i)authorization"):
+        await nats.connect(
+            deployment.urls,
+            nkeys_seed_str=seed.decode(),
+            tls=deployment.tls(),
+            allow_reconnect=False,
+            max_reconnect_attempts=1,
+            connect_timeout=3,
+        )
+
+
+async def test_streams_are_replicated_three_times_with_limits(services: Client) -> None:
+    js = services.jetstream()
+    for spec in ALL_STREAMS:
+        info = await js.stream_info(spec.name)
+        assert isinstance(info.config, StreamConfig)
+        assert info.config.num_replicas == 3
+        assert info.config.max_bytes == spec.max_bytes > 0
+        assert info.config.max_age == spec.max_age_seconds
+        assert info.cluster is not None
+        assert len(info.cluster.replicas or []) == 2, "a leader and two replicas"
