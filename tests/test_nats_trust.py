@@ -16,7 +16,9 @@ from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import nats
+import uvicorn
 import pytest
 from nats.aio.client import Client
 from nats.js.api import StreamConfig
@@ -150,6 +152,10 @@ class Errors:
 
     def __init__(self) -> None:
         self.seen: list[str] = []
+        self.disconnected = asyncio.Event()
+
+    async def on_disconnect(self) -> None:
+        self.disconnected.set()
 
     async def record(self, exc: Exception) -> None:
         self.seen.append(str(exc))
@@ -172,6 +178,7 @@ async def raw_connect(dep: Deployment, name: str, role: Role, agent_id: str | No
         tls=link.tls,
         inbox_prefix=link.inbox_prefix or "_INBOX",
         error_cb=errors.record,
+        disconnected_cb=errors.on_disconnect,
         allow_reconnect=False,
         connect_timeout=3,
     )
@@ -271,7 +278,7 @@ async def test_only_the_scheduler_writes_the_log(deployment: Deployment, service
 
 
 async def test_no_credentials_is_refused(deployment: Deployment) -> None:
-    with pytest.raises(Exception, match="(?i)authorization"):
+    with pytest.raises(Exception, match=r"(?i)authorization"):
         await nats.connect(
             deployment.urls,
             tls=deployment.tls(),
@@ -299,17 +306,14 @@ async def test_plain_text_is_refused(deployment: Deployment) -> None:
 
 
 async def test_a_revoked_host_is_cut_off_after_reload(deployment: Deployment) -> None:
-    nc, _ = await raw_connect(deployment, "agent-host-c", "agent", "host-c")
+    nc, errors = await raw_connect(deployment, "agent-host-c", "agent", "host-c")
     seed = deployment.seed("agent-host-c").read_bytes()
     creds.revoke(deployment.creds_dir, "agent-host-c")
     assert not deployment.seed("agent-host-c").exists()
     deployment.reload()
-    deadline = time.monotonic() + 10
-    while nc.is_connected and time.monotonic() < deadline:
-        await asyncio.sleep(0.05)
-    assert not nc.is_connected, "the revoked identity kept its connection"
+    await asyncio.wait_for(errors.disconnected.wait(), 10)
     await nc.close()
-    with pytest.raises(Exception, match="(?i)authorization"):
+    with pytest.raises(Exception, match=r"(?i)authorization"):
         await nats.connect(
             deployment.urls,
             nkeys_seed_str=seed.decode(),
@@ -330,3 +334,117 @@ async def test_streams_are_replicated_three_times_with_limits(services: Client) 
         assert info.config.max_age == spec.max_age_seconds
         assert info.cluster is not None
         assert len(info.cluster.replicas or []) == 2, "a leader and two replicas"
+
+
+async def test_gateway_scheduler_and_agent_do_their_jobs_with_their_own_identities(
+    deployment: Deployment, pg_dsn: str, tmp_path: Path
+) -> None:
+    """A task created over REST runs on host-a's phone and completes, every process on
+    its own identity over TLS: the permissions above are enough for the real work."""
+    from fleet_agent.app import Agent
+    from fleet_agent.settings import AgentSettings
+    from fleet_api.app import create_app
+    from fleet_api.settings import ApiSettings
+    from fleet_scheduler.app import Scheduler
+    from fleet_scheduler.settings import SchedulerSettings
+
+    common = {
+        "nats_url": deployment.url,
+        "nats_tls_ca_file": deployment.ca,
+        "nats_stream_replicas": 3,
+    }
+    media = tmp_path / "media"
+    media.mkdir()
+    (media / "clip.mp4").write_bytes(b"\0" * 64)
+    scheduler = Scheduler(
+        SchedulerSettings(
+            **common,
+            nats_nkey_seed_file=deployment.seed("scheduler"),
+            database_url=pg_dsn,
+            scheduler_id="s1",
+        )
+    )
+    agent = Agent(
+        AgentSettings(
+            **common,
+            nats_nkey_seed_file=deployment.seed("agent-host-a"),
+            agent_id="host-a",
+            agent_driver="sim",
+            agent_sim_devices=2,
+            agent_sim_speed=0,
+            agent_sim_serial_prefix="trust_a_",
+            agent_material_roots=[media],
+            agent_heartbeat_seconds=0.5,
+        )
+    )
+    api_settings = ApiSettings(
+        **common, nats_nkey_seed_file=deployment.seed("gateway"), api_port=free_port()
+    )
+    server = uvicorn.Server(
+        uvicorn.Config(
+            create_app(api_settings),
+            host="127.0.0.1",
+            port=api_settings.api_port,
+            log_config=None,
+            access_log=False,
+            lifespan="on",
+        )
+    )
+    # Bounded: a missing permission shows up as retries that never succeed.
+    async with asyncio.timeout(45), scheduler, agent:
+        serve = asyncio.create_task(server.serve())
+        try:
+            async with httpx.AsyncClient(
+                base_url=f"http://127.0.0.1:{api_settings.api_port}/api/v1", timeout=15
+            ) as client:
+                await _until(lambda: server.started, "the gateway to start")
+                created = await _until_ok(
+                    client,
+                    {
+                        "serials": ["trust_a_1"],
+                        "script_name": "post",
+                        "script_config": {"material_list": [str(media / "clip.mp4")]},
+                    },
+                )
+                task_id = created["task_ids"][0]
+
+                async def completed() -> bool:
+                    body = (await client.get(f"/task/{task_id}")).json()
+                    return bool(body["code"] == 0 and body["data"]["status"] == 2)
+
+                await _until(completed, "the task to complete", within=30)
+        finally:
+            server.should_exit = True
+            await serve
+    ours = ("python3:fleet-api", "python3:scheduler-s1", "python3:fleet-agent-host-a")
+    for line in deployment.server_log().splitlines():
+        if "Violation" in line and any(name in line for name in ours):
+            pytest.fail(f"a service was refused something it needs: {line}")
+
+
+async def _until(check, what: str, within: float = 15.0) -> None:
+    deadline = time.monotonic() + within
+    while True:
+        result = check()
+        if asyncio.iscoroutine(result):
+            result = await result
+        if result:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {within}s waiting for {what}")
+        await asyncio.sleep(0.05)
+
+
+async def _until_ok(client: httpx.AsyncClient, body: dict[str, object]) -> dict[str, object]:
+    """POST the task once the scheduler answers (it may still be joining)."""
+    answers: list[object] = []
+
+    async def accepted() -> bool:
+        resp = await client.post("/task", json=body)
+        answers.append(resp.json())
+        return resp.status_code == 200
+
+    await _until(accepted, f"the create to be accepted (answers: {answers[-1:]})")
+    last = answers[-1]
+    assert isinstance(last, dict)
+    return dict(last["data"])

@@ -61,9 +61,7 @@ def load(directory: Path) -> list[Identity]:
 
 def _save(directory: Path, identities: list[Identity]) -> None:
     directory.mkdir(parents=True, exist_ok=True)
-    (directory / REGISTER).write_text(
-        json.dumps([asdict(i) for i in identities], indent=2) + "\n"
-    )
+    (directory / REGISTER).write_text(json.dumps([asdict(i) for i in identities], indent=2) + "\n")
     (directory / AUTH_CONF).write_text(render_auth_conf(identities))
 
 
@@ -71,7 +69,9 @@ def seed_path(directory: Path, name: str) -> Path:
     return directory / "seeds" / f"{name}.nk"
 
 
-def issue(directory: Path, role: Role, *, agent_id: str | None = None, name: str | None = None) -> Path:
+def issue(
+    directory: Path, role: Role, *, agent_id: str | None = None, name: str | None = None
+) -> Path:
     """A new identity; returns the path of its seed file. auth.conf is rewritten."""
     if role == "agent":
         if not agent_id:

@@ -18,6 +18,7 @@ from fleet_api.kv import Mirror, open_bucket
 from fleet_api.routes import events, fleet, system, tasks
 from fleet_api.settings import ApiSettings
 from fleet_api.state import Gateway
+from fleet_contracts.permissions import inbox_prefix
 from fleet_contracts.scripts import ScriptSpec
 from fleet_contracts.subjects import KV_API_KEYS, KV_SCRIPTS
 from fleet_runtime.bus import connect, ensure_streams
@@ -25,6 +26,7 @@ from fleet_runtime.bus import connect, ensure_streams
 log = structlog.get_logger(__name__)
 
 _LOAD_TIMEOUT_SECONDS = 10.0
+GATEWAY_INBOX = inbox_prefix("gateway")
 
 DESCRIPTION = """\
 TikMatrix-compatible task API for fleets of Android phones.
@@ -55,10 +57,10 @@ def start_problem(settings: ApiSettings, keys: dict[str, KeyRecord]) -> str | No
 
 
 async def open_gateway(settings: ApiSettings) -> Gateway:
-    nc = await connect(settings.nats_url, "fleet-api")
+    nc = await connect(settings.nats_url, "fleet-api", link=settings.nats_link(GATEWAY_INBOX))
     try:
         js = nc.jetstream()
-        await ensure_streams(js)
+        await ensure_streams(js, settings.streams, replicas=settings.nats_stream_replicas)
         keys: Mirror[KeyRecord] = Mirror(KV_API_KEYS, parse_record)
         scripts: Mirror[ScriptSpec] = Mirror(KV_SCRIPTS, parse_spec)
         await keys.start(await open_bucket(js, KV_API_KEYS))

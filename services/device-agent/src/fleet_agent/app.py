@@ -40,6 +40,7 @@ from fleet_contracts.agent import (
     RunTask,
     StopRun,
 )
+from fleet_contracts.permissions import inbox_prefix
 from fleet_contracts.subjects import (
     KV_SCRIPTS,
     agent_run_subject,
@@ -134,10 +135,13 @@ class Agent:
         s = self.settings
         with bind_correlation(None, agent_id=self.agent_id):
             self._nc = await connect(
-                s.nats_url, f"fleet-agent-{self.agent_id}", on_reconnected=self._reconnected
+                s.nats_url,
+                f"fleet-agent-{self.agent_id}",
+                on_reconnected=self._reconnected,
+                link=s.nats_link(inbox_prefix("agent", self.agent_id)),
             )
             self._js = self._nc.jetstream()
-            await ensure_streams(self._js)
+            await self._ensure_streams()
             host = ScriptHost(
                 agent_id=self.agent_id,
                 material_roots=tuple(s.agent_material_roots),
@@ -289,10 +293,17 @@ class Agent:
             # Another service created it between our two calls.
             return await self.js.key_value(KV_SCRIPTS)
 
+    async def _ensure_streams(self) -> None:
+        # An agent with its own NATS identity may not manage streams (a host must not
+        # be able to reconfigure or delete them): the services own them then.
+        if self.settings.nats_nkey_seed_file is None:
+            s = self.settings
+            await ensure_streams(self.js, s.streams, replicas=s.nats_stream_replicas)
+
     async def _reconnected(self) -> None:
         # A NATS restarted without its state has lost the streams and the catalogue.
         try:
-            await ensure_streams(self.js)
+            await self._ensure_streams()
             await self._publish_catalogue()
         except Exception as exc:
             log.warning("agent.reconnect_setup_failed", error=str(exc))
