@@ -18,8 +18,8 @@ from pathlib import Path
 
 import httpx
 import nats
-import uvicorn
 import pytest
+import uvicorn
 from nats.aio.client import Client
 from nats.js.api import StreamConfig
 
