@@ -12,9 +12,10 @@ import re
 import ssl
 import time
 import urllib.request
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import nats
@@ -168,7 +169,9 @@ class Errors:
             await asyncio.sleep(0.02)
 
 
-async def raw_connect(dep: Deployment, name: str, role: Role, agent_id: str | None = None):
+async def raw_connect(
+    dep: Deployment, name: str, role: Role, agent_id: str | None = None
+) -> tuple[Client, Errors]:
     """A connection with its error callback exposed, as an agent host would open it."""
     errors = Errors()
     link = dep.link(name, role, agent_id)
@@ -348,7 +351,7 @@ async def test_gateway_scheduler_and_agent_do_their_jobs_with_their_own_identiti
     from fleet_scheduler.app import Scheduler
     from fleet_scheduler.settings import SchedulerSettings
 
-    common = {
+    common: dict[str, Any] = {
         "nats_url": deployment.url,
         "nats_tls_ca_file": deployment.ca,
         "nats_stream_replicas": 3,
@@ -422,7 +425,7 @@ async def test_gateway_scheduler_and_agent_do_their_jobs_with_their_own_identiti
             pytest.fail(f"a service was refused something it needs: {line}")
 
 
-async def _until(check, what: str, within: float = 15.0) -> None:
+async def _until(check: Callable[[], object], what: str, within: float = 15.0) -> None:
     deadline = time.monotonic() + within
     while True:
         result = check()
@@ -435,9 +438,9 @@ async def _until(check, what: str, within: float = 15.0) -> None:
         await asyncio.sleep(0.05)
 
 
-async def _until_ok(client: httpx.AsyncClient, body: dict[str, object]) -> dict[str, object]:
+async def _until_ok(client: httpx.AsyncClient, body: dict[str, object]) -> dict[str, Any]:
     """POST the task once the scheduler answers (it may still be joining)."""
-    answers: list[object] = []
+    answers: list[dict[str, Any]] = []
 
     async def accepted() -> bool:
         resp = await client.post("/task", json=body)
@@ -446,5 +449,4 @@ async def _until_ok(client: httpx.AsyncClient, body: dict[str, object]) -> dict[
 
     await _until(accepted, f"the create to be accepted (answers: {answers[-1:]})")
     last = answers[-1]
-    assert isinstance(last, dict)
     return dict(last["data"])
