@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -20,6 +21,9 @@ import urllib.request
 import warnings
 from pathlib import Path
 from typing import IO
+
+
+PASSWORD_FILE = "fleet-password"
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -194,7 +198,13 @@ class EmbeddedNats(_Child):
 
 
 class EmbeddedPostgres(_Child):
-    """PostgreSQL from the `pgserver` wheel, on a TCP port, trust auth, user postgres."""
+    """PostgreSQL from the `pgserver` wheel, on a TCP port, user postgres.
+
+    A new data directory gets password authentication (scram-sha-256) with a random
+    password kept in `<data dir>/fleet-password` (0600) and carried in `dsn`, so
+    nothing has to be set up and no other local user can log in. A data directory made
+    before passwords were used keeps its trust authentication (no password file).
+    """
 
     name = "postgres"
     # SIGINT is Postgres's "fast" shutdown: roll back open work, checkpoint, exit.
@@ -222,8 +232,21 @@ class EmbeddedPostgres(_Child):
     def dsn(self) -> str:
         return self.dsn_for("postgres")
 
+    @property
+    def password_file(self) -> Path:
+        return self.data_dir / PASSWORD_FILE
+
+    @property
+    def password(self) -> str | None:
+        try:
+            return self.password_file.read_text().strip() or None
+        except FileNotFoundError:
+            return None
+
     def dsn_for(self, database: str) -> str:
-        return f"postgresql://postgres@{self.host}:{self.port}/{database}"
+        secret = self.password
+        user = f"postgres:{secret}" if secret else "postgres"
+        return f"postgresql://{user}@{self.host}:{self.port}/{database}"
 
     @staticmethod
     def _bin(name: str) -> str:
@@ -263,21 +286,37 @@ class EmbeddedPostgres(_Child):
         self.data_dir.chmod(0o700)
         if (self.data_dir / "PG_VERSION").exists():
             return
-        subprocess.run(
-            [
-                self._bin("initdb"),
-                "-D",
-                str(self.data_dir),
-                "--auth=trust",
-                "--encoding=UTF8",
-                "--locale=C",
-                "-U",
-                "postgres",
-            ],
-            check=True,
-            capture_output=True,
-            user=user,
-        )
+        # URL-safe, so it goes into the DSN as it is.
+        secret = secrets.token_urlsafe(24)
+        # initdb wants an empty data directory: the password waits beside it meanwhile.
+        pwfile = self.data_dir.parent / f".{self.data_dir.name}.initdb-password"
+        fd = os.open(pwfile, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(secret + "\n")
+        if user is not None:
+            shutil.chown(pwfile, user, user)
+        try:
+            subprocess.run(
+                [
+                    self._bin("initdb"),
+                    "-D",
+                    str(self.data_dir),
+                    "--auth=scram-sha-256",
+                    f"--pwfile={pwfile}",
+                    "--encoding=UTF8",
+                    "--locale=C",
+                    "-U",
+                    "postgres",
+                ],
+                check=True,
+                capture_output=True,
+                user=user,
+            )
+        finally:
+            pwfile.unlink(missing_ok=True)
+        fd = os.open(self.password_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(secret + "\n")
 
     def start(self, timeout: float = 30.0) -> str:
         user = self._run_as()
