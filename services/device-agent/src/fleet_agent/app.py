@@ -17,8 +17,9 @@ import structlog
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
+from nats.errors import Error as NatsError
 from nats.js import JetStreamContext
-from nats.js.errors import BadRequestError, BucketNotFoundError
+from nats.js.errors import BadRequestError, BucketNotFoundError, NotFoundError
 from nats.js.kv import KeyValue
 from pydantic import ValidationError
 
@@ -43,6 +44,7 @@ from fleet_contracts.agent import (
 from fleet_contracts.permissions import inbox_prefix
 from fleet_contracts.subjects import (
     KV_SCRIPTS,
+    REPORTS,
     agent_run_subject,
     agent_stop_subject,
     heartbeat_subject,
@@ -294,11 +296,25 @@ class Agent:
             return await self.js.key_value(KV_SCRIPTS)
 
     async def _ensure_streams(self) -> None:
-        # An agent with its own NATS identity may not manage streams (a host must not
-        # be able to reconfigure or delete them): the services own them then.
-        if self.settings.nats_nkey_seed_file is None:
-            s = self.settings
+        """Create the streams only when they are missing and this agent may.
+
+        The services own the streams. A host's NATS identity (its own, or its leaf
+        node's) may look REPORTS up but never create or change a stream, so a host
+        cannot reconfigure or delete them; until they exist its reports are retried.
+        """
+        s = self.settings
+        try:
+            await self.js.stream_info(REPORTS.name)
+            return
+        except NotFoundError:
+            pass
+        if s.nats_nkey_seed_file is not None:
+            log.warning("agent.streams_missing", message="waiting for the services to make them")
+            return
+        try:
             await ensure_streams(self.js, s.streams, replicas=s.nats_stream_replicas)
+        except (NatsError, TimeoutError) as exc:
+            log.warning("agent.streams_not_made", error=str(exc) or repr(exc))
 
     async def _reconnected(self) -> None:
         # A NATS restarted without its state has lost the streams and the catalogue.
