@@ -8,6 +8,7 @@ the server's own log records the violation.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import ssl
 import time
@@ -22,6 +23,7 @@ import nats
 import pytest
 import uvicorn
 from nats.aio.client import Client
+from nats.aio.msg import Msg
 from nats.js.api import StreamConfig
 
 from fleet_contracts.permissions import Role, inbox_prefix
@@ -46,14 +48,14 @@ NODES = ("nats-1", "nats-2", "nats-3")
 
 
 def render_cluster_conf(
-    node: str, directory: Path, tls_dir: Path, cluster_ports: dict[str, int]
+    node: str, directory: Path, tls_dir: Path, cluster_ports: dict[str, int], leaf_port: int
 ) -> Path:
     """deploy/nats/cluster.conf for one node on this machine: ports and paths, nothing else."""
     text = CLUSTER_CONF.read_text()
     text = text.replace("/etc/nats/tls/", f"{tls_dir}/")
     text = text.replace("store_dir: /data", f"store_dir: {directory / node}")
     text = text.replace("port: 6222", f"port: {cluster_ports[node]}")
-    text = text.replace("port: 7422", f"port: {free_port()}")
+    text = text.replace("port: 7422", f"port: {leaf_port}")
     for other, port in cluster_ports.items():
         text = text.replace(f"nats-route://{other}:6222", f"nats-route://127.0.0.1:{port}")
     out = directory / f"{node}.conf"
@@ -66,6 +68,7 @@ class Deployment:
     nodes: list[EmbeddedNats]
     creds_dir: Path
     ca: Path
+    leaf_ports: list[int]
 
     @property
     def url(self) -> str:
@@ -129,20 +132,21 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
     creds.issue(root, "gateway")
     creds.issue(root, "scheduler")
     cluster_ports = {node: free_port() for node in NODES}
+    leaf_ports = [free_port() for _ in NODES]
     nodes = [
         EmbeddedNats(
             root / node,
             log_file=root / f"{node}.log",
-            config_file=render_cluster_conf(node, root, tls_dir, cluster_ports),
+            config_file=render_cluster_conf(node, root, tls_dir, cluster_ports, leaf_port),
             tls=True,
         )
-        for node in NODES
+        for node, leaf_port in zip(NODES, leaf_ports, strict=True)
     ]
     try:
         for node in nodes:
             node.start()
         _wait_healthy(nodes)
-        yield Deployment(nodes, root, ca.cert)
+        yield Deployment(nodes, root, ca.cert, leaf_ports)
     finally:
         for node in nodes:
             node.stop()
@@ -450,3 +454,82 @@ async def _until_ok(client: httpx.AsyncClient, body: dict[str, object]) -> dict[
     await _until(accepted, f"the create to be accepted (answers: {answers[-1:]})")
     last = answers[-1]
     return dict(last["data"])
+
+
+LEAF_CONF = ROOT / "deploy" / "nats" / "leaf-agent-host.conf"
+
+
+@pytest.fixture
+def leaf_host_a(deployment: Deployment, tmp_path: Path) -> Iterator[EmbeddedNats]:
+    """host-a's leaf node, from deploy/nats/leaf-agent-host.conf: the hub's address and
+    the CA path rewritten, the seed given in the environment as the file says."""
+    text = LEAF_CONF.read_text()
+    hubs = ", ".join(f'"tls://127.0.0.1:{port}"' for port in deployment.leaf_ports)
+    text = text.replace('"tls://fleet-nats.example.internal:7422"', hubs)
+    text = text.replace("/etc/fleet/tls/ca.pem", str(deployment.ca))
+    conf = tmp_path / "leaf.conf"
+    conf.write_text(text)
+    seed = deployment.seed("agent-host-a").read_text().strip()
+    leaf = EmbeddedNats(
+        tmp_path / "leaf",
+        log_file=tmp_path / "leaf.log",
+        config_file=conf,
+        environment={"FLEET_LEAF_NKEY_SEED": seed},
+    )
+    leaf.start()
+    yield leaf
+    leaf.stop()
+
+
+async def test_a_leaf_node_carries_only_its_hosts_traffic(
+    deployment: Deployment, services: Client, leaf_host_a: EmbeddedNats
+) -> None:
+    """An agent on host-a's leaf node connects without credentials on loopback; the
+    link to the cluster carries host-a's identity, so host-b's subjects stay shut."""
+    local = await nats.connect(
+        leaf_host_a.url, inbox_prefix=inbox_prefix("agent", "host-a"), connect_timeout=3
+    )
+    gateway = await connect(deployment.url, "gateway", link=deployment.link("gateway", "gateway"))
+    try:
+
+        async def answer_run(msg: Msg) -> None:
+            await msg.respond(b"accepted")
+
+        await local.subscribe(agent_run_subject("host-a"), cb=answer_run)
+        theirs = await local.subscribe(agent_run_subject("host-b"))
+        commands = await local.subscribe("cmd.>")
+        await local.flush()
+
+        # A run request reaches host-a through the link and its answer comes back.
+        reply = None
+        deadline = time.monotonic() + 10
+        while reply is None and time.monotonic() < deadline:
+            with contextlib.suppress(Exception):
+                reply = await services.request(agent_run_subject("host-a"), b"", timeout=0.3)
+        assert reply is not None and reply.data == b"accepted"
+
+        # Its own report is stored and acknowledged through the link.
+        js = local.jetstream()
+        ack = await js.publish(report_subject("host-a", "leaf"), b"{}", timeout=5)
+        assert ack.stream == REPORTS.name
+        # A report as host-b leaves the leaf node but never enters the cluster.
+        await local.publish(report_subject("host-b", "leaf"), b"{}")
+        await local.flush()
+        await js.publish(report_subject("host-a", "leaf-after"), b"{}", timeout=5)
+        info = await services.jetstream().stream_info(REPORTS.name, subjects_filter="report.>")
+        stored = set(info.state.subjects or {})
+        assert report_subject("host-a", "leaf-after") in stored
+        assert report_subject("host-b", "leaf") not in stored
+
+        # Runs for host-b and the gateway's commands stay in the cluster: a run sent to
+        # host-a after them arrives, they never do.
+        await services.publish(agent_run_subject("host-b"), b"run")
+        await gateway.jetstream().publish(command_subject("task", "create"), b"{}")
+        marker = await services.request(agent_run_subject("host-a"), b"", timeout=5)
+        assert marker.data == b"accepted"
+        await local.flush()
+        assert theirs.pending_msgs == 0
+        assert commands.pending_msgs == 0
+    finally:
+        await local.close()
+        await gateway.close()

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import asyncpg
-import pytest
 import nats
+import pytest
 
 from fleet_devstack import EmbeddedNats, EmbeddedPostgres
 

@@ -6,8 +6,8 @@ name only what that role's code really does:
 - agent `<id>`: receives `agent.<id>.>` (run / stop, and whatever agent-bound subject is
   added under that prefix later) and `sim.<id>.>`; publishes only its own reports
   (`report.<id>.>`, stored on REPORTS) and heartbeats (`heartbeat.<id>`); answers the
-  requests it receives (`allow_responses`); writes script schemas to the KV bucket
-  `scripts`. It never manages streams: the services do.
+  requests it receives (`allow_responses`, and the schedulers' inboxes for leaf links);
+  writes script schemas to the KV bucket `scripts`. It never manages streams.
 - gateway: publishes commands (`cmd.>`), asks queries (`query.>`), manages the streams
   and the `api_keys` / `scripts` buckets, and reads EVENTS for the SSE feed.
 - scheduler: the only writer of the log's subjects (`evt.>`), consumes COMMANDS and
@@ -164,6 +164,10 @@ def agent_grants(agent_id: str) -> list[Grant]:
         own_inbox(inbox_prefix("agent", agent_id)),
         Grant(subscribe=(f"agent.{me}.>", f"sim.{me}.>")),
         Grant(publish=(f"report.{me}.>", heartbeat_subject(agent_id))),
+        # Answers to run / stop requests. `allow_responses` covers a direct client, but
+        # a leaf-node link only carries what the publish list names, so the
+        # schedulers' inboxes are named too (never the gateways').
+        Grant(publish=(f"{inbox_prefix('scheduler')}.>",)),
         look_up_stream(REPORTS.name),
         kv_read(KV_SCRIPTS),
         kv_write(KV_SCRIPTS),

@@ -19,9 +19,9 @@ import sys
 import time
 import urllib.request
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
 from typing import IO
-
 
 PASSWORD_FILE = "fleet-password"
 
@@ -127,6 +127,7 @@ class EmbeddedNats(_Child):
         bind: str | None = None,
         config_file: Path | None = None,
         tls: bool = False,
+        environment: Mapping[str, str] | None = None,
     ) -> None:
         super().__init__()
         self.store_dir = Path(store_dir)
@@ -134,6 +135,8 @@ class EmbeddedNats(_Child):
         # listen address, ports and store. `tls`: clients must dial tls://.
         self.config_file = config_file
         self.tls = tls
+        # Variables the config file reads ($NAME), e.g. a leaf node's seed.
+        self.environment = dict(environment or {})
         self.host = host
         # Clients on this machine use `host`; `bind` (e.g. 0.0.0.0) lets test hosts in
         # network namespaces reach the server over their veth links too.
@@ -163,7 +166,7 @@ class EmbeddedNats(_Child):
             "--http_port",
             str(self.monitor_port),
         ]
-        env = dict(os.environ)
+        env = {**os.environ, **self.environment}
         name = f"fleet-dev-{self.port}"
         if self.config_file:
             # deploy/nats/cluster.conf reads its node name from the environment, so a
