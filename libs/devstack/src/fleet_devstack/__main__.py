@@ -26,7 +26,7 @@ from fleet_devstack.stack import AgentSpec, Stack, StackConfig
 COLOURS = ["36", "35", "33", "32", "34", "31"]
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="fleet-devstack")
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="start NATS, PostgreSQL and every service")
@@ -36,7 +36,7 @@ def main() -> None:
         "--sim-devices", type=int, default=int(os.environ.get("FLEET_AGENT_SIM_DEVICES", 8))
     )
     add_creds_parser(sub)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.command == "creds":
         sys.exit(creds_main(args))
 
