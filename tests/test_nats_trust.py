@@ -29,6 +29,8 @@ from nats.js.api import StreamConfig
 from fleet_contracts.permissions import Role, inbox_prefix
 from fleet_contracts.subjects import (
     ALL_STREAMS,
+    KV_API_KEYS,
+    KV_SCRIPTS,
     REPORTS,
     agent_run_subject,
     command_subject,
@@ -423,6 +425,15 @@ async def test_gateway_scheduler_and_agent_do_their_jobs_with_their_own_identiti
         finally:
             server.should_exit = True
             await serve
+    # The gateway made its buckets bounded and replicated like the streams.
+    gateway = await connect(deployment.url, "check", link=deployment.link("gateway", "gateway"))
+    try:
+        for bucket in (KV_API_KEYS, KV_SCRIPTS):
+            info = await gateway.jetstream().stream_info(f"KV_{bucket}")
+            assert info.config.num_replicas == 3
+            assert info.config.max_bytes == api_settings.nats_kv_max_bytes
+    finally:
+        await gateway.close()
     ours = ("python3:fleet-api", "python3:scheduler-s1", "python3:fleet-agent-host-a")
     for line in deployment.server_log().splitlines():
         if "Violation" in line and any(name in line for name in ours):

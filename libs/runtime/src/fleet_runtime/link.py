@@ -19,6 +19,7 @@ import ssl
 from dataclasses import dataclass
 from pathlib import Path
 
+from nats.js.api import KeyValueConfig
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings
 
@@ -90,6 +91,15 @@ class NatsLinkSettings(BaseSettings):
         if self.nats_tls_cert_file is not None and self.nats_tls_key_file is not None:
             context.load_cert_chain(str(self.nats_tls_cert_file), str(self.nats_tls_key_file))
         return context
+
+    def kv_config(self, bucket: str) -> KeyValueConfig:
+        """A KV bucket as this deployment creates it: latest value only, bounded, replicated."""
+        return KeyValueConfig(
+            bucket=bucket,
+            history=1,
+            max_bytes=self.nats_kv_max_bytes,
+            replicas=self.nats_stream_replicas,
+        )
 
     @property
     def streams(self) -> tuple[StreamSpec, ...]:

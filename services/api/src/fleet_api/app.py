@@ -63,8 +63,9 @@ async def open_gateway(settings: ApiSettings) -> Gateway:
         await ensure_streams(js, settings.streams, replicas=settings.nats_stream_replicas)
         keys: Mirror[KeyRecord] = Mirror(KV_API_KEYS, parse_record)
         scripts: Mirror[ScriptSpec] = Mirror(KV_SCRIPTS, parse_spec)
-        await keys.start(await open_bucket(js, KV_API_KEYS))
-        await scripts.start(await open_bucket(js, KV_SCRIPTS))
+        kv_config = settings.kv_config
+        await keys.start(await open_bucket(js, KV_API_KEYS, kv_config(KV_API_KEYS)))
+        await scripts.start(await open_bucket(js, KV_SCRIPTS, kv_config(KV_SCRIPTS)))
         await asyncio.wait_for(keys.loaded.wait(), _LOAD_TIMEOUT_SECONDS)
         await asyncio.wait_for(scripts.loaded.wait(), _LOAD_TIMEOUT_SECONDS)
     except BaseException:

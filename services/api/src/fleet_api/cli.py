@@ -71,7 +71,7 @@ async def _connect_once(settings: ApiSettings, name: str) -> Client:
 async def _keys(settings: ApiSettings, args: argparse.Namespace) -> int:
     nc = await _connect_once(settings, "fleet-api-keys")
     try:
-        kv = await open_bucket(nc.jetstream(), KV_API_KEYS)
+        kv = await open_bucket(nc.jetstream(), KV_API_KEYS, settings.kv_config(KV_API_KEYS))
         if args.action == "create":
             try:
                 secret = await create_key(kv, args.name, Plan(args.plan))
@@ -120,7 +120,7 @@ async def _preflight(settings: ApiSettings) -> str | None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.remove_signal_handler(sig)
     try:
-        kv = await open_bucket(nc.jetstream(), KV_API_KEYS)
+        kv = await open_bucket(nc.jetstream(), KV_API_KEYS, settings.kv_config(KV_API_KEYS))
         return start_problem(settings, await stored_keys(kv))
     finally:
         await nc.close()

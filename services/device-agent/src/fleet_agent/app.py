@@ -289,8 +289,13 @@ class Agent:
             return await self.js.key_value(KV_SCRIPTS)
         except BucketNotFoundError:
             pass
+        if self.settings.nats_nkey_seed_file is not None:
+            # A host's identity may write script specs but not create buckets.
+            raise RuntimeError(
+                f"the KV bucket {KV_SCRIPTS!r} does not exist yet: start a gateway first"
+            )
         try:
-            return await self.js.create_key_value(bucket=KV_SCRIPTS)
+            return await self.js.create_key_value(config=self.settings.kv_config(KV_SCRIPTS))
         except BadRequestError:
             # Another service created it between our two calls.
             return await self.js.key_value(KV_SCRIPTS)
