@@ -76,7 +76,12 @@ def main(argv: list[str] | None = None) -> None:
     try:
         sink("devstack", f"data in {data_dir}")
         stack.start_infrastructure()
-        sink("devstack", f"NATS {stack.nats.url}  PostgreSQL {stack.database_url}")
+        shown = stack.database_url
+        if stack.postgres.password:
+            # The password stays in its file; a console or a pasted log never shows it.
+            shown = shown.replace(stack.postgres.password, "***")
+            shown += f"  (password in {stack.postgres.password_file})"
+        sink("devstack", f"NATS {stack.nats.url}  PostgreSQL {shown}")
         stack.start_services()
         stack.wait_ready()
         sink(
