@@ -422,6 +422,18 @@ async def test_gateway_scheduler_and_agent_do_their_jobs_with_their_own_identiti
                     return bool(body["code"] == 0 and body["data"]["status"] == 2)
 
                 await _until(completed, "the task to complete", within=30)
+
+                # The SSE feed replays the log from EVENTS through the gateway's identity.
+                async def first_event_type() -> str:
+                    params = {"task_id": task_id, "last_event_id": 0}
+                    async with client.stream("GET", "/events", params=params) as resp:
+                        assert resp.status_code == 200
+                        async for line in resp.aiter_lines():
+                            if line.startswith("event:"):
+                                return line.removeprefix("event:").strip()
+                    return ""
+
+                assert await asyncio.wait_for(first_event_type(), 10) == "task.created"
         finally:
             server.should_exit = True
             await serve
