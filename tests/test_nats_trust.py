@@ -556,3 +556,38 @@ async def test_a_leaf_node_carries_only_its_hosts_traffic(
     finally:
         await local.close()
         await gateway.close()
+
+
+async def test_agents_read_the_library_and_keep_evidence_but_never_write_the_library(
+    deployment: Deployment,
+) -> None:
+    from fleet_agent.evidence import Evidence
+    from fleet_contracts.materials import ARTIFACTS_BUCKET, MATERIALS_BUCKET, artifact_name
+    from fleet_runtime.objects import ChunkUpload, ensure_bucket, live_info, read_chunks
+
+    gateway = await connect(deployment.url, "gateway", link=deployment.link("gateway", "gateway"))
+    agent, errors = await raw_connect(deployment, "agent-host-a", "agent", "host-a")
+    try:
+        for bucket in (MATERIALS_BUCKET, ARTIFACTS_BUCKET):
+            await ensure_bucket(gateway.jetstream(), bucket, replicas=3)
+        media = bytes(range(256)) * 1500  # a few chunks
+        upload = ChunkUpload(gateway.jetstream(), MATERIALS_BUCKET)
+        await upload.write(media)
+        stored = await upload.commit()
+
+        # The agent's cache reads the library...
+        info = await live_info(agent.jetstream(), MATERIALS_BUCKET, stored.sha256)
+        assert info is not None
+        assert b"".join([c async for c in read_chunks(agent.jetstream(), info)]) == media
+        # ...keeps a failed step's evidence...
+        kept = await Evidence(agent.jetstream(), retention_hours=1).keep(7, "d7", None, "<ui/>")
+        assert kept == [artifact_name(7, "d7", "hierarchy.xml")]
+        # ...and cannot add to or purge the library.
+        await agent.publish(f"$O.{MATERIALS_BUCKET}.M.Zm9v", b"{}")
+        await agent.publish(f"$JS.API.STREAM.PURGE.OBJ_{MATERIALS_BUCKET}", b"{}")
+        await agent.flush()
+        await errors.wait_for(f'publish to "$O.{MATERIALS_BUCKET}.M.Zm9v"')
+        await errors.wait_for(f'publish to "$JS.API.STREAM.PURGE.OBJ_{MATERIALS_BUCKET}"')
+    finally:
+        await agent.close()
+        await gateway.close()

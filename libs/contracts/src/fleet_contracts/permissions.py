@@ -6,10 +6,13 @@ name only what that role's code really does:
 - agent `<id>`: receives `agent.<id>.>` (run / stop, and whatever agent-bound subject is
   added under that prefix later) and `sim.<id>.>`; publishes only its own reports
   (`report.<id>.>`, stored on REPORTS) and heartbeats (`heartbeat.<id>`); answers the
-  requests it receives (`allow_responses`, and the schedulers' inboxes for leaf links);
-  writes script schemas to the KV bucket `scripts`. It never manages streams.
-- gateway: publishes commands (`cmd.>`), asks queries (`query.>`), manages the streams
-  and the `api_keys` / `scripts` buckets, and reads EVENTS for the SSE feed.
+  requests it receives (`allow_responses`, and for leaf links the schedulers' inboxes
+  and the gateways' device-call inbox); writes script schemas to the KV bucket
+  `scripts`; reads the `materials` object store and writes `artifacts`. It never
+  manages streams or buckets.
+- gateway: publishes commands (`cmd.>`), asks queries (`query.>`), sends device calls
+  (`agent.*.device`), hears heartbeats, manages the streams, the `api_keys` / `scripts`
+  buckets and the `materials` / `artifacts` object stores, and reads EVENTS for SSE.
 - scheduler: the only writer of the log's subjects (`evt.>`), consumes COMMANDS and
   REPORTS, answers queries, hears heartbeats, sends run / stop requests to agents and
   command results to the gateways' inboxes.
@@ -24,6 +27,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from fleet_contracts.materials import ARTIFACTS_BUCKET, MATERIALS_BUCKET
 from fleet_contracts.subjects import (
     COMMANDS,
     EVENTS,
@@ -53,9 +57,14 @@ class Grant:
 class Permissions:
     publish: tuple[str, ...]
     subscribe: tuple[str, ...]
-    # Publishing to the reply subject of a request this identity received.
-    allow_responses: bool = False
+    # Messages this identity may publish to the reply subject of a request it received,
+    # within RESPONSE_WINDOW (0: none beyond its publish list).
+    responses: int = 0
     grants: tuple[Grant, ...] = field(default=(), compare=False, repr=False)
+
+    @property
+    def allow_responses(self) -> bool:
+        return self.responses > 0
 
     def as_config(self) -> dict[str, object]:
         """The `permissions` block of a nats-server user, as data."""
@@ -63,9 +72,21 @@ class Permissions:
             "publish": {"allow": list(self.publish)},
             "subscribe": {"allow": list(self.subscribe)},
         }
-        if self.allow_responses:
-            out["allow_responses"] = True
+        if self.responses:
+            out["allow_responses"] = {"max": self.responses, "expires": RESPONSE_WINDOW}
         return out
+
+
+RESPONSE_WINDOW = "2m"
+# A device call (sessions) is answered in pieces below the payload limit: a meta message
+# then the body, so one request may get many replies (a 64 MiB body at 128 KiB = 512).
+AGENT_RESPONSES = 4096
+
+
+def device_call_inbox() -> str:
+    """Where the gateway takes an agent's answer to a device call, apart from its other
+    replies, so an agent behind a leaf node may publish there and nowhere else of it."""
+    return f"{inbox_prefix('gateway')}.device"
 
 
 def inbox_prefix(role: Role, agent_id: str | None = None) -> str:
@@ -152,6 +173,32 @@ def kv_write(bucket: str) -> Grant:
     return Grant(publish=(f"$KV.{bucket}.>",))
 
 
+def object_read(bucket: str) -> Grant:
+    """Look objects up and stream their chunks (fleet_runtime.objects, nats-py)."""
+    stream = f"OBJ_{bucket}"
+    return Grant(
+        publish=(
+            *look_up_stream(stream).publish,
+            *read_messages(stream).publish,
+            *ephemeral_consumers(stream).publish,
+            f"$JS.API.CONSUMER.MSG.NEXT.{stream}.>",
+            f"$JS.ACK.{stream}.>",
+        )
+    )
+
+
+def object_write(bucket: str) -> Grant:
+    """Put objects (chunks, then meta) and purge a replaced or failed upload's chunks."""
+    stream = f"OBJ_{bucket}"
+    return Grant(
+        publish=(*object_read(bucket).publish, f"$O.{bucket}.>", f"$JS.API.STREAM.PURGE.{stream}")
+    )
+
+
+def object_manage(bucket: str) -> Grant:
+    return Grant(publish=(*_change(f"OBJ_{bucket}"), *object_write(bucket).publish))
+
+
 def kv_manage(bucket: str) -> Grant:
     stream = f"KV_{bucket}"
     return Grant(publish=(*_change(stream), *kv_read(bucket).publish, *kv_write(bucket).publish))
@@ -167,21 +214,26 @@ def agent_grants(agent_id: str) -> list[Grant]:
         # Answers to run / stop requests. `allow_responses` covers a direct client, but
         # a leaf-node link only carries what the publish list names, so the
         # schedulers' inboxes are named too (never the gateways').
-        Grant(publish=(f"{inbox_prefix('scheduler')}.>",)),
+        Grant(publish=(f"{inbox_prefix('scheduler')}.>", f"{device_call_inbox()}.>")),
         look_up_stream(REPORTS.name),
         kv_read(KV_SCRIPTS),
         kv_write(KV_SCRIPTS),
+        object_read(MATERIALS_BUCKET),  # the material library, cached on the host
+        object_write(ARTIFACTS_BUCKET),  # a failed step's screenshot and UI dump
     ]
 
 
 def gateway_grants() -> list[Grant]:
     return [
         own_inbox(inbox_prefix("gateway")),
-        Grant(publish=("cmd.>", "query.>")),
+        Grant(publish=("cmd.>", "query.>", "agent.*.device")),  # device calls (sessions)
+        Grant(subscribe=(HEARTBEAT_WILDCARD,)),  # the live heartbeat view
         *(manage_stream(spec.name) for spec in (COMMANDS, EVENTS, REPORTS)),
         ephemeral_consumers(EVENTS.name),
         kv_manage(KV_API_KEYS),
         kv_manage(KV_SCRIPTS),
+        object_manage(MATERIALS_BUCKET),
+        object_manage(ARTIFACTS_BUCKET),
     ]
 
 
@@ -199,14 +251,14 @@ def scheduler_grants() -> list[Grant]:
     ]
 
 
-def _merge(grants: list[Grant], *, allow_responses: bool) -> Permissions:
+def _merge(grants: list[Grant], *, responses: int) -> Permissions:
     def unique(items: list[str]) -> tuple[str, ...]:
         return tuple(dict.fromkeys(items))
 
     return Permissions(
         publish=unique([s for g in grants for s in g.publish]),
         subscribe=unique([s for g in grants for s in g.subscribe]),
-        allow_responses=allow_responses,
+        responses=responses,
         grants=tuple(grants),
     )
 
@@ -214,9 +266,9 @@ def _merge(grants: list[Grant], *, allow_responses: bool) -> Permissions:
 def permissions_for(role: Role, agent_id: str | None = None) -> Permissions:
     if role == "agent":
         assert agent_id, "an agent's permissions name the agent"
-        return _merge(agent_grants(agent_id), allow_responses=True)
+        return _merge(agent_grants(agent_id), responses=AGENT_RESPONSES)
     if role == "gateway":
-        return _merge(gateway_grants(), allow_responses=False)
+        return _merge(gateway_grants(), responses=0)
     # Schedulers answer queries on the gateway's inbox, covered by the grant above;
-    # allow_responses also covers a reply to any other requester (ops tools).
-    return _merge(scheduler_grants(), allow_responses=True)
+    # responses also cover a reply to any other requester (ops tools).
+    return _merge(scheduler_grants(), responses=1)

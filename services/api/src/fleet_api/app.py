@@ -9,19 +9,33 @@ from collections.abc import AsyncIterator
 
 import structlog
 from fastapi import APIRouter, FastAPI
+from fastapi_offline import FastAPIOffline
 
-from fleet_api import docs, errors
+from fleet_api import console, docs, errors
 from fleet_api.catalogue import parse_spec
 from fleet_api.correlation import CorrelationMiddleware
 from fleet_api.keys import KeyRecord, parse_record
 from fleet_api.kv import Mirror, open_bucket
-from fleet_api.routes import events, fleet, system, tasks
+from fleet_api.routes import (
+    artifacts,
+    custom_scripts,
+    events,
+    fleet,
+    heartbeats,
+    keys,
+    materials,
+    rpc,
+    system,
+    tasks,
+)
 from fleet_api.settings import ApiSettings
 from fleet_api.state import Gateway
+from fleet_contracts.materials import ARTIFACTS_BUCKET, MATERIALS_BUCKET
 from fleet_contracts.permissions import inbox_prefix
 from fleet_contracts.scripts import ScriptSpec
 from fleet_contracts.subjects import KV_API_KEYS, KV_SCRIPTS
 from fleet_runtime.bus import connect, ensure_streams
+from fleet_runtime.objects import ensure_bucket
 
 log = structlog.get_logger(__name__)
 
@@ -61,6 +75,20 @@ async def open_gateway(settings: ApiSettings) -> Gateway:
     try:
         js = nc.jetstream()
         await ensure_streams(js, settings.streams, replicas=settings.nats_stream_replicas)
+        replicas = settings.nats_stream_replicas
+        await ensure_bucket(
+            js,
+            MATERIALS_BUCKET,
+            description="the material library, by sha256",
+            replicas=replicas,
+        )
+        await ensure_bucket(
+            js,
+            ARTIFACTS_BUCKET,
+            max_age_seconds=settings.artifact_retention_hours * 3600,
+            description="screenshots and UI dumps of failed steps",
+            replicas=replicas,
+        )
         keys: Mirror[KeyRecord] = Mirror(KV_API_KEYS, parse_record)
         scripts: Mirror[ScriptSpec] = Mirror(KV_SCRIPTS, parse_spec)
         kv_config = settings.kv_config
@@ -112,7 +140,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 
 
 def create_app(settings: ApiSettings | None = None) -> FastAPI:
-    app = FastAPI(
+    # Swagger UI and ReDoc from the assets in the fastapi-offline wheel, not a CDN:
+    # /docs must render on a host with no internet.
+    app = FastAPIOffline(
         title="Fleet task API (TikMatrix-compatible)",
         version="1.0.0",
         description=DESCRIPTION,
@@ -121,12 +151,19 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     app.state.settings = settings or ApiSettings()
     api = APIRouter(prefix="/api/v1")
     api.include_router(tasks.router)
+    api.include_router(artifacts.router)
+    api.include_router(materials.router)
     api.include_router(fleet.router)
     api.include_router(events.router)
+    api.include_router(heartbeats.router)
+    api.include_router(keys.router)
+    api.include_router(rpc.router)
+    api.include_router(custom_scripts.router)
     app.include_router(system.router)
     app.include_router(api)
     app.include_router(system.probes)
     errors.install(app)
     docs.install(app)
+    console.install(app)
     app.add_middleware(CorrelationMiddleware)
     return app
