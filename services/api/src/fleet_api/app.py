@@ -11,11 +11,13 @@ import structlog
 from fastapi import APIRouter, FastAPI
 
 from fleet_api import docs, errors
+from fleet_api.bodysize import BodySizeMiddleware
 from fleet_api.catalogue import parse_spec
 from fleet_api.correlation import CorrelationMiddleware
 from fleet_api.keys import KeyRecord, parse_record
 from fleet_api.kv import Mirror, open_bucket
 from fleet_api.routes import events, fleet, system, tasks
+from fleet_api.sameorigin import SameOriginMiddleware
 from fleet_api.settings import ApiSettings
 from fleet_api.state import Gateway
 from fleet_contracts.scripts import ScriptSpec
@@ -109,13 +111,14 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 
 
 def create_app(settings: ApiSettings | None = None) -> FastAPI:
+    settings = settings or ApiSettings()
     app = FastAPI(
         title="Fleet task API (TikMatrix-compatible)",
         version="1.0.0",
         description=DESCRIPTION,
         lifespan=lifespan,
     )
-    app.state.settings = settings or ApiSettings()
+    app.state.settings = settings
     api = APIRouter(prefix="/api/v1")
     api.include_router(tasks.router)
     api.include_router(fleet.router)
@@ -125,5 +128,9 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     app.include_router(system.probes)
     errors.install(app)
     docs.install(app)
+    # Added first, so they run inside the correlation layer (their refusals get an id
+    # and a log line) and in front of routing, the key check and body parsing.
+    app.add_middleware(BodySizeMiddleware, limit=settings.api_max_body_bytes)
+    app.add_middleware(SameOriginMiddleware)
     app.add_middleware(CorrelationMiddleware)
     return app

@@ -18,6 +18,13 @@ class ApiSettings(BaseSettings):
     api_command_timeout_seconds: float = Field(10.0, gt=0)
     api_query_timeout_seconds: float = Field(5.0, gt=0)
     api_require_keys: Literal["auto", "true", "false"] = "auto"
+    # Request bodies above this are refused with 413 before a byte of them is parsed.
+    api_max_body_bytes: int = Field(1_048_576, ge=1024)
+    # Host names (comma-separated) a keyless gateway answers to besides loopback ones.
+    api_allowed_hosts: str = ""
+    # An SSE client that takes longer than this to accept one event is cut off.
+    api_sse_send_timeout_seconds: float = Field(10.0, gt=0)
+    api_sse_max_streams_per_caller: int = Field(20, ge=1)
     log_level: str = "INFO"
 
     @property
@@ -29,6 +36,11 @@ class ApiSettings(BaseSettings):
             return ipaddress.ip_address(self.api_host).is_loopback
         except ValueError:
             return False
+
+    @property
+    def allowed_hosts(self) -> frozenset[str]:
+        """Host names configured in `FLEET_API_ALLOWED_HOSTS`, lower-cased."""
+        return frozenset(h.strip().lower() for h in self.api_allowed_hosts.split(",") if h.strip())
 
     @property
     def keys_required(self) -> bool:
