@@ -9,6 +9,7 @@ from __future__ import annotations
 from pydantic import BaseModel, ConfigDict, Field
 
 from fleet_contracts.codes import TaskSource, TaskStatus
+from fleet_contracts.rest import MAX_NAME_LENGTH
 from fleet_contracts.subjects import (
     QUERY_ACCOUNT_LIST,
     QUERY_COMMAND_RESULT,
@@ -32,8 +33,8 @@ class Query(BaseModel):
 
 class ListTasks(Query):
     status: TaskStatus | None = None
-    serial: str | None = None
-    script_name: str | None = None
+    serial: str | None = Field(None, max_length=MAX_NAME_LENGTH)
+    script_name: str | None = Field(None, max_length=MAX_NAME_LENGTH)
     source: TaskSource | None = None
     page: int = Field(1, ge=1)
     page_size: int = Field(20, ge=1, le=100)
