@@ -173,6 +173,4 @@ def test_every_post_string_has_a_length_bound(
 ) -> None:
     with pytest.raises(ScriptConfigError) as err:
         validate_script_config("post", config)
-    assert f"script_config.{field}: String should have at most {limit} characters" in str(
-        err.value
-    )
+    assert f"script_config.{field}: String should have at most {limit} characters" in str(err.value)

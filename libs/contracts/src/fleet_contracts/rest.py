@@ -18,6 +18,10 @@ MAX_TARGETS = 1000
 # but which keep one request, one row and one bus message small.
 MAX_NAME_LENGTH = 200
 MAX_SCRIPT_NAME_LENGTH = 100
+# Devices and accounts are listed in pages of up to 500 (100 by default), in serial /
+# username order; a row is about 300 bytes, so a full page is ~150 kB.
+FLEET_PAGE_DEFAULT = 100
+FLEET_PAGE_MAX = 500
 Serial = str
 Name = Annotated[str, Field(max_length=MAX_NAME_LENGTH)]
 
@@ -212,6 +216,13 @@ class DeviceView(BaseModel):
     last_seen: datetime | None = None
 
 
+class DevicePage(BaseModel):
+    devices: list[DeviceView]
+    total: int
+    page: int
+    page_size: int
+
+
 class AccountView(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
@@ -219,6 +230,13 @@ class AccountView(BaseModel):
     platform: str = "tiktok"
     serial: str
     source: str = Field("agent", description="agent (found on the phone) or api")
+
+
+class AccountPage(BaseModel):
+    accounts: list[AccountView]
+    total: int
+    page: int
+    page_size: int
 
 
 class TaskEventView(BaseModel):

@@ -23,6 +23,7 @@ from fleet_contracts.codes import ErrorCode
 from fleet_contracts.commands import AnyCommand, CommandResult, Reply, subject_for
 from fleet_contracts.queries import QUERY_SUBJECTS, GetCommandResult, Ping, Query
 from fleet_contracts.subjects import HDR_REPLY_TO
+from fleet_runtime import replies
 from fleet_runtime.bus import ensure_streams, headers_for
 
 log = structlog.get_logger(__name__)
@@ -42,17 +43,21 @@ async def ask(gw: Gateway, query: Query, within: float | None = None) -> Any:
     limit = within if within is not None else gw.settings.api_query_timeout_seconds
     _require_bus(gw)
     try:
-        msg = await gw.nc.request(subject, query.to_bytes(), timeout=limit)
+        raw = await replies.request(gw.nc, subject, query.to_bytes(), limit)
     except nats.errors.NoRespondersError as exc:
         raise unavailable(
             f"no scheduler is running (nobody answers {subject}); start fleet_scheduler"
+        ) from exc
+    except replies.IncompleteReply as exc:
+        raise unavailable(
+            f"the scheduler's answer to {subject} arrived incomplete within {limit:g}s ({exc})"
         ) from exc
     except (nats.errors.TimeoutError, TimeoutError) as exc:
         raise unavailable(f"no scheduler answered {subject} within {limit:g}s") from exc
     except nats.errors.Error as exc:
         raise unavailable(f"the message bus (NATS) failed: {exc}") from exc
     try:
-        reply = Reply.model_validate_json(msg.data)
+        reply = Reply.model_validate_json(raw)
     except ValidationError as exc:
         raise ApiError(
             ErrorCode.INTERNAL, f"the scheduler sent an unreadable reply to {subject}"
