@@ -4,42 +4,11 @@ travels in parts when it exceeds the bus's 1 MiB limit)."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
-
 import asyncpg
-import pytest
 
-from fleet_scheduler.app import Scheduler
-from fleet_scheduler.settings import SchedulerSettings
-
-from .conftest import Served
+from .conftest import Served, add_devices
 
 DEVICES = 6000
-
-
-@pytest.fixture
-async def api_and_db(
-    serve: Callable[..., Awaitable[Served]], nats_url: str, pg_dsn: str
-) -> AsyncIterator[tuple[Served, asyncpg.Connection]]:
-    async with Scheduler(SchedulerSettings(nats_url=nats_url, database_url=pg_dsn)):
-        api = await serve()
-        conn = await asyncpg.connect(pg_dsn)
-        try:
-            yield api, conn
-        finally:
-            await conn.close()
-
-
-async def add_devices(conn: asyncpg.Connection, count: int) -> list[str]:
-    """Phones as the device projection records them (one agent announcing them all
-    would only make the test slower, not different)."""
-    serials = [f"phone-{n:05d}" for n in range(count)]
-    await conn.executemany(
-        "INSERT INTO devices (serial, agent_id, host, model, online) VALUES ($1, 'h1', 'h1',"
-        " 'Pixel 7 Pro (a long enough model name to make rows realistic)', $2)",
-        [(s, n % 3 != 0) for n, s in enumerate(serials)],
-    )
-    return serials
 
 
 async def test_6000_devices_are_listed_page_by_page(

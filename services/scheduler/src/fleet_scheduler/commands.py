@@ -31,6 +31,7 @@ from fleet_contracts.commands import (
     RetryTask,
     StopTask,
     parse_command,
+    request_digest,
 )
 from fleet_contracts.scripts import BUILTIN_CONFIGS
 from fleet_contracts.subjects import (
@@ -157,9 +158,17 @@ async def _apply(
         outcome = await _decide(uow.conn, ctx, cmd, plugins)
         await uow.append(outcome.events, metadata_for(cmd))
     except Rejected as exc:
-        failure = CommandResult(code=int(exc.code), message=exc.message, command_id=cmd.message_id)
+        failure = CommandResult(
+            code=int(exc.code),
+            message=exc.message,
+            command_id=cmd.message_id,
+            request_digest=request_digest(cmd),
+        )
         return failure, []
-    return CommandResult(data=outcome.data, command_id=cmd.message_id), outcome.effects
+    result = CommandResult(
+        data=outcome.data, command_id=cmd.message_id, request_digest=request_digest(cmd)
+    )
+    return result, outcome.effects
 
 
 async def _apply_once(
@@ -248,7 +257,12 @@ async def record_failure(ctx: Context, cmd: AnyCommand, exc: Exception) -> Comma
         if code is ErrorCode.INVALID_PARAMETERS
         else f"{cmd.type} failed inside the scheduler (command id {cmd.message_id})"
     )
-    result = CommandResult(code=int(code), message=message, command_id=cmd.message_id)
+    result = CommandResult(
+        code=int(code),
+        message=message,
+        command_id=cmd.message_id,
+        request_digest=request_digest(cmd),
+    )
     async with ctx.pool.acquire() as conn:
         await conn.execute(
             "INSERT INTO command_results (command_id, result) VALUES ($1, $2::jsonb)"

@@ -54,7 +54,7 @@ def idempotent_id(actor: str, key: str) -> str:
     "",
     summary="Create tasks for devices (serials) or accounts (usernames)",
     response_model=Envelope[CreateTaskResult],
-    responses=errors(),
+    responses=errors(409),
 )
 async def create_task(
     request: Request,
@@ -67,7 +67,8 @@ async def create_task(
             alias="Idempotency-Key",
             min_length=1,
             max_length=200,
-            description="the same key returns the first create's result instead of creating twice",
+            description="the same key with the same body returns the first create's result "
+            "instead of creating twice; the same key with another body is a 409 (40901)",
         ),
     ] = None,
 ) -> Envelope[CreateTaskResult]:
@@ -83,7 +84,7 @@ async def create_task(
         actor=caller.actor,
         **ids,
     )
-    data = await run_command(gw, command, keyed=bool(idempotency_key))
+    data = await run_command(gw, command, key=idempotency_key or None)
     return Envelope(data=CreateTaskResult.model_validate(data))
 
 
