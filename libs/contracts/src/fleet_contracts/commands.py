@@ -30,6 +30,9 @@ class CreateTasks(Command):
     type: Literal["create_tasks"] = "create_tasks"
     request: CreateTaskRequest
     source: TaskSource = TaskSource.API
+    device_limit: int | None = Field(
+        None, description="the caller's plan: phones its unfinished tasks may occupy (None: any)"
+    )
 
     def request_digest(self) -> str:
         """A fingerprint of what was asked: an Idempotency-Key reused with another body

@@ -46,6 +46,7 @@ from fleet_runtime.logs import bind_correlation
 from fleet_scheduler import handlers
 from fleet_scheduler.consumer import pull_loop
 from fleet_scheduler.context import Context
+from fleet_scheduler.device_limit import check_device_limit, devices_in_use
 from fleet_scheduler.errors import Rejected, database_unavailable, failure_code
 from fleet_scheduler.handlers import Outcome
 from fleet_scheduler.projections import load_tasks, task_state
@@ -103,6 +104,11 @@ async def _decide(
                     ):
                         by_serial.setdefault(r["serial"], []).append(r["username"])
                 targets = handlers.plan_targets(cmd, known, by_serial, {})
+            if cmd.device_limit is not None:
+                # Appends are serialized by the events table lock this transaction
+                # holds, so two creates of one key cannot both pass on the same count.
+                in_use = await devices_in_use(conn, cmd.actor)
+                check_device_limit(cmd.device_limit, in_use, (t.serial for t in targets))
             ids = [
                 r[0]
                 for r in await conn.fetch(

@@ -55,6 +55,10 @@ def idempotent_id(actor: str, key: str) -> str:
     summary="Create tasks for devices (serials) or accounts (usernames)",
     response_model=Envelope[CreateTaskResult],
     responses=errors(409),
+    description="Exactly one of `serials` (device mode) or `usernames` (username mode). "
+    "A key's plan limits the phones its unfinished tasks may occupy (`device_limit` of "
+    "`/license/check`): a create that would exceed it is refused with 40301 naming the "
+    "limit. Keyless local mode has no limit.",
 )
 async def create_task(
     request: Request,
@@ -82,6 +86,7 @@ async def create_task(
         request=body.model_copy(update={"script_config": config}),
         source=TaskSource.API,
         actor=caller.actor,
+        device_limit=caller.license.device_limit,
         **ids,
     )
     data = await run_command(gw, command, key=idempotency_key or None)
