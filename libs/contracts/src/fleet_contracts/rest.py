@@ -54,6 +54,23 @@ class CreateTaskRequest(BaseModel):
     model_config = ConfigDict(
         extra="ignore",
         json_schema_extra={
+            # Exactly one mode: the schema says it as the model validator enforces it.
+            "oneOf": [
+                {
+                    "required": ["serials"],
+                    "properties": {
+                        "serials": {"type": "array", "minItems": 1, "uniqueItems": True},
+                        "usernames": {"type": "null"},
+                    },
+                },
+                {
+                    "required": ["usernames"],
+                    "properties": {
+                        "usernames": {"type": "array", "minItems": 1, "uniqueItems": True},
+                        "serials": {"type": "null"},
+                    },
+                },
+            ],
             "examples": [
                 {
                     "serials": ["device_serial_1", "device_serial_2"],
@@ -65,7 +82,7 @@ class CreateTaskRequest(BaseModel):
                         "upload_wait_time": 60,
                     },
                 }
-            ]
+            ],
         },
     )
 

@@ -34,11 +34,23 @@ TikMatrix-compatible task API for fleets of Android phones.
 Every response is the envelope `{"code": int, "message": str, "data": any}`; `code` 0
 is success. Errors carry a 5-digit code whose first three digits are the HTTP status
 (40001 invalid parameters, 40002 missing script_name, 40003 script not supported,
-40101 missing or unknown API key, 40301 plan without API access, 40401 not found,
-40901 wrong state, 50001 internal error, 50301 bus or scheduler unavailable).
+40101 missing or unknown API key, 40301 plan without API access or over its device
+limit, 40302 cross-site request refused, 40401 not found, 40501 method not allowed,
+40901 wrong state (or an Idempotency-Key reused with another body), 41301 body too
+large, 42901 too many live event streams, 50001 internal error, 50301 bus or scheduler
+unavailable). A 405 carries `Allow` with every method the path serves.
 
-Authenticate with `Authorization: Bearer <key>` or `X-API-Key: <key>`. Every response
-carries `X-Correlation-Id` (yours, from `X-Correlation-Id` / `X-Request-Id`, or a new one).
+Keys: authenticate with `Authorization: Bearer <key>` or `X-API-Key: <key>`. A gateway
+with keys requires one on every request but the probes and these docs; a keyless
+gateway (loopback with no key configured) requires none - the `security` of each
+operation in this document says which case this server is in. A keyless gateway
+answers only a loopback `Host` (or one in FLEET_API_ALLOWED_HOSTS), and any gateway
+refuses a state-changing request whose `Origin` is another site (curl and other
+non-browser clients send no `Origin`). Bodies above FLEET_API_MAX_BODY_BYTES (1 MiB)
+are refused with 413 before they are read.
+
+Every response carries `X-Correlation-Id` (yours, from `X-Correlation-Id` /
+`X-Request-Id`, or a new one).
 """
 
 

@@ -82,7 +82,7 @@ async def list_accounts(
     tags=["accounts"],
     summary="Tie a username to the device that holds it (for username mode)",
     response_model=Envelope[dict[str, Any]],
-    responses=errors(),
+    responses=errors(413),
 )
 async def register_account(
     request: Request,

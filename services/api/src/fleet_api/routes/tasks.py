@@ -1,8 +1,9 @@
 """The seeds' task endpoints: create, list, get, delete, batch delete, stop, retry,
 retry-all, stats, plus a task's own event history.
 
-Fixed paths (`/task/batch`, `/task/stats`, `/task/retry-all`) are declared before
-`/task/{task_id}` so they are never read as an id.
+Ids are matched as digits only (`{task_id:task_id}`), so the fixed paths (`/task/batch`,
+`/task/stats`, `/task/retry-all`) are never read as an id and a method they do not
+serve is a 405 whose `Allow` names exactly the methods they do.
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ def idempotent_id(actor: str, key: str) -> str:
     "",
     summary="Create tasks for devices (serials) or accounts (usernames)",
     response_model=Envelope[CreateTaskResult],
-    responses=errors(409),
+    responses=errors(409, 413),
     description="Exactly one of `serials` (device mode) or `usernames` (username mode). "
     "A key's plan limits the phones its unfinished tasks may occupy (`device_limit` of "
     "`/license/check`): a create that would exceed it is refused with 40301 naming the "
@@ -129,7 +130,7 @@ async def list_tasks(
     "/batch",
     summary="Delete several tasks (running ones are stopped first)",
     response_model=Envelope[BatchDeleteResult],
-    responses=errors(),
+    responses=errors(413),
 )
 async def batch_delete(
     request: Request,
@@ -174,7 +175,7 @@ async def retry_all(
 
 
 @router.get(
-    "/{task_id}",
+    "/{task_id:task_id}",
     summary="One task",
     response_model=Envelope[TaskView],
     responses=errors(404),
@@ -187,7 +188,7 @@ async def get_task(
 
 
 @router.delete(
-    "/{task_id}",
+    "/{task_id:task_id}",
     summary="Delete a task (a running one is stopped first)",
     response_model=Envelope[dict[str, Any]],
     responses=errors(404),
@@ -200,7 +201,7 @@ async def delete_task(
 
 
 @router.post(
-    "/{task_id}/stop",
+    "/{task_id:task_id}/stop",
     summary="Stop a task; it ends failed with reason 'stopped'",
     response_model=Envelope[dict[str, Any]],
     responses=errors(404, 409),
@@ -213,7 +214,7 @@ async def stop_task(
 
 
 @router.post(
-    "/{task_id}/retry",
+    "/{task_id:task_id}/retry",
     summary="Move a failed task back to pending",
     response_model=Envelope[dict[str, Any]],
     responses=errors(404, 409),
@@ -226,7 +227,7 @@ async def retry_task(
 
 
 @router.get(
-    "/{task_id}/events",
+    "/{task_id:task_id}/events",
     summary="The task's whole history from the event log",
     response_model=Envelope[list[TaskEventView]],
     responses=errors(404),
