@@ -35,10 +35,10 @@ Every response is the envelope `{"code": int, "message": str, "data": any}`; `co
 is success. Errors carry a 5-digit code whose first three digits are the HTTP status
 (40001 invalid parameters, 40002 missing script_name, 40003 script not supported,
 40101 missing or unknown API key, 40301 plan without API access or over its device
-limit, 40303 cross-site request refused, 40401 not found, 40501 method not allowed,
-40901 wrong state (or an Idempotency-Key reused with another body), 41301 body too
-large, 42901 too many live event streams, 50001 internal error, 50301 bus or scheduler
-unavailable). A 405 carries `Allow` with every method the path serves.
+limit, 40302 key role too low, 40303 cross-site request refused, 40401 not found,
+40501 method not allowed, 40901 wrong state (or an Idempotency-Key reused with another
+body), 41301 body too large, 42901 too many live event streams, 50001 internal error,
+50301 bus or scheduler unavailable). A 405 carries `Allow` with every method the path serves.
 
 Keys: authenticate with `Authorization: Bearer <key>` or `X-API-Key: <key>`. A gateway
 with keys requires one on every request but the probes and these docs; a keyless
