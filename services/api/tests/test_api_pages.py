@@ -5,6 +5,9 @@ travels in parts when it exceeds the bus's 1 MiB limit)."""
 from __future__ import annotations
 
 import asyncpg
+import pytest
+
+from fleet_runtime import replies
 
 from .conftest import Served, add_devices
 
@@ -77,3 +80,25 @@ async def test_a_page_of_100_tasks_with_4000_character_cjk_captions(
     tasks = r.json()["data"]["tasks"]
     assert len(tasks) == 100
     assert all(t["script_config"]["captions"] == caption for t in tasks)
+
+
+async def test_an_answer_too_large_to_send_is_an_error_at_once_not_a_timeout(
+    api_and_db: tuple[Served, asyncpg.Connection], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    api, conn = api_and_db
+    serials = await add_devices(conn, 100)
+    caption = "字" * 4000
+    r = await api.client.post(
+        "/api/v1/task",
+        json={"serials": serials, "script_name": "post", "script_config": {"captions": caption}},
+    )
+    assert r.status_code == 200, r.text
+    # The scheduler runs in this process: lower its cap below this 1.2 MB page.
+    monkeypatch.setattr(replies, "MAX_REPLY_BYTES", 1024 * 1024 + 1)
+    r = await api.client.get("/api/v1/task", params={"page_size": 100})
+    assert r.status_code == 500, r.text
+    assert r.json()["code"] == 50001  # said by the scheduler, not a 503 after waiting
+    assert "too large to send" in r.json()["message"]
+    assert "smaller page" in r.json()["message"]
+    r = await api.client.get("/api/v1/task", params={"page_size": 50})
+    assert r.status_code == 200 and len(r.json()["data"]["tasks"]) == 50

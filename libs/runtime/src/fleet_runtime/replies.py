@@ -52,10 +52,12 @@ def part_size(nc: Client) -> int:
 
 
 async def respond(
-    nc: Client, reply_to: str, payload: bytes, *, max_bytes: int = MAX_REPLY_BYTES
+    nc: Client, reply_to: str, payload: bytes, *, max_bytes: int | None = None
 ) -> int:
     """Send `payload` to `reply_to`, in parts when it exceeds one message; returns the
-    number of messages sent."""
+    number of messages sent. `max_bytes` defaults to `MAX_REPLY_BYTES`."""
+    if max_bytes is None:
+        max_bytes = MAX_REPLY_BYTES
     size = part_size(nc)
     if len(payload) <= size:
         await nc.publish(reply_to, payload)
