@@ -60,6 +60,11 @@ _EXAMPLES: dict[int, tuple[str, int, str]] = {
         41301,
         "body: larger than the gateway's limit of 1048576 bytes (FLEET_API_MAX_BODY_BYTES)",
     ),
+    429: (
+        "the caller has FLEET_API_SSE_MAX_STREAMS_PER_CALLER live streams open",
+        42901,
+        "'ops' already has 20 live event streams open, the limit",
+    ),
     500: (
         "internal error (quote the correlation id)",
         50001,

@@ -119,7 +119,7 @@ def _serial_of(body: bytes) -> str | None:
     return serial if isinstance(serial, str) else None
 
 
-def event_type(subject: str) -> str:
+def type_of_subject(subject: str) -> str:
     where = EventSubject.parse(subject)
     return where.type if where else ""
 

@@ -28,9 +28,9 @@ from sse_starlette import EventSourceResponse, ServerSentEvent
 from sse_starlette.sse import SendTimeoutError
 from starlette.types import Receive, Scope, Send
 
-from fleet_api.docs import ErrorEnvelope, errors
+from fleet_api.docs import errors
 from fleet_api.errors import ApiError, unavailable
-from fleet_api.feed import FeedFilter, event_type, resume_after
+from fleet_api.feed import FeedFilter, resume_after, type_of_subject
 from fleet_api.routes.params import MAX_ID, ApiCaller, Text
 from fleet_api.state import Gateway, gateway
 from fleet_contracts.codes import ErrorCode
@@ -69,7 +69,7 @@ async def _events(sub: Subscription, feed: FeedFilter) -> AsyncIterator[ServerSe
         if feed.accepts(msg.subject, msg.data):
             yield ServerSentEvent(
                 id=str(msg.metadata.sequence.stream),
-                event=event_type(msg.subject),
+                event=type_of_subject(msg.subject),
                 data=msg.data.decode(),
             )
 
@@ -110,20 +110,7 @@ class FeedResponse(EventSourceResponse):
             "`data` = EventEnvelope JSON; a comment line every 15 s keeps it alive",
             "content": {"text/event-stream": {"schema": {"type": "string"}}},
         },
-        **errors(),
-        429: {
-            "model": ErrorEnvelope,
-            "description": "the caller has FLEET_API_SSE_MAX_STREAMS_PER_CALLER streams open",
-            "content": {
-                "application/json": {
-                    "example": {
-                        "code": 42901,
-                        "message": "'ops' already has 20 live event streams open, the limit",
-                        "data": None,
-                    }
-                }
-            },
-        },
+        **errors(429),
     },
 )
 async def events(
