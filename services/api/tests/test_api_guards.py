@@ -123,7 +123,7 @@ async def test_a_cross_site_post_is_refused_and_curl_is_not(api: Served) -> None
     for path in ("/api/v1/task/retry-all", "/api/v1/task/7/stop", "/api/v1/task/7/retry"):
         r = await api.client.post(path, headers={"Origin": "https://evil.example"})
         assert r.status_code == 403, path
-        assert r.json()["code"] == 40303
+        assert r.json()["code"] == 40305
         assert "evil.example" in r.json()["message"]
     r = await api.client.delete("/api/v1/task/7", headers={"Origin": "null"})
     assert r.status_code == 403
@@ -145,7 +145,7 @@ async def test_a_cross_site_post_is_refused_and_curl_is_not(api: Served) -> None
         ("GET", {"host": "127.0.0.2:1"}, True, None),
         ("GET", {"host": "localhost", "origin": "https://evil.example"}, True, None),
         ("POST", {"host": "h:1", "origin": "http://h:1"}, False, None),
-        ("POST", {"host": "h:1", "origin": "http://h:2"}, False, 40303),
+        ("POST", {"host": "h:1", "origin": "http://h:2"}, False, 40305),
         ("PUT", {"host": "localhost", "origin": "http://localhost:9"}, True, None),
     ],
 )

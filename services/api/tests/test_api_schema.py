@@ -58,6 +58,8 @@ async def run_schemathesis(
         "4",
         "--exclude-path",
         "/api/v1/events",  # an endless stream: covered by test_api_events
+        "--exclude-path",
+        "/api/v1/heartbeats",  # endless too: covered by test_api_console_routes
         "--phases",
         phases,
         "--request-timeout",

@@ -9,20 +9,34 @@ from collections.abc import AsyncIterator
 
 import structlog
 from fastapi import APIRouter, FastAPI
+from fastapi_offline import FastAPIOffline
 
-from fleet_api import docs, errors
+from fleet_api import console, docs, errors
 from fleet_api.bodysize import BodySizeMiddleware
 from fleet_api.catalogue import parse_spec
 from fleet_api.correlation import CorrelationMiddleware
 from fleet_api.keys import KeyRecord, parse_record
 from fleet_api.kv import Mirror, open_bucket
-from fleet_api.routes import events, fleet, system, tasks
+from fleet_api.routes import (
+    artifacts,
+    custom_scripts,
+    events,
+    fleet,
+    heartbeats,
+    keys,
+    materials,
+    rpc,
+    system,
+    tasks,
+)
 from fleet_api.sameorigin import SameOriginMiddleware
 from fleet_api.settings import ApiSettings
 from fleet_api.state import Gateway
+from fleet_contracts.materials import ARTIFACTS_BUCKET, MATERIALS_BUCKET
 from fleet_contracts.scripts import ScriptSpec
 from fleet_contracts.subjects import KV_API_KEYS, KV_SCRIPTS
 from fleet_runtime.bus import connect, ensure_streams
+from fleet_runtime.objects import ensure_bucket
 
 log = structlog.get_logger(__name__)
 
@@ -35,10 +49,11 @@ Every response is the envelope `{"code": int, "message": str, "data": any}`; `co
 is success. Errors carry a 5-digit code whose first three digits are the HTTP status
 (40001 invalid parameters, 40002 missing script_name, 40003 script not supported,
 40101 missing or unknown API key, 40301 plan without API access or over its device
-limit, 40302 key role too low, 40303 cross-site request refused, 40401 not found,
-40501 method not allowed, 40901 wrong state (or an Idempotency-Key reused with another
-body), 41301 body too large, 42901 too many live event streams, 50001 internal error,
-50301 bus or scheduler unavailable). A 405 carries `Allow` with every method the path serves.
+limit, 40302 key role too low, 40303 no live lease, 40304 adb passthrough off, 40305
+cross-site request refused, 40401 not found, 40501 method not allowed, 40901 wrong
+state (or an Idempotency-Key reused with another body), 41301 body too large, 42901 too
+many live event streams, 50001 internal error, 50301 bus or scheduler unavailable).
+A 405 carries `Allow` with every method the path serves.
 
 Keys: authenticate with `Authorization: Bearer <key>` or `X-API-Key: <key>`. A gateway
 with keys requires one on every request but the probes and these docs; a keyless
@@ -73,6 +88,13 @@ async def open_gateway(settings: ApiSettings) -> Gateway:
     try:
         js = nc.jetstream()
         await ensure_streams(js)
+        await ensure_bucket(js, MATERIALS_BUCKET, description="the material library, by sha256")
+        await ensure_bucket(
+            js,
+            ARTIFACTS_BUCKET,
+            max_age_seconds=settings.artifact_retention_hours * 3600,
+            description="screenshots and UI dumps of failed steps",
+        )
         keys: Mirror[KeyRecord] = Mirror(KV_API_KEYS, parse_record)
         scripts: Mirror[ScriptSpec] = Mirror(KV_SCRIPTS, parse_spec)
         await keys.start(await open_bucket(js, KV_API_KEYS))
@@ -124,7 +146,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 
 def create_app(settings: ApiSettings | None = None) -> FastAPI:
     settings = settings or ApiSettings()
-    app = FastAPI(
+    # Swagger UI and ReDoc from the assets in the fastapi-offline wheel, not a CDN:
+    # /docs must render on a host with no internet.
+    app = FastAPIOffline(
         title="Fleet task API (TikMatrix-compatible)",
         version="1.0.0",
         description=DESCRIPTION,
@@ -133,16 +157,28 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     app.state.settings = settings
     api = APIRouter(prefix="/api/v1")
     api.include_router(tasks.router)
+    api.include_router(artifacts.router)
+    api.include_router(materials.router)
     api.include_router(fleet.router)
     api.include_router(events.router)
+    api.include_router(heartbeats.router)
+    api.include_router(keys.router)
+    api.include_router(rpc.router)
+    api.include_router(custom_scripts.router)
     app.include_router(system.router)
     app.include_router(api)
     app.include_router(system.probes)
     errors.install(app)
     docs.install(app)
-    # Added first, so they run inside the correlation layer (their refusals get an id
-    # and a log line) and in front of routing, the key check and body parsing.
-    app.add_middleware(BodySizeMiddleware, limit=settings.api_max_body_bytes)
+    console.install(app)
+    # Added before the correlation layer, so they run inside it (their refusals get an
+    # id and a log line) and in front of routing, the key check and body parsing. The
+    # library upload streams to the object store under its own limit.
+    app.add_middleware(
+        BodySizeMiddleware,
+        limit=settings.api_max_body_bytes,
+        streamed=frozenset({("POST", "/api/v1/material")}),
+    )
     app.add_middleware(SameOriginMiddleware)
     app.add_middleware(CorrelationMiddleware)
     return app

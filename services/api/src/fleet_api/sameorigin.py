@@ -12,7 +12,7 @@ browser reaches it on a web page's behalf:
   or a form post to any address without asking first. Browsers mark every such request
   with `Origin` (and `Sec-Fetch-Site`); a state-changing request (POST, PUT, PATCH,
   DELETE) whose `Origin` is neither this gateway (same scheme-less host and port as
-  `Host`) nor an allowed host is refused with 403, code 40303. `Origin: null` (sandboxed
+  `Host`) nor an allowed host is refused with 403, code 40305. `Origin: null` (sandboxed
   frames, files) is refused too. Clients that are not browsers - curl, TikMatrix, the
   SDKs - send no `Origin` and are not affected.
 

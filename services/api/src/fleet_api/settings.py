@@ -8,6 +8,8 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from fleet_contracts.materials import DEFAULT_ARTIFACT_RETENTION_HOURS
+
 
 class ApiSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="FLEET_", extra="ignore")
@@ -25,6 +27,9 @@ class ApiSettings(BaseSettings):
     # An SSE client that takes longer than this to accept one event is cut off.
     api_sse_send_timeout_seconds: float = Field(10.0, gt=0)
     api_sse_max_streams_per_caller: int = Field(20, ge=1)
+    # A library upload streams to the object store; this bounds one file, not memory.
+    api_material_max_bytes: int = Field(2 * 1024**3, ge=1)
+    artifact_retention_hours: float = Field(DEFAULT_ARTIFACT_RETENTION_HOURS, gt=0)
     log_level: str = "INFO"
 
     @property

@@ -22,8 +22,12 @@ from nats.js.errors import BadRequestError, BucketNotFoundError
 from nats.js.kv import KeyValue
 from pydantic import ValidationError
 
+from fleet_agent.cache import MaterialCache, store_download
+from fleet_agent.device_calls import answer as answer_device_call
 from fleet_agent.driver import Driver
+from fleet_agent.evidence import Evidence
 from fleet_agent.phone import Phone
+from fleet_agent.program import ProgramScript
 from fleet_agent.reports import publish_many, publish_report
 from fleet_agent.runs import DEVICE_DISCONNECTED, Runner
 from fleet_agent.scripts import Script, ScriptHost, discover, spec_of
@@ -42,6 +46,7 @@ from fleet_contracts.agent import (
 )
 from fleet_contracts.subjects import (
     KV_SCRIPTS,
+    agent_device_subject,
     agent_run_subject,
     agent_stop_subject,
     heartbeat_subject,
@@ -55,7 +60,8 @@ log = structlog.get_logger(__name__)
 
 
 def sim_control_subject(agent_id: str, action: str) -> str:
-    """`sim.<agent>.unplug|plug`: pull or plug a simulated phone's cable (tests, demos)."""
+    """`sim.<agent>.unplug|plug`: pull or plug a simulated phone's cable (tests, demos);
+    `sim.<agent>.fail` with {"serial", "step"}: that phone's next run fails the step."""
     return f"sim.{token(agent_id)}.{action}"
 
 
@@ -95,6 +101,8 @@ class Agent:
         self._scripts: dict[str, Script] = {}
         self._subs: list[Subscription] = []
         self._heartbeat: asyncio.Task[None] | None = None
+        self._calls: set[asyncio.Task[None]] = set()
+        self._cache: MaterialCache | None = None
         # Device changes seen while starting wait for agent.started to go out first.
         self._announced = asyncio.Event()
 
@@ -121,6 +129,11 @@ class Agent:
         return self._runner
 
     @property
+    def cache(self) -> MaterialCache:
+        assert self._cache is not None, "agent not started"
+        return self._cache
+
+    @property
     def js(self) -> JetStreamContext:
         assert self._js is not None, "agent not started"
         return self._js
@@ -138,10 +151,17 @@ class Agent:
             )
             self._js = self._nc.jetstream()
             await ensure_streams(self._js)
+            self._cache = MaterialCache(
+                s.agent_material_cache_dir,
+                s.agent_material_cache_max_bytes,
+                store_download(self._js),
+            )
+            await asyncio.to_thread(self._cache.open)
             host = ScriptHost(
                 agent_id=self.agent_id,
                 material_roots=tuple(s.agent_material_roots),
                 material_library=s.agent_material_library,
+                library=self._cache,
                 rng=random.Random(),
                 ui_timeout=s.agent_ui_timeout_seconds,
             )
@@ -158,6 +178,8 @@ class Agent:
                 platform_of=self._platform_of,
                 screenshot_dir=s.agent_screenshot_dir,
                 max_parallel=s.agent_max_parallel,
+                programs=self._program_for,
+                evidence=Evidence(self._js, s.artifact_retention_hours),
             )
             devices = await self._driver.start(self)
             self._devices = {d.serial: d for d in devices}
@@ -167,9 +189,10 @@ class Agent:
             self._subs = [
                 await nc.subscribe(agent_run_subject(self.agent_id), cb=self._on_run),
                 await nc.subscribe(agent_stop_subject(self.agent_id), cb=self._on_stop),
+                await nc.subscribe(agent_device_subject(self.agent_id), cb=self._on_device_call),
             ]
             if isinstance(self._driver, SimDriver):
-                for action in ("unplug", "plug"):
+                for action in ("unplug", "plug", "fail"):
                     self._subs.append(
                         await nc.subscribe(
                             sim_control_subject(self.agent_id, action), cb=self._on_sim
@@ -309,6 +332,7 @@ class Agent:
                     for serial, info in self._devices.items()
                 ],
                 interval_seconds=interval,
+                material_cache=self.cache.status(),
             )
             try:
                 # Defaults left out: a 1,000-phone heartbeat stays ~45 kB, one message.
@@ -350,15 +374,39 @@ class Agent:
             log.info("run.stop_requested", reason=request.reason)
             await self._reply(msg, self.runner.stop(request))
 
+    def _program_for(self, request: RunTask) -> ProgramScript | str:
+        """The run of a registered custom script, or why this host will not run it."""
+        program = request.program
+        assert program is not None
+        if program.hosts and self.agent_id not in program.hosts:
+            return f"custom script {program.name!r} is not registered on agent {self.agent_id}"
+        if not request.session_id:
+            return f"custom script {program.name!r} came without its session"
+        return ProgramScript(
+            program, request.session_id, request.serial, self.settings.agent_api_base
+        )
+
+    async def _on_device_call(self, msg: Msg) -> None:
+        # Each call in its own task: a slow phone must not hold back calls on the others.
+        task = asyncio.create_task(answer_device_call(self.nc, msg, self._phone_of))
+        self._calls.add(task)
+        task.add_done_callback(self._calls.discard)
+
     async def _on_sim(self, msg: Msg) -> None:
         driver = self.driver
         assert isinstance(driver, SimDriver)
         action = msg.subject.rsplit(".", 1)[-1]
         try:
-            serial = str(json.loads(msg.data)["serial"])
+            body = json.loads(msg.data)
+            serial = str(body["serial"])
+            step = str(body["step"]) if action == "fail" else ""
         except (ValueError, KeyError, TypeError):
             await self._reply(
-                msg, AgentReply(accepted=False, reason='body must be {"serial": ...}')
+                msg,
+                AgentReply(
+                    accepted=False,
+                    reason='body must be {"serial": ...} ({"serial", "step"} for fail)',
+                ),
             )
             return
         if not driver.known(serial):
@@ -367,7 +415,9 @@ class Agent:
             )
             return
         # The answer comes once the reports are out, so a caller can read them next.
-        if action == "unplug":
+        if action == "fail":
+            driver.fail_next(serial, step)
+        elif action == "unplug":
             await driver.unplug(serial)
         else:
             await driver.plug(serial)

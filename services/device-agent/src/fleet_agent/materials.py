@@ -7,8 +7,10 @@ Rules, each failing with a message that names the file and the rule:
 
 Sources (`material_source`, used when `material_list` is empty):
 - `localFolder`: files of the right kind directly inside `material_path`;
-- `materialLibrary`: the library is a folder (FLEET_AGENT_MATERIAL_LIBRARY) holding one
-  sub-folder per tag, e.g. `library/cats/a.mp4`, `library/summer/b.jpg`;
+- `materialLibrary`, while the central library is empty (otherwise the scheduler picks
+  from it at create and `material_list` holds `library:` entries): the library is a
+  folder (FLEET_AGENT_MATERIAL_LIBRARY) holding one sub-folder per tag, e.g.
+  `library/cats/a.mp4`, `library/summer/b.jpg`;
   `materials_tags` "cats,summer" picks among the files of those tag folders (all tags
   when empty).
 One video is picked for content_type 0, `image_count` images for content_type 1.
@@ -113,8 +115,9 @@ def select_materials(
     else:
         if library is None:
             raise MaterialError(
-                "material_source: materialLibrary needs a material library on the agent "
-                "(FLEET_AGENT_MATERIAL_LIBRARY); pass material_list instead"
+                "material_source: materialLibrary found the central library empty and no "
+                "folder library on this agent (FLEET_AGENT_MATERIAL_LIBRARY); upload media "
+                "with POST /api/v1/material, or pass material_list"
             )
         base = _check_folder(library, "material library", roots)
         tags = [t.strip() for t in config.materials_tags.split(",") if t.strip()]

@@ -8,8 +8,9 @@ Finished, failed and deleted tasks free their phone. Keyless local mode sends no
 and is never refused. A retry of a failed task is not checked (it was counted when
 created; a retry-all must not fail half-way).
 
-`devices_in_use` is the one place the count is made, so whatever else comes to hold a
-phone for a key (device leases, say) is added there and counts against the same limit.
+`devices_in_use` is the one place a create's count is made: a phone the key holds under
+a live device session (lease) counts too. Granting a lease is checked separately,
+fleet-wide (`slots.py`: busy phones plus live leases against the caller's limit).
 """
 
 from __future__ import annotations
@@ -23,10 +24,12 @@ from fleet_scheduler.errors import Rejected
 
 
 async def devices_in_use(conn: asyncpg.Connection, actor: str) -> set[str]:
-    """The phones `actor`'s unfinished tasks are on (index `tasks_open_by_creator`)."""
+    """The phones `actor`'s unfinished tasks are on (index `tasks_open_by_creator`), and
+    the phones it holds under a live device session (lease)."""
     rows = await conn.fetch(
-        "SELECT DISTINCT serial FROM tasks"
-        " WHERE created_by = $1 AND status IN (0, 1) AND NOT deleted",
+        "SELECT serial FROM tasks WHERE created_by = $1 AND status IN (0, 1) AND NOT deleted"
+        " UNION SELECT serial FROM leases WHERE actor = $1 AND task_id IS NULL"
+        " AND expires_at > clock_timestamp()",
         actor,
     )
     return {r["serial"] for r in rows}

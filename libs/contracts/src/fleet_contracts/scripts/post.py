@@ -24,11 +24,15 @@ MAX_TEXT_LENGTH = 2000
 Path = Annotated[str, Field(min_length=1, max_length=MAX_PATH_LENGTH)]
 
 
-def _suffix(path: str) -> str:
+def media_suffix(path: str) -> str:
     # Operators paste Windows paths (the seed does: C:/Videos/video1.mp4); agents may
     # run on either, so take the suffix the way either system would.
     win = PureWindowsPath(path).suffix
     return (win or PurePosixPath(path).suffix).lower()
+
+
+_suffix = media_suffix
+LIBRARY_PREFIX = "library:"
 
 
 class PostConfig(BaseModel):
@@ -47,7 +51,9 @@ class PostConfig(BaseModel):
         "", max_length=MAX_PATH_LENGTH, description="folder on the agent host, for localFolder"
     )
     material_list: list[Path] = Field(
-        default_factory=list, max_length=35, description="exact files on the agent host"
+        default_factory=list,
+        max_length=35,
+        description="exact files on the agent host, or library:<id> / library:<sha256>",
     )
     materials_tags: str = Field(
         "", max_length=MAX_TEXT_LENGTH, description="comma-separated library tags"
@@ -100,6 +106,15 @@ class PostConfig(BaseModel):
         allowed = VIDEO_SUFFIXES if self.content_type == 0 else IMAGE_SUFFIXES
         kind = "video" if self.content_type == 0 else "image"
         for i, path in enumerate(self.material_list):
+            # A library item's kind is known to the scheduler, which checks it at create.
+            if path.startswith(LIBRARY_PREFIX):
+                from fleet_contracts.materials import parse_library_ref  # imports this module
+
+                try:
+                    parse_library_ref(path)
+                except ValueError as exc:
+                    raise FieldRuleError(f"material_list[{i}]", str(exc)) from exc
+                continue
             if _suffix(path) not in allowed:
                 raise FieldRuleError(
                     f"material_list[{i}]",
