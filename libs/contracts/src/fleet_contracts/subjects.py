@@ -68,6 +68,7 @@ COMMANDS = StreamSpec(
     name="COMMANDS",
     subjects=["cmd.>"],
     max_age_seconds=7 * 24 * 3600,
+    max_bytes=1024**3,
     description="REST commands waiting for a scheduler",
 )
 EVENTS = StreamSpec(
@@ -81,6 +82,7 @@ REPORTS = StreamSpec(
     name="REPORTS",
     subjects=["report.>"],
     max_age_seconds=24 * 3600,
+    max_bytes=2 * 1024**3,
     description="what the device agents observed",
 )
 ALL_STREAMS = (COMMANDS, EVENTS, REPORTS)

@@ -6,12 +6,13 @@ import ipaddress
 from typing import Literal
 
 from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
 
 from fleet_contracts.materials import DEFAULT_ARTIFACT_RETENTION_HOURS
+from fleet_runtime.link import NatsLinkSettings
 
 
-class ApiSettings(BaseSettings):
+class ApiSettings(NatsLinkSettings):  # + NATS identity, TLS, stream limits
     model_config = SettingsConfigDict(env_prefix="FLEET_", extra="ignore")
 
     nats_url: str = "nats://127.0.0.1:4222"

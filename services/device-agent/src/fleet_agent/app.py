@@ -17,8 +17,9 @@ import structlog
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
+from nats.errors import Error as NatsError
 from nats.js import JetStreamContext
-from nats.js.errors import BadRequestError, BucketNotFoundError
+from nats.js.errors import BadRequestError, BucketNotFoundError, NotFoundError
 from nats.js.kv import KeyValue
 from pydantic import ValidationError
 
@@ -44,8 +45,10 @@ from fleet_contracts.agent import (
     RunTask,
     StopRun,
 )
+from fleet_contracts.permissions import inbox_prefix
 from fleet_contracts.subjects import (
     KV_SCRIPTS,
+    REPORTS,
     agent_device_subject,
     agent_run_subject,
     agent_stop_subject,
@@ -147,10 +150,13 @@ class Agent:
         s = self.settings
         with bind_correlation(None, agent_id=self.agent_id):
             self._nc = await connect(
-                s.nats_url, f"fleet-agent-{self.agent_id}", on_reconnected=self._reconnected
+                s.nats_url,
+                f"fleet-agent-{self.agent_id}",
+                on_reconnected=self._reconnected,
+                link=s.nats_link(inbox_prefix("agent", self.agent_id)),
             )
             self._js = self._nc.jetstream()
-            await ensure_streams(self._js)
+            await self._ensure_streams()
             self._cache = MaterialCache(
                 s.agent_material_cache_dir,
                 s.agent_material_cache_max_bytes,
@@ -306,16 +312,42 @@ class Agent:
             return await self.js.key_value(KV_SCRIPTS)
         except BucketNotFoundError:
             pass
+        if self.settings.nats_nkey_seed_file is not None:
+            # A host's identity may write script specs but not create buckets.
+            raise RuntimeError(
+                f"the KV bucket {KV_SCRIPTS!r} does not exist yet: start a gateway first"
+            )
         try:
-            return await self.js.create_key_value(bucket=KV_SCRIPTS)
+            return await self.js.create_key_value(config=self.settings.kv_config(KV_SCRIPTS))
         except BadRequestError:
             # Another service created it between our two calls.
             return await self.js.key_value(KV_SCRIPTS)
 
+    async def _ensure_streams(self) -> None:
+        """Create the streams only when they are missing and this agent may.
+
+        The services own the streams. A host's NATS identity (its own, or its leaf
+        node's) may look REPORTS up but never create or change a stream, so a host
+        cannot reconfigure or delete them; until they exist its reports are retried.
+        """
+        s = self.settings
+        try:
+            await self.js.stream_info(REPORTS.name)
+            return
+        except NotFoundError:
+            pass
+        if s.nats_nkey_seed_file is not None:
+            log.warning("agent.streams_missing", message="waiting for the services to make them")
+            return
+        try:
+            await ensure_streams(self.js, s.streams, replicas=s.nats_stream_replicas)
+        except (NatsError, TimeoutError) as exc:
+            log.warning("agent.streams_not_made", error=str(exc) or repr(exc))
+
     async def _reconnected(self) -> None:
         # A NATS restarted without its state has lost the streams and the catalogue.
         try:
-            await ensure_streams(self.js)
+            await self._ensure_streams()
             await self._publish_catalogue()
         except Exception as exc:
             log.warning("agent.reconnect_setup_failed", error=str(exc))

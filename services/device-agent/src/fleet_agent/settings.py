@@ -8,12 +8,13 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import Field, field_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic_settings import NoDecode, SettingsConfigDict
 
 from fleet_contracts.materials import DEFAULT_ARTIFACT_RETENTION_HOURS
+from fleet_runtime.link import NatsLinkSettings
 
 
-class AgentSettings(BaseSettings):
+class AgentSettings(NatsLinkSettings):  # + NATS identity, TLS, stream limits
     model_config = SettingsConfigDict(env_prefix="FLEET_", extra="ignore")
 
     nats_url: str = "nats://127.0.0.1:4222"

@@ -362,4 +362,13 @@ async def run(ctx: Context, stopping: asyncio.Event) -> None:
     async def handle(msgs: list[Msg]) -> None:
         await on_messages(ctx, msgs)
 
-    await pull_loop(ctx.js, "COMMANDS", SCHEDULER_COMMANDS_CONSUMER, handle, stopping)
+    s = ctx.settings
+    await pull_loop(
+        ctx.js,
+        "COMMANDS",
+        SCHEDULER_COMMANDS_CONSUMER,
+        handle,
+        stopping,
+        streams=s.streams,
+        replicas=s.nats_stream_replicas,
+    )
