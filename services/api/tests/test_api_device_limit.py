@@ -50,6 +50,15 @@ async def test_a_create_past_the_plan_device_limit_is_refused(
     message = r.json()["message"]
     assert "at most 20 devices" in message and "on 15" in message and "adds 7" in message
     assert (await create(secret, serials[15:20])).status_code == 200  # exactly 20
+    # A device session is held to the same count: a 21st phone has no free slot.
+    r = await gw.post(
+        "/api/v1/rpc/session",
+        json={"serial": serials[22], "label": "probe", "ttl_secs": 60},  # an online one
+        headers={"X-API-Key": secret},
+    )
+    assert r.status_code == 409, r.text
+    assert "no free device slot" in r.json()["message"]
+    assert "occupy 20" in r.json()["message"]
     # Another key counts its own phones.
     assert (await create(other, serials[10:30])).status_code == 200
     # Deleted tasks free their phones.

@@ -8,9 +8,9 @@ Finished, failed and deleted tasks free their phone. Keyless local mode sends no
 and is never refused. A retry of a failed task is not checked (it was counted when
 created; a retry-all must not fail half-way).
 
-`devices_in_use` is the one place a create's count is made: a phone the key holds under
-a live device session (lease) counts too. Granting a lease is checked separately,
-fleet-wide (`slots.py`: busy phones plus live leases against the caller's limit).
+`devices_in_use` is the one place the count is made, for creates and for device
+sessions alike: a phone the key holds under a live lease counts too, and granting a
+lease on a phone outside that set needs a free slot (409 when there is none).
 """
 
 from __future__ import annotations
