@@ -66,7 +66,7 @@ async def history(bus: Bus, task_id: int) -> list[dict[str, Any]]:
 
 
 async def busy(bus: Bus, serial: str) -> bool:
-    devices = {d["serial"]: d for d in (await bus.query(ListDevices())).data}
+    devices = {d["serial"]: d for d in (await bus.query(ListDevices())).data["devices"]}
     return bool(devices[serial]["busy"])
 
 
@@ -228,7 +228,7 @@ async def test_two_schedulers_with_clocks_30s_apart_neither_lose_nor_expire_earl
         await asyncio.sleep(max(1.5, began + 3 + 1.5 - time.monotonic()))
         assert (await view(bus, waiting))["status"] == 0
         assert (await view(bus, starting))["status"] == 1
-        devices = (await bus.query(ListDevices())).data
+        devices = (await bus.query(ListDevices())).data["devices"]
         assert all(d["online"] for d in devices)
         # ... and on the database's clock the start timeout does come.
         expired = await until_status(bus, waiting, 3, within=30)
