@@ -13,11 +13,16 @@ from fleet_contracts.subjects import (
     QUERY_ACCOUNT_LIST,
     QUERY_COMMAND_RESULT,
     QUERY_DEVICE_LIST,
+    QUERY_GROUP_LIST,
     QUERY_PING,
+    QUERY_SCHEDULE_GET,
+    QUERY_SCHEDULE_LIST,
     QUERY_TASK_EVENTS,
     QUERY_TASK_GET,
     QUERY_TASK_LIST,
     QUERY_TASK_STATS,
+    QUERY_WEBHOOK_GET,
+    QUERY_WEBHOOK_LIST,
 )
 
 
@@ -53,6 +58,7 @@ class TaskEvents(Query):
 
 class ListDevices(Query):
     online: bool | None = None
+    group: str | None = None
 
 
 class ListAccounts(Query):
@@ -67,6 +73,26 @@ class Ping(Query):
     pass
 
 
+class ListGroups(Query):
+    pass
+
+
+class ListSchedules(Query):
+    pass
+
+
+class GetSchedule(Query):
+    schedule_id: int
+
+
+class ListWebhooks(Query):
+    pass
+
+
+class GetWebhook(Query):
+    hook_id: int
+
+
 QUERY_SUBJECTS: dict[type[Query], str] = {
     ListTasks: QUERY_TASK_LIST,
     GetTask: QUERY_TASK_GET,
@@ -76,4 +102,9 @@ QUERY_SUBJECTS: dict[type[Query], str] = {
     ListAccounts: QUERY_ACCOUNT_LIST,
     GetCommandResult: QUERY_COMMAND_RESULT,
     Ping: QUERY_PING,
+    ListGroups: QUERY_GROUP_LIST,
+    ListSchedules: QUERY_SCHEDULE_LIST,
+    GetSchedule: QUERY_SCHEDULE_GET,
+    ListWebhooks: QUERY_WEBHOOK_LIST,
+    GetWebhook: QUERY_WEBHOOK_GET,
 }

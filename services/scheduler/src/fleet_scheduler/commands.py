@@ -42,7 +42,7 @@ from fleet_contracts.subjects import (
 )
 from fleet_contracts.validation import describe
 from fleet_runtime.logs import bind_correlation
-from fleet_scheduler import handlers
+from fleet_scheduler import groups, handlers, scheduling_commands
 from fleet_scheduler.consumer import pull_loop
 from fleet_scheduler.context import Context
 from fleet_scheduler.errors import Rejected, database_unavailable, failure_code
@@ -77,6 +77,7 @@ async def _decide(
     match cmd:
         case CreateTasks():
             config = handlers.check_script(cmd, plugins)
+            cmd = await groups.resolve_create(conn, cmd)
             request = cmd.request
             if request.usernames is not None:
                 rows = await conn.fetch(
@@ -135,7 +136,17 @@ async def _decide(
                 "SELECT count(*) FROM accounts WHERE username = $1", cmd.username
             )
             return handlers.remove_account(cmd, bool(exists))
+        case _ if scheduling_commands.handles(cmd):
+            return await scheduling_commands.decide(conn, ctx, cmd)
     raise Rejected(ErrorCode.INVALID_PARAMETERS, f"type: unknown command {cmd.type!r}")
+
+
+async def decide(
+    conn: asyncpg.Connection, ctx: Context, cmd: AnyCommand, plugins: dict[str, Any]
+) -> Outcome:
+    """Decide one command without recording its result (a schedule's fire creates
+    its tasks through here, as a REST create would)."""
+    return await _decide(conn, ctx, cmd, plugins)
 
 
 async def recorded_result(conn: asyncpg.Connection, command_id: str) -> CommandResult | None:

@@ -128,6 +128,8 @@ def create_tasks(
             due_at=due_at,
             wait_reason=reason,
             batch_id=cmd.message_id,
+            group=request.group,
+            retry_policy=None if request.retry is None else request.retry.model_dump(mode="json"),
         )
         outcome.events.append(NewEvent(task_stream_id(task_id), event, expected_version=0))
     outcome.data = outcome.data.model_dump()

@@ -32,6 +32,7 @@ from fleet_contracts.events import (
     TaskStarted,
     TaskStopped,
 )
+from fleet_scheduler import scheduling_read_models
 from fleet_scheduler.store import RecordedEvent, recorded_from_row
 from fleet_scheduler.task import TaskState
 
@@ -163,10 +164,13 @@ async def project_all(conn: asyncpg.Connection, recs: list[RecordedEvent], delta
             continue
         if run:
             await _insert_created(conn, run, deltas)
+            await scheduling_read_models.project_many(conn, run)
             run = []
         await project(conn, rec, deltas)
+        await scheduling_read_models.project_many(conn, [rec])
     if run:
         await _insert_created(conn, run, deltas)
+        await scheduling_read_models.project_many(conn, run)
 
 
 async def project(conn: asyncpg.Connection, rec: RecordedEvent, deltas: Deltas) -> None:
@@ -359,6 +363,7 @@ async def rebuild(conn: asyncpg.Connection, batch: int = 2000) -> int:
     async with conn.transaction():
         await conn.execute("LOCK TABLE events IN EXCLUSIVE MODE")
         await conn.execute("TRUNCATE tasks, devices, accounts")
+        await conn.execute(f"TRUNCATE {', '.join(scheduling_read_models.READ_MODEL_TABLES)}")
         await conn.execute("UPDATE task_stats SET count = 0")
         deltas: Deltas = Counter()
         position = 0
