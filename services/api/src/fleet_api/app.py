@@ -15,7 +15,7 @@ from fleet_api.catalogue import parse_spec
 from fleet_api.correlation import CorrelationMiddleware
 from fleet_api.keys import KeyRecord, parse_record
 from fleet_api.kv import Mirror, open_bucket
-from fleet_api.routes import events, fleet, system, tasks
+from fleet_api.routes import events, fleet, scheduling, system, tasks
 from fleet_api.settings import ApiSettings
 from fleet_api.state import Gateway
 from fleet_contracts.scripts import ScriptSpec
@@ -120,6 +120,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     api.include_router(tasks.router)
     api.include_router(fleet.router)
     api.include_router(events.router)
+    api.include_router(scheduling.router)
     app.include_router(system.router)
     app.include_router(api)
     app.include_router(system.probes)

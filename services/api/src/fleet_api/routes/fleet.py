@@ -36,8 +36,13 @@ async def list_devices(
     online: Annotated[
         bool | None, Query(description="only online (true) or offline (false)")
     ] = None,
+    group: Annotated[
+        str | None,
+        Query(min_length=1, max_length=100, pattern=NO_NUL, description="only this group's"),
+    ] = None,
 ) -> Envelope[list[DeviceView]]:
-    data = await ask(gateway(request), ListDevices(online=online, correlation_id=cid))
+    query = ListDevices(online=online, group=group, correlation_id=cid)
+    data = await ask(gateway(request), query)
     return Envelope(data=[DeviceView.model_validate(item) for item in data or []])
 
 
