@@ -8,11 +8,18 @@ sent, and the scheduler checks commands from anywhere with the same rules.
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any, Literal, Self
+from typing import Annotated, Any, Literal, Self
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from cronsim import CronSim, CronSimError
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_validator,
+)
 
 from fleet_contracts.rest import MAX_TARGETS, parse_hhmm
 from fleet_contracts.retries import RetryPolicy
@@ -45,6 +52,11 @@ def check_zone(name: str) -> str:
     return name
 
 
+def _hhmm(value: str) -> str:
+    parse_hhmm(value)
+    return value
+
+
 class WeeklyTemplate(BaseModel):
     """TikMatrix's schedule template: these weekdays, at these local times."""
 
@@ -53,16 +65,13 @@ class WeeklyTemplate(BaseModel):
     days: list[Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]] = Field(
         ..., min_length=1, max_length=7
     )
-    times: list[str] = Field(..., min_length=1, max_length=48, description='"HH:MM" slots')
+    times: list[Annotated[str, AfterValidator(_hhmm)]] = Field(
+        ..., min_length=1, max_length=48, description='"HH:MM" slots'
+    )
 
     @field_validator("times")
     @classmethod
-    def _times(cls, values: list[str]) -> list[str]:
-        for i, value in enumerate(values):
-            try:
-                parse_hhmm(value)
-            except ValueError as exc:
-                raise FieldRuleError(f"[{i}]", str(exc)) from exc
+    def _sorted(cls, values: list[str]) -> list[str]:
         return sorted(set(values))
 
 
