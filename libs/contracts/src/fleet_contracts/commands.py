@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 from fleet_contracts.codes import ErrorCode, TaskSource
-from fleet_contracts.groups import CreateGroupRequest
+from fleet_contracts.groups import GROUP_NAME, CreateGroupRequest
 from fleet_contracts.messages import Message
 from fleet_contracts.rest import AccountRequest, CreateTaskRequest
 from fleet_contracts.schedules import ScheduleRequest
@@ -75,7 +75,7 @@ class CreateGroup(Command):
 class RenameGroup(Command):
     type: Literal["rename_group"] = "rename_group"
     group_id: int
-    name: str
+    name: str = Field(..., min_length=1, max_length=100, pattern=GROUP_NAME)
 
 
 class DeleteGroup(Command):

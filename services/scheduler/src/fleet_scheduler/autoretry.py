@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from dataclasses import replace
 from datetime import timedelta
 
 import structlog
@@ -19,6 +20,7 @@ from fleet_scheduler.context import Context
 from fleet_scheduler.handlers import Outcome
 from fleet_scheduler.projections import task_state
 from fleet_scheduler.retry_policy import decide_retry, policy_for
+from fleet_scheduler.store import Metadata
 from fleet_scheduler.task import Task
 from fleet_scheduler.uow import unit_of_work
 
@@ -50,7 +52,11 @@ async def retry_failed(ctx: Context) -> int:
                 continue
             task = Task(task_state(row))
             task.auto_retry(decision.due_at, decision.reason)
+            # The retry belongs to the request that made the task: same correlation id.
+            meta = Metadata(correlation_id=row["correlation_id"] or "")
+            taken = len(outcome.events)
             outcome.take(task)
+            outcome.events[taken:] = [replace(e, metadata=meta) for e in outcome.events[taken:]]
             with bind_correlation(row["correlation_id"], task_id=row["id"]):
                 log.info("task.auto_retry", reason=decision.reason)
         await uow.conn.execute(

@@ -139,7 +139,6 @@ async def _fire(
         actor=f"schedule {schedule_id}",
     )
     try:
-        cmd = await groups.resolve_create(uow.conn, cmd)
         plugins = await commands.plugin_schemas(ctx, spec.script_name)
         outcome = await commands.decide(uow.conn, ctx, cmd, plugins)
     except Rejected as exc:
