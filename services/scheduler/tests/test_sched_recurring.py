@@ -12,7 +12,8 @@ from zoneinfo import ZoneInfo
 import asyncpg
 import pytest
 
-from fleet_contracts.commands import CreateGroup, DefineSchedule
+from fleet_contracts.codes import ErrorCode
+from fleet_contracts.commands import CreateGroup, DefineSchedule, DeleteGroup, RenameGroup
 from fleet_contracts.groups import CreateGroupRequest
 from fleet_contracts.queries import GetSchedule
 from fleet_contracts.schedules import ScheduleRequest
@@ -145,3 +146,13 @@ async def test_a_restarted_scheduler_does_not_fire_again_and_takes_only_the_late
         assert recorded[2]["skipped"].startswith("missed")
         assert recorded[2]["task_ids"] == []
         assert await db.fetchval("SELECT count(*) FROM tasks") == 2
+        shown = (await bus.query(GetSchedule(schedule_id=schedule_id))).data
+        assert shown["last_fire_skipped"].startswith("missed")
+        assert shown["next_fires"][0] == "2026-04-11T09:00:00+02:00"
+
+        # The schedule names its group: the group cannot be renamed or deleted under it.
+        group_id = await db.fetchval("SELECT id FROM groups WHERE name = 'shop-a'")
+        for cmd in (RenameGroup(group_id=group_id, name="shop-z"), DeleteGroup(group_id=group_id)):
+            refused = await bus.command(cmd)
+            assert refused.code == ErrorCode.WRONG_STATE
+            assert f"target of schedule(s) {schedule_id}" in refused.message

@@ -137,6 +137,9 @@ class ScheduleView(ScheduleRequest):
     id: int
     created_at: datetime | None = None
     last_fire_at: datetime | None = None
+    last_fire_skipped: str | None = Field(
+        None, description="why the last fire made no tasks ('' when it made them)"
+    )
     next_fires: list[datetime] = Field(
         default_factory=list, description="the next fire times, in the schedule's zone"
     )

@@ -79,8 +79,27 @@ def create_group(
     return Outcome(events=events, data=view)
 
 
-def rename_group(cmd: RenameGroup, group: GroupState | None, names: Mapping[str, int]) -> Outcome:
+def _not_a_schedule_target(group: GroupState, schedules: list[int], action: str) -> None:
+    """Schedules name their group: renaming or deleting it would leave them firing at
+    nothing, so the operator changes them first."""
+    if schedules:
+        listed = ", ".join(str(s) for s in schedules)
+        raise Rejected(
+            ErrorCode.WRONG_STATE,
+            f"group {group.name!r} is the target of schedule(s) {listed}; "
+            f"change or delete them before you {action} it",
+        )
+
+
+def rename_group(
+    cmd: RenameGroup,
+    group: GroupState | None,
+    names: Mapping[str, int],
+    schedules: list[int] | None = None,
+) -> Outcome:
     found = _found(cmd.group_id, group)
+    if cmd.name != found.name:
+        _not_a_schedule_target(found, schedules or [], "rename")
     _name_free(cmd.name, names, found.id)
     event = GroupRenamed(group_id=found.id, name=cmd.name)
     return Outcome(
@@ -89,8 +108,11 @@ def rename_group(cmd: RenameGroup, group: GroupState | None, names: Mapping[str,
     )
 
 
-def delete_group(cmd: DeleteGroup, group: GroupState | None) -> Outcome:
+def delete_group(
+    cmd: DeleteGroup, group: GroupState | None, schedules: list[int] | None = None
+) -> Outcome:
     found = _found(cmd.group_id, group)
+    _not_a_schedule_target(found, schedules or [], "delete")
     return Outcome(
         events=[NewEvent(group_stream_id(found.id), GroupDeleted(group_id=found.id))],
         data={"id": found.id},
@@ -156,6 +178,15 @@ async def _known(conn: asyncpg.Connection, serials: list[str]) -> set[str]:
     return {r["serial"] for r in rows}
 
 
+async def _schedules_of(conn: asyncpg.Connection, group: GroupState | None) -> list[int]:
+    if group is None:
+        return []
+    rows = await conn.fetch(
+        "SELECT id FROM schedules WHERE spec->>'group' = $1 ORDER BY id", group.name
+    )
+    return [r["id"] for r in rows]
+
+
 async def decide(
     conn: asyncpg.Connection, cmd: CreateGroup | RenameGroup | DeleteGroup | ChangeGroupDevices
 ) -> Outcome:
@@ -170,9 +201,11 @@ async def decide(
             )
         case RenameGroup():
             group = await load_group(conn, group_id=cmd.group_id)
-            return rename_group(cmd, group, await _names(conn, cmd.name))
+            schedules = await _schedules_of(conn, group)
+            return rename_group(cmd, group, await _names(conn, cmd.name), schedules)
         case DeleteGroup():
-            return delete_group(cmd, await load_group(conn, group_id=cmd.group_id))
+            group = await load_group(conn, group_id=cmd.group_id)
+            return delete_group(cmd, group, await _schedules_of(conn, group))
         case ChangeGroupDevices():
             group = await load_group(conn, group_id=cmd.group_id)
             return change_devices(cmd, group, await _known(conn, cmd.add))

@@ -30,6 +30,10 @@ from fleet_scheduler.context import Context
 from fleet_scheduler.fires import next_fires
 
 RECENT_DELIVERIES = 20
+SCHEDULE_COLUMNS = (
+    "s.*, (SELECT f.skipped FROM schedule_fires f WHERE f.schedule_id = s.id"
+    " ORDER BY f.fire_at DESC LIMIT 1) AS last_skipped"
+)
 NEXT_FIRES = 5
 
 
@@ -75,6 +79,7 @@ def schedule_view(row: asyncpg.Record, ctx: Context) -> dict[str, Any]:
             "id": row["id"],
             "created_at": row["created_at"],
             "last_fire_at": row["last_fire_at"],
+            "last_fire_skipped": row["last_skipped"],
             "next_fires": [f.astimezone(ZoneInfo(spec.timezone)) for f in upcoming],
         }
     )
@@ -83,13 +88,15 @@ def schedule_view(row: asyncpg.Record, ctx: Context) -> dict[str, Any]:
 
 async def list_schedules(ctx: Context, q: ListSchedules) -> Reply:
     async with ctx.pool.acquire() as conn:
-        rows = await conn.fetch("SELECT * FROM schedules ORDER BY id")
+        rows = await conn.fetch(f"SELECT {SCHEDULE_COLUMNS} FROM schedules s ORDER BY id")
     return Reply(data=[schedule_view(r, ctx) for r in rows])
 
 
 async def get_schedule(ctx: Context, q: GetSchedule) -> Reply:
     async with ctx.pool.acquire() as conn:
-        row = await conn.fetchrow("SELECT * FROM schedules WHERE id = $1", q.schedule_id)
+        row = await conn.fetchrow(
+            f"SELECT {SCHEDULE_COLUMNS} FROM schedules s WHERE id = $1", q.schedule_id
+        )
     if row is None:
         return Reply.failure(ErrorCode.NOT_FOUND, f"schedule {q.schedule_id} not found")
     return Reply(data=schedule_view(row, ctx))
