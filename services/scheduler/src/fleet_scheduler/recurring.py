@@ -19,6 +19,7 @@ from typing import Any
 
 import asyncpg
 import structlog
+from pydantic import ValidationError
 
 from fleet_contracts.codes import ErrorCode, TaskSource
 from fleet_contracts.commands import (
@@ -30,6 +31,7 @@ from fleet_contracts.commands import (
 from fleet_contracts.events import ScheduleDefined, ScheduleDeleted, ScheduleFired, TaskCreated
 from fleet_contracts.rest import CreateTaskRequest
 from fleet_contracts.schedules import ScheduleRequest
+from fleet_contracts.validation import describe
 from fleet_scheduler import commands, groups
 from fleet_scheduler.context import Context
 from fleet_scheduler.errors import Rejected
@@ -131,18 +133,20 @@ async def _fire(
     ):
         return fired.model_copy(update={"skipped": "overlap: the previous fire has not finished"})
     identity = fire_id(schedule_id, plan.fire_at)
-    cmd = CreateTasks(
-        message_id=identity,
-        correlation_id=identity,
-        request=_request(spec),
-        source=TaskSource.API,
-        actor=f"schedule {schedule_id}",
-    )
     try:
+        cmd = CreateTasks(
+            message_id=identity,
+            correlation_id=identity,
+            request=_request(spec),
+            source=TaskSource.API,
+            actor=f"schedule {schedule_id}",
+        )
         plugins = await commands.plugin_schemas(ctx, spec.script_name)
         outcome = await commands.decide(uow.conn, ctx, cmd, plugins)
     except Rejected as exc:
         return fired.model_copy(update={"skipped": exc.message})
+    except ValidationError as exc:
+        return fired.model_copy(update={"skipped": describe(exc)})
     events = [
         dataclasses.replace(e, event=e.event.model_copy(update={"schedule_id": schedule_id}))
         if isinstance(e.event, TaskCreated)

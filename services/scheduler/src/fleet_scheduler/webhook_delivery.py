@@ -40,6 +40,7 @@ log = structlog.get_logger(__name__)
 
 ENDINGS = ("task.completed", "task.failed", "task.stopped", "task.deleted")
 MAX_BACKOFF_SECONDS = 600.0
+HOOKED_BATCH = 8
 
 
 def backoff_seconds(attempt: int, base: float) -> float:
@@ -69,6 +70,21 @@ class Hook:
     id: int
     url: str
     secret: str
+    event_types: frozenset[str] = frozenset()
+    from_position: int = 0
+
+
+async def load_hooks(ctx: Context) -> list[Hook]:
+    """Every hook with its secret: a small table, read once per fetched batch."""
+    async with ctx.pool.acquire() as conn:
+        rows = await conn.fetch(
+            "SELECT w.id, w.url, w.event_types, w.from_position, s.secret FROM webhooks w"
+            " JOIN webhook_secrets s ON s.hook_id = w.id ORDER BY w.id"
+        )
+    return [
+        Hook(r["id"], r["url"], r["secret"], frozenset(r["event_types"]), r["from_position"])
+        for r in rows
+    ]
 
 
 async def _batch_finished(conn: asyncpg.Connection, env: EventEnvelope) -> Delivery | None:
@@ -97,14 +113,15 @@ async def _batch_finished(conn: asyncpg.Connection, env: EventEnvelope) -> Deliv
     return Delivery(f"batch_{row['batch_id']}", BATCH_FINISHED, body)
 
 
-async def deliveries_of(conn: asyncpg.Connection, env: EventEnvelope) -> list[Delivery]:
-    data = {**env.data, "position": env.position, "stream_id": env.stream_id}
-    out = [
-        Delivery(
-            f"evt_{env.position}", env.type, json.dumps(payload(env.type, env.recorded_at, data))
-        )
-    ]
-    if env.type in ENDINGS:
+async def deliveries_of(
+    conn: asyncpg.Connection, env: EventEnvelope, wanted: set[str]
+) -> list[Delivery]:
+    out: list[Delivery] = []
+    if env.type in wanted:
+        data = {**env.data, "position": env.position, "stream_id": env.stream_id}
+        body = json.dumps(payload(env.type, env.recorded_at, data))
+        out.append(Delivery(f"evt_{env.position}", env.type, body))
+    if env.type in ENDINGS and BATCH_FINISHED in wanted:
         finished = await _batch_finished(conn, env)
         if finished is not None:
             out.append(finished)
@@ -162,35 +179,35 @@ async def _attempt(ctx: Context, client: httpx.AsyncClient, hook: Hook, delivery
     return delivered
 
 
-async def deliver(ctx: Context, client: httpx.AsyncClient, env: EventEnvelope) -> bool:
+async def deliver(
+    ctx: Context, client: httpx.AsyncClient, env: EventEnvelope, hooks: list[Hook]
+) -> bool:
     """Deliver one event to every hook that wants it; True when nothing is left to retry."""
+    # A hook hears of events recorded after it was registered, not before.
+    hooks = [h for h in hooks if h.from_position < env.position]
+    wanted = {t for h in hooks for t in h.event_types}
+    if env.type not in wanted and not (env.type in ENDINGS and BATCH_FINISHED in wanted):
+        return True
     async with ctx.pool.acquire() as conn:
-        deliveries = await deliveries_of(conn, env)
-        rows = await conn.fetch(
-            "SELECT w.id, w.url, w.event_types, s.secret FROM webhooks w"
-            " JOIN webhook_secrets s ON s.hook_id = w.id"
-            " WHERE w.event_types && $1::text[] AND w.from_position < $2",
-            [d.event_type for d in deliveries],
-            env.position,
-        )
+        deliveries = await deliveries_of(conn, env, wanted)
     jobs = [
-        _attempt(ctx, client, Hook(r["id"], r["url"], r["secret"]), d)
-        for r in rows
+        _attempt(ctx, client, hook, d)
+        for hook in hooks
         for d in deliveries
-        if d.event_type in r["event_types"]
+        if d.event_type in hook.event_types
     ]
     results = await asyncio.gather(*jobs)
     return all(results)
 
 
-async def on_message(ctx: Context, client: httpx.AsyncClient, msg: Msg) -> None:
+async def on_message(ctx: Context, client: httpx.AsyncClient, msg: Msg, hooks: list[Hook]) -> None:
     try:
         env = EventEnvelope.model_validate_json(msg.data)
     except ValueError:
         await msg.ack()  # not an event of ours: nothing to deliver, ever
         return
     attempt = msg.metadata.num_delivered or 1
-    if await deliver(ctx, client, env):
+    if await deliver(ctx, client, env, hooks):
         await msg.ack()
         return
     if attempt >= ctx.settings.scheduler_webhook_max_attempts:
@@ -206,7 +223,7 @@ def consumer_config(ctx: Context) -> ConsumerConfig:
         ack_policy=AckPolicy.EXPLICIT,
         # A hook is told about events recorded after the consumer exists, never the past.
         deliver_policy=DeliverPolicy.NEW,
-        ack_wait=max(30.0, 4 * ctx.settings.scheduler_webhook_timeout_seconds),
+        ack_wait=max(30.0, (HOOKED_BATCH + 1) * ctx.settings.scheduler_webhook_timeout_seconds),
         max_deliver=-1,
         max_ack_pending=1000,
     )
@@ -224,19 +241,26 @@ async def run(ctx: Context, stopping: asyncio.Event) -> None:
                 log.warning("webhooks.subscribe_failed", error=str(exc))
                 await _pause(stopping, 1.0)
                 continue
+            hooks: list[Hook] = []
             try:
                 while not stopping.is_set():
+                    # With hooks, few at a time: the batch must end within ack_wait.
+                    size = HOOKED_BATCH if hooks else 256
                     try:
-                        msgs = await sub.fetch(16, timeout=1.0)
+                        msgs = await sub.fetch(size, timeout=1.0)
                     except (TimeoutError, NatsTimeoutError):
                         continue
+                    # Read after the fetch: a hook is committed before any event it
+                    # should hear of is relayed, so every such hook is seen here.
+                    hooks = await load_hooks(ctx)
                     for msg in msgs:
                         if stopping.is_set():
                             return
-                        with contextlib.suppress(Exception):
-                            await msg.in_progress()
+                        if hooks:
+                            with contextlib.suppress(Exception):
+                                await msg.in_progress()
                         try:
-                            await on_message(ctx, client, msg)
+                            await on_message(ctx, client, msg, hooks)
                         except Exception as exc:
                             log.warning("webhooks.message_failed", error=str(exc))
                             await msg.nak(delay=1.0)
