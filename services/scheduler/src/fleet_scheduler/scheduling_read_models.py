@@ -1,8 +1,9 @@
 """Read models of groups, schedules and webhooks, and the tasks' retry columns.
 
-Called by `projections.project_all` for every appended event, in the transaction that
-appended it, after the task read model has taken the event; `rebuild` empties these
-tables with the others. Events this module does not know pass through untouched.
+Called by `projections.project_all` for every appended event but task.created (whose
+group, retry policy, schedule and batch go into the task row's insert there), in the
+transaction that appended it, after the task read model has taken the event; `rebuild`
+empties these tables with the others. Events this module does not know pass untouched.
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ from fleet_contracts.events import (
     ScheduleDefined,
     ScheduleDeleted,
     ScheduleFired,
-    TaskCreated,
     TaskFailed,
     TaskRetried,
     WebhookDeleted,
@@ -27,34 +27,13 @@ from fleet_contracts.events import (
 from fleet_scheduler.store import RecordedEvent
 
 READ_MODEL_TABLES = ("groups", "group_devices", "schedules", "schedule_fires", "webhooks")
-_OURS = ("task.created", "task.failed", "task.retried", "group.", "schedule.", "webhook.")
+_OURS = ("task.failed", "task.retried", "group.", "schedule.", "webhook.")
 
 
 async def project_many(conn: asyncpg.Connection, recs: list[RecordedEvent]) -> None:
-    created = [rec for rec in recs if rec.type == "task.created"]
-    if created:
-        await _created(conn, created)
     for rec in recs:
-        if rec.type != "task.created" and rec.type.startswith(_OURS):
+        if rec.type.startswith(_OURS):
             await project(conn, rec)
-
-
-async def _created(conn: asyncpg.Connection, recs: list[RecordedEvent]) -> None:
-    events = [e for e in (rec.event() for rec in recs) if isinstance(e, TaskCreated)]
-    marked = [e for e in events if e.group or e.retry_policy or e.schedule_id or e.batch_id]
-    if not marked:
-        return
-    await conn.execute(
-        "UPDATE tasks t SET group_name = x.g, retry_policy = x.p, schedule_id = x.s,"
-        " batch_id = NULLIF(x.b, '')"
-        " FROM unnest($1::bigint[], $2::text[], $3::jsonb[], $4::bigint[], $5::text[])"
-        " AS x(id, g, p, s, b) WHERE t.id = x.id",
-        [e.task_id for e in marked],
-        [e.group for e in marked],
-        [e.retry_policy for e in marked],
-        [e.schedule_id for e in marked],
-        [e.batch_id for e in marked],
-    )
 
 
 async def project(conn: asyncpg.Connection, rec: RecordedEvent) -> None:
