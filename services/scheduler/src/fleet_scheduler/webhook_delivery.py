@@ -12,6 +12,10 @@ are called concurrently, each bounded by a timeout. Any failure (non-2xx, timeou
 refused) is recorded and the message is nak'ed with an exponential back-off; after
 `max_attempts` the attempt is recorded as the last and the event is let go. The loop
 runs beside dispatch with its own HTTP client: a dead endpoint slows only deliveries.
+
+With no hook registered nothing is consumed: the durable is deleted, and made again
+when a hook appears, starting a minute before the oldest hook's registration (events
+older than a hook are never sent to it), so a fleet without hooks pays nothing per event.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import asyncio
 import contextlib
 import json
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import asyncpg
 import httpx
@@ -28,12 +32,13 @@ import structlog
 from nats.aio.msg import Msg
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from nats.js.errors import BadRequestError, NotFoundError
 from standardwebhooks import Webhook
 
 from fleet_contracts.events import EventEnvelope
 from fleet_contracts.subjects import EVENTS, SCHEDULER_WEBHOOKS_CONSUMER
 from fleet_contracts.webhooks import BATCH_FINISHED, payload
-from fleet_runtime.bus import ensure_durable, ensure_streams
+from fleet_runtime.bus import ensure_streams
 from fleet_scheduler.context import Context
 
 log = structlog.get_logger(__name__)
@@ -41,6 +46,8 @@ log = structlog.get_logger(__name__)
 ENDINGS = ("task.completed", "task.failed", "task.stopped", "task.deleted")
 MAX_BACKOFF_SECONDS = 600.0
 HOOKED_BATCH = 8
+IDLE_SECONDS = 1.0
+"""How often a replica with no hooks looks for one."""
 
 
 def backoff_seconds(attempt: int, base: float) -> float:
@@ -72,17 +79,26 @@ class Hook:
     secret: str
     event_types: frozenset[str] = frozenset()
     from_position: int = 0
+    created_at: datetime | None = None
 
 
 async def load_hooks(ctx: Context) -> list[Hook]:
     """Every hook with its secret: a small table, read once per fetched batch."""
     async with ctx.pool.acquire() as conn:
         rows = await conn.fetch(
-            "SELECT w.id, w.url, w.event_types, w.from_position, s.secret FROM webhooks w"
+            "SELECT w.id, w.url, w.event_types, w.from_position, w.created_at, s.secret"
+            " FROM webhooks w"
             " JOIN webhook_secrets s ON s.hook_id = w.id ORDER BY w.id"
         )
     return [
-        Hook(r["id"], r["url"], r["secret"], frozenset(r["event_types"]), r["from_position"])
+        Hook(
+            r["id"],
+            r["url"],
+            r["secret"],
+            frozenset(r["event_types"]),
+            r["from_position"],
+            r["created_at"],
+        )
         for r in rows
     ]
 
@@ -217,38 +233,63 @@ async def on_message(ctx: Context, client: httpx.AsyncClient, msg: Msg, hooks: l
     await msg.nak(delay=backoff_seconds(attempt, ctx.settings.scheduler_webhook_backoff_seconds))
 
 
-def consumer_config(ctx: Context) -> ConsumerConfig:
+def consumer_config(ctx: Context, hooks: list[Hook]) -> ConsumerConfig:
+    """The shared durable, made when the first hook exists: from a minute before the
+    oldest hook (clocks differ a little), so no event a hook should hear is skipped."""
+    oldest = min(h.created_at or datetime.now(UTC) for h in hooks)
     return ConsumerConfig(
         durable_name=SCHEDULER_WEBHOOKS_CONSUMER,
         ack_policy=AckPolicy.EXPLICIT,
-        # A hook is told about events recorded after the consumer exists, never the past.
-        deliver_policy=DeliverPolicy.NEW,
+        deliver_policy=DeliverPolicy.BY_START_TIME,
+        opt_start_time=oldest - timedelta(minutes=1),
         ack_wait=max(30.0, (HOOKED_BATCH + 1) * ctx.settings.scheduler_webhook_timeout_seconds),
         max_deliver=-1,
         max_ack_pending=1000,
     )
 
 
+async def _ensure_consumer(ctx: Context, hooks: list[Hook]) -> None:
+    """Create the durable if missing; never update it (its start cannot change)."""
+    try:
+        await ctx.js.consumer_info(EVENTS.name, SCHEDULER_WEBHOOKS_CONSUMER)
+    except NotFoundError:
+        with contextlib.suppress(BadRequestError):  # another replica made it meanwhile
+            await ctx.js.add_consumer(EVENTS.name, consumer_config(ctx, hooks))
+
+
+async def _drop_consumer(ctx: Context) -> None:
+    """No hooks: nothing is consumed, so events cost the schedulers nothing."""
+    with contextlib.suppress(NotFoundError):
+        await ctx.js.delete_consumer(EVENTS.name, SCHEDULER_WEBHOOKS_CONSUMER)
+
+
 async def run(ctx: Context, stopping: asyncio.Event) -> None:
     timeout = httpx.Timeout(ctx.settings.scheduler_webhook_timeout_seconds)
     async with httpx.AsyncClient(timeout=timeout, follow_redirects=False) as client:
+        dropped = False
         while not stopping.is_set():
             try:
-                await ensure_streams(ctx.js)
-                await ensure_durable(ctx.js, EVENTS.name, consumer_config(ctx))
+                hooks = await load_hooks(ctx)
+                if not hooks:
+                    if not dropped:
+                        await _drop_consumer(ctx)
+                        dropped = True
+                    await _pause(stopping, IDLE_SECONDS)
+                    continue
+                dropped = False
+                await ensure_streams(ctx.js, [EVENTS])
+                await _ensure_consumer(ctx, hooks)
                 sub = await ctx.js.pull_subscribe_bind(SCHEDULER_WEBHOOKS_CONSUMER, EVENTS.name)
             except Exception as exc:
                 log.warning("webhooks.subscribe_failed", error=str(exc))
                 await _pause(stopping, 1.0)
                 continue
-            hooks: list[Hook] = []
             try:
-                while not stopping.is_set():
-                    # With hooks, few at a time: the batch must end within ack_wait.
-                    size = HOOKED_BATCH if hooks else 256
+                while hooks and not stopping.is_set():
                     try:
-                        msgs = await sub.fetch(size, timeout=1.0)
+                        msgs = await sub.fetch(HOOKED_BATCH, timeout=1.0)
                     except (TimeoutError, NatsTimeoutError):
+                        hooks = await load_hooks(ctx)
                         continue
                     # Read after the fetch: a hook is committed before any event it
                     # should hear of is relayed, so every such hook is seen here.
@@ -256,9 +297,8 @@ async def run(ctx: Context, stopping: asyncio.Event) -> None:
                     for msg in msgs:
                         if stopping.is_set():
                             return
-                        if hooks:
-                            with contextlib.suppress(Exception):
-                                await msg.in_progress()
+                        with contextlib.suppress(Exception):
+                            await msg.in_progress()
                         try:
                             await on_message(ctx, client, msg, hooks)
                         except Exception as exc:
