@@ -9,7 +9,7 @@ import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bench import system
+from bench import sessions, system
 from fleet_runtime.logs import configure
 
 
@@ -22,6 +22,7 @@ async def main() -> str:
     except ImportError as exc:
         sections.append(f"## Scheduler alone\n\nnot run: {exc}\n")
     sections.append(system.table("Whole system", (await system.run()).rows))
+    sections.append(system.table("Device sessions", await sessions.run()))
     head = (
         f"# Benchmarks\n\n{datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {platform.machine()}, "
         f"{os.cpu_count()} cores, Python {sys.version.split()[0]}\n"

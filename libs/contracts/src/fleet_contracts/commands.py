@@ -17,6 +17,7 @@ from fleet_contracts.groups import GROUP_NAME, CreateGroupRequest
 from fleet_contracts.messages import Message
 from fleet_contracts.rest import AccountRequest, CreateTaskRequest
 from fleet_contracts.schedules import ScheduleRequest
+from fleet_contracts.sessions import CustomScriptRequest
 from fleet_contracts.subjects import command_subject
 from fleet_contracts.webhooks import WebhookRequest
 
@@ -119,6 +120,45 @@ class DeleteWebhook(Command):
     hook_id: int
 
 
+class LeaseDevice(Command):
+    """Lend `serial` to the caller's program. `device_limit` is the caller's plan's
+    (None: no limit); live leases and running tasks together must stay within it."""
+
+    type: Literal["lease_device"] = "lease_device"
+    lease_id: str
+    serial: str
+    label: str = ""
+    ttl_secs: int
+    device_limit: int | None = None
+
+
+class RenewLease(Command):
+    type: Literal["renew_lease"] = "renew_lease"
+    lease_id: str
+    ttl_secs: int | None = None
+
+
+class ReleaseLease(Command):
+    type: Literal["release_lease"] = "release_lease"
+    lease_id: str
+
+
+class RegisterCustomScript(Command):
+    type: Literal["register_custom_script"] = "register_custom_script"
+    script: CustomScriptRequest
+
+
+class RemoveCustomScript(Command):
+    type: Literal["remove_custom_script"] = "remove_custom_script"
+    name: str
+
+
+class SetHostAdb(Command):
+    type: Literal["set_host_adb"] = "set_host_adb"
+    agent_id: str
+    enabled: bool
+
+
 AnyCommand = Annotated[
     CreateTasks
     | StopTask
@@ -136,7 +176,13 @@ AnyCommand = Annotated[
     | SetScheduleEnabled
     | DeleteSchedule
     | RegisterWebhook
-    | DeleteWebhook,
+    | DeleteWebhook
+    | LeaseDevice
+    | RenewLease
+    | ReleaseLease
+    | RegisterCustomScript
+    | RemoveCustomScript
+    | SetHostAdb,
     Field(discriminator="type"),
 ]
 COMMAND_ADAPTER: TypeAdapter[AnyCommand] = TypeAdapter(AnyCommand)
@@ -159,6 +205,12 @@ _SUBJECTS: dict[str, str] = {
     "delete_schedule": command_subject("schedule", "delete"),
     "register_webhook": command_subject("webhook", "register"),
     "delete_webhook": command_subject("webhook", "delete"),
+    "lease_device": command_subject("lease", "grant"),
+    "renew_lease": command_subject("lease", "renew"),
+    "release_lease": command_subject("lease", "release"),
+    "register_custom_script": command_subject("script", "register"),
+    "remove_custom_script": command_subject("script", "remove"),
+    "set_host_adb": command_subject("host", "adb"),
 }
 
 

@@ -250,6 +250,77 @@ class WebhookDeleted(DomainEvent):
     hook_id: int
 
 
+# Leases: stream id `lease-<lease_id>` (never the session id, which is the secret)
+class LeaseGranted(DomainEvent):
+    """A phone lent to a program; `task_id` set when the lease was made for a task's
+    custom script (it then lives as long as that dispatch, not by TTL)."""
+
+    type: Literal["lease.granted"] = "lease.granted"
+    lease_id: str
+    serial: str
+    agent_id: str | None = None
+    label: str = ""
+    ttl_secs: int | None = None
+    expires_at: datetime | None = None
+    task_id: int | None = None
+    dispatch_id: str | None = None
+    actor: str = "local"
+
+
+class LeaseRenewed(DomainEvent):
+    type: Literal["lease.renewed"] = "lease.renewed"
+    lease_id: str
+    serial: str
+    ttl_secs: int
+    expires_at: datetime
+    actor: str = "local"
+
+
+class LeaseReleased(DomainEvent):
+    type: Literal["lease.released"] = "lease.released"
+    lease_id: str
+    serial: str
+    reason: str = "released"
+    actor: str = "local"
+
+
+class LeaseExpired(DomainEvent):
+    """Not renewed in time: decided on the database's clock by a scheduler."""
+
+    type: Literal["lease.expired"] = "lease.expired"
+    lease_id: str
+    serial: str
+    expired_at: datetime
+    actor: str = "scheduler"
+
+
+# Custom scripts: stream id `script-<name>`; per-host settings: `host-<agent_id>`
+class CustomScriptRegistered(DomainEvent):
+    type: Literal["script.registered"] = "script.registered"
+    name: str
+    command: list[str]
+    platform: str = "generic"
+    timeout_secs: int = 1800
+    hosts: list[str] = Field(default_factory=list)
+    description: str = ""
+    actor: str = "local"
+
+
+class CustomScriptRemoved(DomainEvent):
+    type: Literal["script.removed"] = "script.removed"
+    name: str
+    actor: str = "local"
+
+
+class HostAdbSet(DomainEvent):
+    """adb passthrough turned on or off for one agent's phones (admin only)."""
+
+    type: Literal["host.adb_set"] = "host.adb_set"
+    agent_id: str
+    enabled: bool
+    actor: str = "local"
+
+
 AnyEvent = Annotated[
     TaskCreated
     | TaskScheduled
@@ -276,7 +347,14 @@ AnyEvent = Annotated[
     | ScheduleDeleted
     | ScheduleFired
     | WebhookRegistered
-    | WebhookDeleted,
+    | WebhookDeleted
+    | LeaseGranted
+    | LeaseRenewed
+    | LeaseReleased
+    | LeaseExpired
+    | CustomScriptRegistered
+    | CustomScriptRemoved
+    | HostAdbSet,
     Field(discriminator="type"),
 ]
 EVENT_ADAPTER: TypeAdapter[AnyEvent] = TypeAdapter(AnyEvent)

@@ -11,10 +11,15 @@ from pydantic import BaseModel, ConfigDict, Field
 from fleet_contracts.codes import TaskSource, TaskStatus
 from fleet_contracts.subjects import (
     QUERY_ACCOUNT_LIST,
+    QUERY_ADB_HOSTS,
     QUERY_COMMAND_RESULT,
+    QUERY_CUSTOM_SCRIPTS,
     QUERY_DEVICE_LIST,
     QUERY_GROUP_LIST,
+    QUERY_LEASE_CHECK,
+    QUERY_LEASE_LIST,
     QUERY_PING,
+    QUERY_RPC_DEVICES,
     QUERY_SCHEDULE_GET,
     QUERY_SCHEDULE_LIST,
     QUERY_TASK_EVENTS,
@@ -93,6 +98,29 @@ class GetWebhook(Query):
     hook_id: int
 
 
+class CheckLease(Query):
+    """Is `lease_id` live (database clock) and for `serial`? 40303 when not."""
+
+    lease_id: str
+    serial: str
+
+
+class ListLeases(Query):
+    pass
+
+
+class ListRpcDevices(Query):
+    pass
+
+
+class ListCustomScripts(Query):
+    pass
+
+
+class ListAdbHosts(Query):
+    pass
+
+
 QUERY_SUBJECTS: dict[type[Query], str] = {
     ListTasks: QUERY_TASK_LIST,
     GetTask: QUERY_TASK_GET,
@@ -107,4 +135,9 @@ QUERY_SUBJECTS: dict[type[Query], str] = {
     GetSchedule: QUERY_SCHEDULE_GET,
     ListWebhooks: QUERY_WEBHOOK_LIST,
     GetWebhook: QUERY_WEBHOOK_GET,
+    CheckLease: QUERY_LEASE_CHECK,
+    ListLeases: QUERY_LEASE_LIST,
+    ListRpcDevices: QUERY_RPC_DEVICES,
+    ListCustomScripts: QUERY_CUSTOM_SCRIPTS,
+    ListAdbHosts: QUERY_ADB_HOSTS,
 }

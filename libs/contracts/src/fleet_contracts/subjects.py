@@ -22,6 +22,7 @@ HDR_MSG_ID = "Nats-Msg-Id"
 HDR_REPLY_TO = "Fleet-Reply-To"
 HDR_CORRELATION_ID = "Fleet-Correlation-Id"
 HDR_MESSAGE_TYPE = "Fleet-Type"
+HDR_CHUNK = "Fleet-Chunk"
 
 SCHEDULER_QUEUE = "schedulers"
 SCHEDULER_COMMANDS_CONSUMER = "scheduler-commands"
@@ -123,6 +124,14 @@ def agent_stop_subject(agent_id: str) -> str:
     return f"agent.{token(agent_id)}.stop"
 
 
+def agent_device_subject(agent_id: str) -> str:
+    """A call on one phone (jsonrpc, hierarchy, screenshot, adb) for a leased session.
+
+    The agent answers on the request's reply subject with a `DeviceCallMeta` message,
+    then the body in `Fleet-Chunk`-numbered pieces below the bus's payload limit."""
+    return f"agent.{token(agent_id)}.device"
+
+
 def heartbeat_subject(agent_id: str) -> str:
     return f"heartbeat.{token(agent_id)}"
 
@@ -145,3 +154,8 @@ QUERY_SCHEDULE_GET = "query.schedule.get"
 QUERY_WEBHOOK_LIST = "query.webhook.list"
 QUERY_WEBHOOK_GET = "query.webhook.get"
 SCHEDULER_WEBHOOKS_CONSUMER = "scheduler-webhooks"
+QUERY_LEASE_CHECK = "query.lease.check"
+QUERY_LEASE_LIST = "query.lease.list"
+QUERY_RPC_DEVICES = "query.rpc.devices"
+QUERY_CUSTOM_SCRIPTS = "query.script.custom"
+QUERY_ADB_HOSTS = "query.host.adb"

@@ -22,8 +22,10 @@ from nats.js.errors import BadRequestError, BucketNotFoundError
 from nats.js.kv import KeyValue
 from pydantic import ValidationError
 
+from fleet_agent.device_calls import answer as answer_device_call
 from fleet_agent.driver import Driver
 from fleet_agent.phone import Phone
+from fleet_agent.program import ProgramScript
 from fleet_agent.reports import publish_many, publish_report
 from fleet_agent.runs import DEVICE_DISCONNECTED, Runner
 from fleet_agent.scripts import Script, ScriptHost, discover, spec_of
@@ -42,6 +44,7 @@ from fleet_contracts.agent import (
 )
 from fleet_contracts.subjects import (
     KV_SCRIPTS,
+    agent_device_subject,
     agent_run_subject,
     agent_stop_subject,
     heartbeat_subject,
@@ -95,6 +98,7 @@ class Agent:
         self._scripts: dict[str, Script] = {}
         self._subs: list[Subscription] = []
         self._heartbeat: asyncio.Task[None] | None = None
+        self._calls: set[asyncio.Task[None]] = set()
         # Device changes seen while starting wait for agent.started to go out first.
         self._announced = asyncio.Event()
 
@@ -158,6 +162,7 @@ class Agent:
                 platform_of=self._platform_of,
                 screenshot_dir=s.agent_screenshot_dir,
                 max_parallel=s.agent_max_parallel,
+                programs=self._program_for,
             )
             devices = await self._driver.start(self)
             self._devices = {d.serial: d for d in devices}
@@ -167,6 +172,7 @@ class Agent:
             self._subs = [
                 await nc.subscribe(agent_run_subject(self.agent_id), cb=self._on_run),
                 await nc.subscribe(agent_stop_subject(self.agent_id), cb=self._on_stop),
+                await nc.subscribe(agent_device_subject(self.agent_id), cb=self._on_device_call),
             ]
             if isinstance(self._driver, SimDriver):
                 for action in ("unplug", "plug"):
@@ -349,6 +355,24 @@ class Agent:
         with bind_correlation(request.correlation_id, task_id=request.task_id):
             log.info("run.stop_requested", reason=request.reason)
             await self._reply(msg, self.runner.stop(request))
+
+    def _program_for(self, request: RunTask) -> ProgramScript | str:
+        """The run of a registered custom script, or why this host will not run it."""
+        program = request.program
+        assert program is not None
+        if program.hosts and self.agent_id not in program.hosts:
+            return f"custom script {program.name!r} is not registered on agent {self.agent_id}"
+        if not request.session_id:
+            return f"custom script {program.name!r} came without its session"
+        return ProgramScript(
+            program, request.session_id, request.serial, self.settings.agent_api_base
+        )
+
+    async def _on_device_call(self, msg: Msg) -> None:
+        # Each call in its own task: a slow phone must not hold back calls on the others.
+        task = asyncio.create_task(answer_device_call(self.nc, msg, self._phone_of))
+        self._calls.add(task)
+        task.add_done_callback(self._calls.discard)
 
     async def _on_sim(self, msg: Msg) -> None:
         driver = self.driver

@@ -47,6 +47,7 @@ AGENT_STOPPING = "agent stopping"
 @dataclass
 class Run:
     request: RunTask
+    script: Script | None = None
     token: CancelToken = field(default_factory=CancelToken)
     job: asyncio.Task[None] | None = None
     stop_requested: bool = False
@@ -65,6 +66,7 @@ class Runner:
         platform_of: Callable[[str, str | None], str | None],
         screenshot_dir: Path,
         max_parallel: int | None = None,
+        programs: Callable[[RunTask], Script | str] | None = None,
     ) -> None:
         self._agent_id = agent_id
         self._js = js
@@ -73,6 +75,7 @@ class Runner:
         self._platform_of = platform_of
         self._screenshot_dir = screenshot_dir
         self._max_parallel = max_parallel
+        self._programs = programs
         self._runs: dict[str, Run] = {}
         self._stopping = asyncio.Event()
 
@@ -105,7 +108,14 @@ class Runner:
                 accepted=False,
                 reason=f"device {request.serial} is not attached to agent {self._agent_id}",
             )
-        if request.script_name not in self._scripts:
+        script: Script | None = self._scripts.get(request.script_name)
+        if request.program is not None and self._programs is not None:
+            # A registered custom script: the run brings its program (or why it cannot run).
+            made = self._programs(request)
+            if isinstance(made, str):
+                return AgentReply(accepted=False, reason=made)
+            script = made
+        if script is None:
             return AgentReply(
                 accepted=False,
                 reason=f"script {request.script_name!r} not installed on agent {self._agent_id}",
@@ -118,7 +128,7 @@ class Runner:
                     f"scripts (FLEET_AGENT_MAX_PARALLEL={self._max_parallel})"
                 ),
             )
-        run = Run(request)
+        run = Run(request, script=script)
         self._runs[request.serial] = run
         run.job = asyncio.create_task(self._execute(run, phone), name=f"task-{request.task_id}")
         return AgentReply(accepted=True)
@@ -201,7 +211,7 @@ class Runner:
     async def _attempt(self, run: Run, phone: Phone) -> Report:
         request = run.request
         ids = request.caused()
-        script = self._scripts[request.script_name]
+        script = run.script or self._scripts[request.script_name]
         log.info("run.accepted", script=request.script_name, dispatch_id=request.dispatch_id)
         await publish_report(
             self._js,

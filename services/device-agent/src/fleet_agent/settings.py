@@ -32,6 +32,8 @@ class AgentSettings(BaseSettings):
     )
     agent_max_parallel: int | None = Field(None, ge=1)
     agent_ui_timeout_seconds: float = Field(15.0, gt=0)
+    # Where custom scripts reach the gateway (their TIKMATRIX_API_BASE).
+    agent_api_base: str = "http://127.0.0.1:50809"
     log_level: str = "INFO"
 
     @field_validator("agent_material_roots", mode="before")

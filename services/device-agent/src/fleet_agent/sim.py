@@ -13,11 +13,14 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Any
+from xml.sax.saxutils import quoteattr
 
 import structlog
 
 from fleet_agent.driver import DeviceListener
 from fleet_agent.phone import DeviceGoneError, ElementMissingError, PhoneError, Selector
+from fleet_agent.remote import RemoteCallError, png, shell_words
 from fleet_contracts.agent import DeviceInfo
 
 log = structlog.get_logger(__name__)
@@ -31,6 +34,14 @@ TAP = 0.7
 TYPE_PER_CHAR = 0.03
 TYPE_MAX = 3.0
 PRESENT = 0.3
+RPC = 0.05
+SCREEN_WIDTH, SCREEN_HEIGHT = 720, 1280
+# Noise rows of the simulated screenshot: about 1.4 MB, above NATS's 1 MiB payload
+# limit, so every screenshot exercises the chunked reply.
+SCREEN_NOISE_ROWS = 680
+SIM_RPC_METHODS = frozenset(
+    {"click", "swipe", "pressKey", "setText", "clearTextField", "waitForIdle", "ping"}
+)
 
 
 class SimPhone:
@@ -42,6 +53,7 @@ class SimPhone:
         self.pushed: dict[str, int] = {}
         self.faults: list[PhoneError] = []
         """Failures the next steps raise, first one first."""
+        self._png: bytes | None = None
 
     @property
     def serial(self) -> str:
@@ -102,6 +114,81 @@ class SimPhone:
 
     async def wait(self, seconds: float) -> None:
         await self._take(seconds)
+
+    # The custom-script API (`remote.RemotePhone`) ------------------------------------
+    def device_info(self) -> dict[str, Any]:
+        return {
+            "currentPackageName": "com.android.launcher3",
+            "displayWidth": SCREEN_WIDTH,
+            "displayHeight": SCREEN_HEIGHT,
+            "displayRotation": 0,
+            "displaySizeDpX": 360,
+            "displaySizeDpY": 640,
+            "naturalOrientation": True,
+            "productName": "sim_pixel_7",
+            "screenOn": True,
+            "sdkInt": 34,
+            "serial": self._serial,
+        }
+
+    def _hierarchy(self) -> str:
+        nodes = [
+            ("android.widget.FrameLayout", "", "", "[0,0][720,1280]"),
+            (
+                "android.widget.TextView",
+                self._serial,
+                "com.android.launcher3:id/title",
+                "[40,120][680,200]",
+            ),
+            (
+                "android.widget.Button",
+                "Log in",
+                "com.zhiliaoapp.musically:id/login",
+                "[160,1000][560,1100]",
+            ),
+        ]
+        inner = "".join(
+            f"<node index={quoteattr(str(i))} text={quoteattr(text)}"
+            f" resource-id={quoteattr(rid)} class={quoteattr(cls)}"
+            f' package="com.android.launcher3" content-desc="" clickable="true"'
+            f" bounds={quoteattr(bounds)} />"
+            for i, (cls, text, rid, bounds) in enumerate(nodes)
+        )
+        return (
+            "<?xml version='1.0' encoding='UTF-8' standalone='yes' ?>"
+            f'<hierarchy rotation="0">{inner}</hierarchy>'
+        )
+
+    async def rpc(self, method: str, params: Any, within: float) -> Any:
+        await self._take(RPC)
+        if method == "deviceInfo":
+            return self.device_info()
+        if method == "dumpWindowHierarchy":
+            return self._hierarchy()
+        if method in SIM_RPC_METHODS:
+            return True
+        raise RemoteCallError(f"method: {method!r} is not a UIAutomator2 method (-32601)")
+
+    async def hierarchy(self, within: float) -> str:
+        await self._take(RPC)
+        return self._hierarchy()
+
+    async def screenshot_png(self, within: float) -> bytes:
+        await self._take(RPC)
+        if self._png is None:
+            self._png = await asyncio.to_thread(
+                png, SCREEN_WIDTH, SCREEN_HEIGHT, self.number, SCREEN_NOISE_ROWS
+            )
+        return self._png
+
+    async def adb(self, args: list[str], within: float) -> str:
+        words = shell_words(args)
+        await self._take(SHELL)
+        if words[0] == "echo":
+            return " ".join(words[1:]) + "\n"
+        if words[:2] == ["getprop", "ro.product.model"]:
+            return "Simulated Pixel 7\n"
+        return ""
 
 
 class SimDriver:

@@ -24,6 +24,7 @@ from fleet_scheduler import (
     autoretry,
     commands,
     dispatch,
+    lease_expiry,
     liveness,
     queries,
     recurring,
@@ -106,6 +107,7 @@ class Scheduler:
         stopping = self._stopping
         loops = [commands.run(ctx, stopping), reports.run(ctx, stopping)]
         loops += [liveness.run(ctx, stopping), dispatch.run(ctx, stopping)]
+        loops.append(lease_expiry.run(ctx, stopping))
         loops += [autoretry.run(ctx, stopping), recurring.run(ctx, stopping)]
         loops.append(webhook_delivery.run(ctx, stopping))
         if self.relay_enabled:

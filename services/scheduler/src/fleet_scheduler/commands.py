@@ -25,10 +25,16 @@ from fleet_contracts.commands import (
     CommandResult,
     CreateTasks,
     DeleteTask,
+    LeaseDevice,
     RegisterAccount,
+    RegisterCustomScript,
+    ReleaseLease,
     RemoveAccount,
+    RemoveCustomScript,
+    RenewLease,
     RetryAllTasks,
     RetryTask,
+    SetHostAdb,
     StopTask,
     parse_command,
 )
@@ -42,7 +48,7 @@ from fleet_contracts.subjects import (
 )
 from fleet_contracts.validation import describe
 from fleet_runtime.logs import bind_correlation
-from fleet_scheduler import groups, handlers, scheduling_commands
+from fleet_scheduler import groups, handlers, scheduling_commands, session_commands
 from fleet_scheduler.consumer import pull_loop
 from fleet_scheduler.context import Context
 from fleet_scheduler.errors import Rejected, database_unavailable, failure_code
@@ -63,7 +69,7 @@ async def plugin_schemas(ctx: Context, name: str) -> dict[str, dict[str, Any]]:
         kv = await ctx.js.key_value(KV_SCRIPTS)
         entry = await kv.get(name)
     except (BucketNotFoundError, KeyNotFoundError):
-        return {}
+        return await session_commands.custom_schema(ctx.pool, name)
     if not entry.value:
         return {}
     spec = json.loads(entry.value)
@@ -103,6 +109,7 @@ async def _decide(
                     ):
                         by_serial.setdefault(r["serial"], []).append(r["username"])
                 targets = handlers.plan_targets(cmd, known, by_serial, {})
+            await session_commands.check_custom_targets(conn, cmd, targets)
             ids = [
                 r[0]
                 for r in await conn.fetch(
@@ -136,6 +143,15 @@ async def _decide(
                 "SELECT count(*) FROM accounts WHERE username = $1", cmd.username
             )
             return handlers.remove_account(cmd, bool(exists))
+        case (
+            LeaseDevice()
+            | RenewLease()
+            | ReleaseLease()
+            | RegisterCustomScript()
+            | RemoveCustomScript()
+            | SetHostAdb()
+        ):
+            return await session_commands.decide(conn, cmd)
         case _ if scheduling_commands.handles(cmd):
             return await scheduling_commands.decide(conn, ctx, cmd)
     raise Rejected(ErrorCode.INVALID_PARAMETERS, f"type: unknown command {cmd.type!r}")

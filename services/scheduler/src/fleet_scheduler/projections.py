@@ -33,12 +33,14 @@ from fleet_contracts.events import (
     TaskStopped,
 )
 from fleet_scheduler import scheduling_read_models
+from fleet_scheduler.session_projections import SESSION_EVENTS, SESSION_TABLES
+from fleet_scheduler.session_projections import project as project_session
 from fleet_scheduler.store import RecordedEvent, recorded_from_row
 from fleet_scheduler.task import TaskState
 
 log = structlog.get_logger(__name__)
 
-READ_MODEL_TABLES = ("tasks", "devices", "accounts")
+READ_MODEL_TABLES = ("tasks", "devices", "accounts", *SESSION_TABLES)
 
 
 Deltas = Counter[int]
@@ -332,6 +334,8 @@ async def project(conn: asyncpg.Connection, rec: RecordedEvent, deltas: Deltas) 
             )
         case AccountRemoved():
             await conn.execute("DELETE FROM accounts WHERE username = $1", event.username)
+        case _ if isinstance(event, SESSION_EVENTS):
+            await project_session(conn, event, rec)
 
 
 def task_state(row: asyncpg.Record) -> TaskState:
@@ -367,7 +371,7 @@ async def rebuild(conn: asyncpg.Connection, batch: int = 2000) -> int:
     replayed = 0
     async with conn.transaction():
         await conn.execute("LOCK TABLE events IN EXCLUSIVE MODE")
-        await conn.execute("TRUNCATE tasks, devices, accounts")
+        await conn.execute(f"TRUNCATE {', '.join(READ_MODEL_TABLES)}")
         await conn.execute(f"TRUNCATE {', '.join(scheduling_read_models.READ_MODEL_TABLES)}")
         await conn.execute("UPDATE task_stats SET count = 0")
         deltas: Deltas = Counter()

@@ -42,13 +42,18 @@ from fleet_runtime.logs import bind_correlation
 from fleet_scheduler import scheduling_queries
 from fleet_scheduler.commands import recorded_result
 from fleet_scheduler.context import Context
+from fleet_scheduler.session_queries import SESSION_ANSWERS
 
 log = structlog.get_logger(__name__)
 
 TASK_COLUMNS = (
     "t.*, d.online AS device_online, d.busy AS device_busy, d.current_task_id AS device_task"
+    ", l.actor AS lease_actor, l.label AS lease_label"
 )
-TASK_FROM = "tasks t LEFT JOIN devices d ON d.serial = t.serial"
+TASK_FROM = (
+    "tasks t LEFT JOIN devices d ON d.serial = t.serial"
+    " LEFT JOIN leases l ON l.serial = t.serial AND l.task_id IS NULL"
+)
 
 
 def task_view(row: asyncpg.Record, now: Any) -> TaskView:
@@ -61,6 +66,9 @@ def task_view(row: asyncpg.Record, now: Any) -> TaskView:
             reason = row["wait_reason"]
         elif not row["device_online"]:
             reason = "device offline"
+        elif row["lease_actor"] is not None:
+            label = f" ({row['lease_label']})" if row["lease_label"] else ""
+            reason = f"device leased by {row['lease_actor']}{label}; waits until the lease ends"
         elif row["device_busy"] and row["device_task"] != row["id"]:
             reason = f"device busy with task {row['device_task']}"
         else:
@@ -222,6 +230,7 @@ ANSWERS: dict[type[Query], Answer] = {
     ListAccounts: list_accounts,
     GetCommandResult: command_result,
     Ping: ping,
+    **SESSION_ANSWERS,
     **scheduling_queries.ANSWERS,
 }
 
