@@ -30,15 +30,22 @@ BATCH = 200
 HORIZON = timedelta(hours=1)
 """Failures older than this are left alone (after a long outage, or a read-model rebuild)."""
 
+# A failure whose phone is still held for it (its agent has not said the run ended) waits:
+# the phone may yet report the run finished, and a retry then would post twice.
+_UNCHECKED = (
+    "FROM tasks t LEFT JOIN devices d ON d.serial = t.serial WHERE NOT t.retry_checked"
+    " AND NOT COALESCE(d.busy AND d.current_task_id = t.id, false)"
+)
+
 
 async def retry_failed(ctx: Context) -> int:
     """Decide for every failure not looked at yet; returns how many were retried."""
     async with ctx.pool.acquire() as conn:
-        if not await conn.fetchval("SELECT EXISTS (SELECT 1 FROM tasks WHERE NOT retry_checked)"):
+        if not await conn.fetchval(f"SELECT EXISTS (SELECT 1 {_UNCHECKED})"):
             return 0
     async with unit_of_work(ctx.pool, on_commit=ctx.appended) as uow:
         rows = await uow.conn.fetch(
-            "SELECT * FROM tasks WHERE NOT retry_checked ORDER BY id LIMIT $1 FOR UPDATE", BATCH
+            f"SELECT t.* {_UNCHECKED} ORDER BY t.id LIMIT $1 FOR UPDATE OF t", BATCH
         )
         now = ctx.clock()
         outcome = Outcome()
