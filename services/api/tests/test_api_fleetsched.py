@@ -150,8 +150,8 @@ async def test_transient_failures_are_retried_and_the_third_attempt_completes(
     fleet: Fleet, video: str
 ) -> None:
     c = fleet.client
-    fleet.sim.fail_next("device_serial_2", "device_gone")
-    fleet.sim.fail_next("device_serial_2", "ui_timeout")
+    fleet.sim.fail_runs("device_serial_2", "device_gone")
+    fleet.sim.fail_runs("device_serial_2", "ui_timeout")
     retry = {"max_attempts": 3, "min_backoff_seconds": 0, "max_backoff_seconds": 0.2}
     created = await ok(
         c.post("/api/v1/task", json=post(video, serials=["device_serial_2"], retry=retry))
@@ -174,7 +174,7 @@ async def test_attempts_run_out_a_manual_retry_starts_a_new_series_a_missing_fil
     fleet: Fleet, video: str
 ) -> None:
     c = fleet.client
-    fleet.sim.fail_next("device_serial_4", "device_gone", times=2)
+    fleet.sim.fail_runs("device_serial_4", "device_gone", times=2)
     retry = {"max_attempts": 2, "min_backoff_seconds": 0, "max_backoff_seconds": 0}
     created = await ok(
         c.post("/api/v1/task", json=post(video, serials=["device_serial_4"], retry=retry))
@@ -198,7 +198,7 @@ async def test_attempts_run_out_a_manual_retry_starts_a_new_series_a_missing_fil
     assert failed["reason_class"] == "missing_file"
     # A witness failing after it is retried automatically: the loop looks at failures
     # in id order, so by then it has looked at the first one too.
-    fleet.sim.fail_next("device_serial_4", "device_gone")
+    fleet.sim.fail_runs("device_serial_4", "device_gone")
     witness_body = post(video, serials=["device_serial_4"], retry=retry)
     [witness] = (await ok(c.post("/api/v1/task", json=witness_body)))["task_ids"]
     await wait_task(c, witness, lambda t: t["status"] == 2, "the witness retried and done")

@@ -38,6 +38,11 @@ NOW = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)
             "script_config.post_way: must be share, addButton or useSound",
             FailureClass.INVALID_CONFIG,
         ),
+        (
+            "material_list[0]: /v.mp4 is not a readable file on this agent's host; check the"
+            " path and that the agent may read it",
+            FailureClass.MISSING_FILE,
+        ),
         ("stopped", FailureClass.STOPPED),
         ("script 'post' crashed: KeyError: 'x'", FailureClass.SCRIPT_ERROR),
         ("something new", FailureClass.OTHER),

@@ -67,6 +67,9 @@ class Heartbeat(Message):
     host: str
     devices: list[DeviceStatus] = Field(default_factory=list)
     interval_seconds: float = 5.0
+    material_cache: dict[str, int] | None = Field(
+        None, description="the host's library cache: hits, misses, fetched_bytes, bytes, items"
+    )
 
 
 # Reports: agent -> REPORTS stream -> scheduler

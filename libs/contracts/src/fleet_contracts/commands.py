@@ -159,6 +159,28 @@ class SetHostAdb(Command):
     enabled: bool
 
 
+class AddMaterial(Command):
+    """Name and tag bytes the gateway has stored in the `materials` bucket."""
+
+    type: Literal["add_material"] = "add_material"
+    sha256: str = Field(..., pattern=r"^[0-9a-f]{64}$")
+    size: int = Field(..., ge=1)
+    name: str
+    content_type: str = "application/octet-stream"
+    tags: list[str] = Field(default_factory=list)
+
+
+class TagMaterial(Command):
+    type: Literal["tag_material"] = "tag_material"
+    material_id: int
+    tags: list[str]
+
+
+class DeleteMaterial(Command):
+    type: Literal["delete_material"] = "delete_material"
+    material_id: int
+
+
 AnyCommand = Annotated[
     CreateTasks
     | StopTask
@@ -182,7 +204,10 @@ AnyCommand = Annotated[
     | ReleaseLease
     | RegisterCustomScript
     | RemoveCustomScript
-    | SetHostAdb,
+    | SetHostAdb
+    | AddMaterial
+    | TagMaterial
+    | DeleteMaterial,
     Field(discriminator="type"),
 ]
 COMMAND_ADAPTER: TypeAdapter[AnyCommand] = TypeAdapter(AnyCommand)
@@ -211,6 +236,9 @@ _SUBJECTS: dict[str, str] = {
     "register_custom_script": command_subject("script", "register"),
     "remove_custom_script": command_subject("script", "remove"),
     "set_host_adb": command_subject("host", "adb"),
+    "add_material": command_subject("material", "add"),
+    "tag_material": command_subject("material", "tag"),
+    "delete_material": command_subject("material", "delete"),
 }
 
 

@@ -138,6 +138,17 @@ class TaskDeleted(DomainEvent):
     task_id: int
 
 
+class TaskMaterialsPicked(DomainEvent):
+    """The library items one task publishes, resolved once at create (see `materials`)."""
+
+    type: Literal["task.materials_picked"] = "task.materials_picked"
+    task_id: int
+    materials: list[dict[str, Any]] = Field(
+        default_factory=list, description="[{id, sha256, name, size, kind, ref}] in order"
+    )
+    tags: list[str] = Field(default_factory=list, description="the tags picked by, if any")
+
+
 # Device events: stream id `device-<serial>`
 class DeviceConnected(DomainEvent):
     type: Literal["device.connected"] = "device.connected"
@@ -321,6 +332,32 @@ class HostAdbSet(DomainEvent):
     actor: str = "local"
 
 
+# Material events: stream id `material-<id>`
+class MaterialAdded(DomainEvent):
+    type: Literal["material.added"] = "material.added"
+    material_id: int
+    sha256: str
+    name: str
+    size: int
+    kind: str
+    content_type: str
+    tags: list[str] = Field(default_factory=list)
+
+
+class MaterialTagged(DomainEvent):
+    """The item's tag set replaced (PATCH), or grown by a duplicate upload."""
+
+    type: Literal["material.tagged"] = "material.tagged"
+    material_id: int
+    tags: list[str]
+
+
+class MaterialDeleted(DomainEvent):
+    type: Literal["material.deleted"] = "material.deleted"
+    material_id: int
+    sha256: str
+
+
 AnyEvent = Annotated[
     TaskCreated
     | TaskScheduled
@@ -354,7 +391,11 @@ AnyEvent = Annotated[
     | LeaseExpired
     | CustomScriptRegistered
     | CustomScriptRemoved
-    | HostAdbSet,
+    | HostAdbSet
+    | TaskMaterialsPicked
+    | MaterialAdded
+    | MaterialTagged
+    | MaterialDeleted,
     Field(discriminator="type"),
 ]
 EVENT_ADAPTER: TypeAdapter[AnyEvent] = TypeAdapter(AnyEvent)

@@ -46,6 +46,7 @@ _RULES: tuple[tuple[re.Pattern[str], FailureClass], ...] = (
         re.compile(
             r"does not exist on this agent host|is not a regular file|is not readable"
             r"|is not a folder on this agent host|file\(s\), the post needs|no library folder"
+            r"|is not a readable (file|folder)"
         ),
         FailureClass.MISSING_FILE,
     ),

@@ -18,6 +18,8 @@ from fleet_contracts.subjects import (
     QUERY_GROUP_LIST,
     QUERY_LEASE_CHECK,
     QUERY_LEASE_LIST,
+    QUERY_MATERIAL_GET,
+    QUERY_MATERIAL_LIST,
     QUERY_PING,
     QUERY_RPC_DEVICES,
     QUERY_SCHEDULE_GET,
@@ -121,6 +123,20 @@ class ListAdbHosts(Query):
     pass
 
 
+class ListMaterials(Query):
+    tag: str | None = None
+    kind: str | None = None
+    page: int = Field(1, ge=1)
+    page_size: int = Field(20, ge=1, le=100)
+
+
+class GetMaterial(Query):
+    """One live item by id or by content digest (exactly one of the two)."""
+
+    material_id: int | None = None
+    sha256: str | None = None
+
+
 QUERY_SUBJECTS: dict[type[Query], str] = {
     ListTasks: QUERY_TASK_LIST,
     GetTask: QUERY_TASK_GET,
@@ -140,4 +156,6 @@ QUERY_SUBJECTS: dict[type[Query], str] = {
     ListRpcDevices: QUERY_RPC_DEVICES,
     ListCustomScripts: QUERY_CUSTOM_SCRIPTS,
     ListAdbHosts: QUERY_ADB_HOSTS,
+    ListMaterials: QUERY_MATERIAL_LIST,
+    GetMaterial: QUERY_MATERIAL_GET,
 }

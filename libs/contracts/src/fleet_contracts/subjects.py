@@ -68,6 +68,7 @@ COMMANDS = StreamSpec(
     name="COMMANDS",
     subjects=["cmd.>"],
     max_age_seconds=7 * 24 * 3600,
+    max_bytes=1024**3,
     description="REST commands waiting for a scheduler",
 )
 EVENTS = StreamSpec(
@@ -81,6 +82,7 @@ REPORTS = StreamSpec(
     name="REPORTS",
     subjects=["report.>"],
     max_age_seconds=24 * 3600,
+    max_bytes=2 * 1024**3,
     description="what the device agents observed",
 )
 ALL_STREAMS = (COMMANDS, EVENTS, REPORTS)
@@ -108,6 +110,10 @@ def device_stream_id(serial: str) -> str:
 
 def account_stream_id(username: str) -> str:
     return f"account-{username}"
+
+
+def material_stream_id(material_id: int) -> str:
+    return f"material-{material_id}"
 
 
 # Reports (agent -> scheduler, JetStream REPORTS)
@@ -147,6 +153,8 @@ QUERY_TASK_EVENTS = "query.task.events"
 QUERY_DEVICE_LIST = "query.device.list"
 QUERY_ACCOUNT_LIST = "query.account.list"
 QUERY_COMMAND_RESULT = "query.command.result"
+QUERY_MATERIAL_LIST = "query.material.list"
+QUERY_MATERIAL_GET = "query.material.get"
 QUERY_PING = "query.ping"
 QUERY_GROUP_LIST = "query.group.list"
 QUERY_SCHEDULE_LIST = "query.schedule.list"

@@ -27,6 +27,7 @@ from fleet_api.errors import ApiError, unavailable
 from fleet_api.scheduler import ask
 from fleet_api.state import Gateway, gateway
 from fleet_contracts.codes import ErrorCode, Role
+from fleet_contracts.permissions import device_call_inbox
 from fleet_contracts.queries import CheckLease
 from fleet_contracts.sessions import DeviceCall, DeviceCallMeta, LeaseCheck, lease_id_of
 from fleet_contracts.subjects import HDR_CHUNK, agent_device_subject
@@ -116,7 +117,9 @@ async def call_device(gw: Gateway, agent_id: str, call: DeviceCall) -> Answer:
     """Send `call` to the agent holding the phone; its outcome, and its body to stream."""
     if not gw.nc.is_connected:
         raise unavailable("the message bus (NATS) is not reachable; try again shortly")
-    inbox = gw.nc.new_inbox()
+    # Under its own prefix: an agent behind a leaf node may answer there and nowhere
+    # else among the gateway's replies (fleet_contracts.permissions).
+    inbox = f"{device_call_inbox()}.{gw.nc.new_inbox().rsplit('.', 1)[-1]}"
     sub = await gw.nc.subscribe(inbox)
     within = call.timeout + 5
     try:

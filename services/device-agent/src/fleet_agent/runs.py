@@ -18,6 +18,7 @@ import structlog
 from nats.js import JetStreamContext
 from pydantic import ValidationError
 
+from fleet_agent.evidence import Evidence
 from fleet_agent.phone import DeviceGoneError, Phone, PhoneError
 from fleet_agent.progress import ProgressThrottle
 from fleet_agent.reports import publish_progress, publish_report
@@ -67,7 +68,9 @@ class Runner:
         screenshot_dir: Path,
         max_parallel: int | None = None,
         programs: Callable[[RunTask], Script | str] | None = None,
+        evidence: Evidence | None = None,
     ) -> None:
+        self._evidence_sink = evidence
         self._agent_id = agent_id
         self._js = js
         self._scripts = scripts
@@ -259,17 +262,17 @@ class Runner:
         except Cancelled:
             return self._ended_by_cancel(run)
         except ScriptFailure as exc:
-            shot = await self._screenshot(run, phone) if exc.on_screen else None
+            shot = await self._evidence(run, phone) if exc.on_screen else None
             return self._failed(run, exc.reason, screenshot=shot)
         except DeviceGoneError as exc:
             log.warning("run.device_gone", error=str(exc))
             return self._failed(run, DEVICE_DISCONNECTED)
         except PhoneError as exc:
-            shot = await self._screenshot(run, phone)
+            shot = await self._evidence(run, phone)
             return self._failed(run, f"phone error: {exc}", screenshot=shot)
         except Exception as exc:
             log.exception("run.script_crashed", script=request.script_name)
-            shot = await self._screenshot(run, phone)
+            shot = await self._evidence(run, phone)
             reason = f"script {request.script_name!r} crashed: {type(exc).__name__}: {exc}"
             return self._failed(run, reason, screenshot=shot)
         return TaskCompletedReport(
@@ -279,6 +282,23 @@ class Runner:
             result=result,
             **ids,
         )
+
+    async def _evidence(self, run: Run, phone: Phone) -> Path | None:
+        """Screenshot and hierarchy of the failed step, uploaded; the local shot's path."""
+        shot = await self._screenshot(run, phone)
+        if self._evidence_sink is None:
+            return shot
+        try:
+            hierarchy = await asyncio.wait_for(
+                phone.hierarchy(SCREENSHOT_TIMEOUT), SCREENSHOT_TIMEOUT + 5
+            )
+        except (PhoneError, OSError, TimeoutError) as exc:
+            log.warning("run.hierarchy_failed", error=str(exc))
+            hierarchy = None
+        await self._evidence_sink.keep(
+            run.request.task_id, run.request.dispatch_id, shot, hierarchy
+        )
+        return shot
 
     async def _screenshot(self, run: Run, phone: Phone) -> Path | None:
         name = f"task-{run.request.task_id}-{run.request.dispatch_id}.png"

@@ -4,14 +4,18 @@ Serials are `<prefix>1` … `<prefix>N`; device n holds the TikTok accounts `sim
 and `sim_<n>_b`. Every step sleeps for a typical phone duration times the speed
 factor (1.0 real time, 0 instant), so the same scripts and material checks run as
 on a phone. A phone is a plain object and a sleep, never a thread, so one process
-holds thousands. `unplug` / `plug` stand in for a cable being pulled; `fail_next`
-makes a phone's next step fail the way a real one can (gone for a moment, a UI
-element that never shows), for tests of what happens after such a failure.
+holds thousands. `unplug` / `plug` stand in for a cable being pulled; `fail_runs`
+makes a phone's next runs fail the way a real one can (gone for a moment, a UI
+element that never shows), for tests of what happens after such a failure; a named
+step's element can be made missing once (an app update that moved a button), and
+the phone then shows a small PNG screenshot and an XML hierarchy like a real one.
 """
 
 from __future__ import annotations
 
 import asyncio
+import struct
+import zlib
 from pathlib import Path
 from typing import Any
 from xml.sax.saxutils import quoteattr
@@ -44,6 +48,23 @@ SIM_RPC_METHODS = frozenset(
 )
 
 
+def tiny_png(width: int = 36, height: int = 64, rgb: tuple[int, int, int] = (40, 40, 48)) -> bytes:
+    """A valid PNG of one colour: a phone-shaped screenshot a few hundred bytes long."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        body = kind + data
+        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
+
+    row = b"\x00" + bytes(rgb) * width
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(row * height))
+        + chunk(b"IEND", b"")
+    )
+
+
 class SimPhone:
     def __init__(self, serial: str, number: int, speed: float) -> None:
         self._serial = serial
@@ -54,6 +75,8 @@ class SimPhone:
         self.faults: list[PhoneError] = []
         """Failures the next steps raise, first one first."""
         self._png: bytes | None = None
+        self.fail_step: str | None = None
+        self.last_step = ""
 
     @property
     def serial(self) -> str:
@@ -94,14 +117,21 @@ class SimPhone:
     async def app_stop(self, package: str) -> None:
         await self._take(SHELL)
 
-    async def tap(self, step: str, selectors: list[Selector], within: float) -> None:
-        if not selectors:
+    def _check_step(self, step: str, selectors: list[Selector], within: float) -> None:
+        self.last_step = step
+        if not selectors or step == self.fail_step:
+            if step == self.fail_step:
+                self.fail_step = None
             raise ElementMissingError(step, selectors, within)
+
+    async def tap(self, step: str, selectors: list[Selector], within: float) -> None:
+        self._check_step(step, selectors, within)
         await self._take(TAP)
 
     async def type_text(
         self, step: str, selectors: list[Selector], text: str, within: float
     ) -> None:
+        self._check_step(step, selectors, within)
         await self._take(TAP + min(TYPE_MAX, TYPE_PER_CHAR * len(text)))
 
     async def present(self, selectors: list[Selector], within: float) -> bool:
@@ -110,7 +140,10 @@ class SimPhone:
         return False
 
     async def screenshot(self, path: Path) -> Path | None:
-        return None
+        if not self.attached:
+            raise DeviceGoneError(f"device {self._serial} is not attached")
+        await asyncio.to_thread(path.write_bytes, tiny_png())
+        return path
 
     async def wait(self, seconds: float) -> None:
         await self._take(seconds)
@@ -132,27 +165,31 @@ class SimPhone:
         }
 
     def _hierarchy(self) -> str:
+        # After a missed step the root says which one, so failure evidence reads true.
+        missed = f"simulated: no element for {self.last_step}" if self.last_step else ""
         nodes = [
-            ("android.widget.FrameLayout", "", "", "[0,0][720,1280]"),
+            ("android.widget.FrameLayout", "", "", "[0,0][720,1280]", missed),
             (
                 "android.widget.TextView",
                 self._serial,
                 "com.android.launcher3:id/title",
                 "[40,120][680,200]",
+                "",
             ),
             (
                 "android.widget.Button",
                 "Log in",
                 "com.zhiliaoapp.musically:id/login",
                 "[160,1000][560,1100]",
+                "",
             ),
         ]
         inner = "".join(
             f"<node index={quoteattr(str(i))} text={quoteattr(text)}"
             f" resource-id={quoteattr(rid)} class={quoteattr(cls)}"
-            f' package="com.android.launcher3" content-desc="" clickable="true"'
+            f' package="com.android.launcher3" content-desc={quoteattr(desc)} clickable="true"'
             f" bounds={quoteattr(bounds)} />"
-            for i, (cls, text, rid, bounds) in enumerate(nodes)
+            for i, (cls, text, rid, bounds, desc) in enumerate(nodes)
         )
         return (
             "<?xml version='1.0' encoding='UTF-8' standalone='yes' ?>"
@@ -170,6 +207,8 @@ class SimPhone:
         raise RemoteCallError(f"method: {method!r} is not a UIAutomator2 method (-32601)")
 
     async def hierarchy(self, within: float) -> str:
+        if not self.attached:
+            raise DeviceGoneError(f"device {self._serial} is not attached")
         await self._take(RPC)
         return self._hierarchy()
 
@@ -221,7 +260,7 @@ class SimDriver:
             {"username": f"sim_{n}_b", "platform": "tiktok"},
         ]
 
-    def fail_next(self, serial: str, kind: str, times: int = 1) -> None:
+    def fail_runs(self, serial: str, kind: str, times: int = 1) -> None:
         """The phone's next `times` runs each fail at their first step: `device_gone`
         (adb loses the phone for a moment) or `ui_timeout` (an element never appears)."""
         phone = self._phones[serial]
@@ -235,6 +274,11 @@ class SimDriver:
 
     def known(self, serial: str) -> bool:
         return serial in self._phones
+
+    def fail_next(self, serial: str, step: str) -> None:
+        """The next time the phone's run reaches `step`, its element is missing."""
+        self._phones[serial].fail_step = step
+        log.info("sim.will_fail", serial=serial, step=step)
 
     async def unplug(self, serial: str) -> None:
         phone = self._phones[serial]

@@ -19,6 +19,7 @@ import structlog
 from nats.aio.client import Client
 
 from fleet_contracts.messages import utcnow
+from fleet_contracts.permissions import inbox_prefix
 from fleet_runtime.bus import connect, ensure_streams
 from fleet_scheduler import (
     autoretry,
@@ -86,13 +87,18 @@ class Scheduler:
         async def resubscribe() -> None:
             if self.ctx is not None:
                 with contextlib.suppress(Exception):
-                    await ensure_streams(self.ctx.js)
+                    await ensure_streams(
+                        self.ctx.js, settings.streams, replicas=settings.nats_stream_replicas
+                    )
 
         self._nc = await connect(
-            settings.nats_url, f"scheduler-{settings.scheduler_id}", on_reconnected=resubscribe
+            settings.nats_url,
+            f"scheduler-{settings.scheduler_id}",
+            on_reconnected=resubscribe,
+            link=settings.nats_link(inbox_prefix("scheduler")),
         )
         js = self._nc.jetstream()
-        await ensure_streams(js)
+        await ensure_streams(js, settings.streams, replicas=settings.nats_stream_replicas)
         self.ctx = ctx = Context(
             settings=settings,
             pool=pool,

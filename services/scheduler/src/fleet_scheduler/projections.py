@@ -20,11 +20,15 @@ from fleet_contracts.events import (
     AccountsReported,
     DeviceConnected,
     DeviceDisconnected,
+    MaterialAdded,
+    MaterialDeleted,
+    MaterialTagged,
     TaskCompleted,
     TaskCreated,
     TaskDeleted,
     TaskDispatched,
     TaskFailed,
+    TaskMaterialsPicked,
     TaskProgressed,
     TaskRequeued,
     TaskRetried,
@@ -40,7 +44,7 @@ from fleet_scheduler.task import TaskState
 
 log = structlog.get_logger(__name__)
 
-READ_MODEL_TABLES = ("tasks", "devices", "accounts", *SESSION_TABLES)
+READ_MODEL_TABLES = ("tasks", "devices", "accounts", "materials", *SESSION_TABLES)
 
 
 Deltas = Counter[int]
@@ -336,6 +340,40 @@ async def project(conn: asyncpg.Connection, rec: RecordedEvent, deltas: Deltas) 
             await conn.execute("DELETE FROM accounts WHERE username = $1", event.username)
         case _ if isinstance(event, SESSION_EVENTS):
             await project_session(conn, event, rec)
+        case TaskMaterialsPicked():
+            # The pick lives in the task's config already; only its version moves.
+            await conn.execute(
+                "UPDATE tasks SET version = $2 WHERE id = $1", event.task_id, rec.version
+            )
+        case MaterialAdded():
+            await conn.execute(
+                "INSERT INTO materials (id, sha256, name, size, kind, content_type, tags,"
+                " created_at, version) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+                event.material_id,
+                event.sha256,
+                event.name,
+                event.size,
+                event.kind,
+                event.content_type,
+                event.tags,
+                rec.recorded_at,
+                rec.version,
+            )
+        case MaterialTagged():
+            await conn.execute(
+                "UPDATE materials SET tags = $2, updated_at = $3, version = $4 WHERE id = $1",
+                event.material_id,
+                event.tags,
+                rec.recorded_at,
+                rec.version,
+            )
+        case MaterialDeleted():
+            await conn.execute(
+                "UPDATE materials SET deleted = true, updated_at = $2, version = $3 WHERE id = $1",
+                event.material_id,
+                rec.recorded_at,
+                rec.version,
+            )
 
 
 def task_state(row: asyncpg.Record) -> TaskState:

@@ -19,10 +19,12 @@ from fleet_contracts.commands import Reply
 from fleet_contracts.queries import (
     QUERY_SUBJECTS,
     GetCommandResult,
+    GetMaterial,
     GetStats,
     GetTask,
     ListAccounts,
     ListDevices,
+    ListMaterials,
     ListTasks,
     Ping,
     Query,
@@ -42,6 +44,7 @@ from fleet_runtime.logs import bind_correlation
 from fleet_scheduler import scheduling_queries
 from fleet_scheduler.commands import recorded_result
 from fleet_scheduler.context import Context
+from fleet_scheduler.library_reads import get_material, list_materials
 from fleet_scheduler.session_queries import SESSION_ANSWERS
 
 log = structlog.get_logger(__name__)
@@ -231,6 +234,8 @@ ANSWERS: dict[type[Query], Answer] = {
     GetCommandResult: command_result,
     Ping: ping,
     **SESSION_ANSWERS,
+    ListMaterials: list_materials,
+    GetMaterial: get_material,
     **scheduling_queries.ANSWERS,
 }
 

@@ -8,17 +8,18 @@ from typing import Self
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import Field, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
 
 from fleet_contracts.retries import RetryPolicy
 from fleet_contracts.validation import describe
+from fleet_runtime.link import NatsLinkSettings
 
 
 def _default_id() -> str:
     return f"{socket.gethostname()}-{os.getpid()}"
 
 
-class SchedulerSettings(BaseSettings):
+class SchedulerSettings(NatsLinkSettings):  # + NATS identity, TLS, stream limits
     model_config = SettingsConfigDict(env_prefix="FLEET_", extra="ignore")
 
     nats_url: str = "nats://127.0.0.1:4222"

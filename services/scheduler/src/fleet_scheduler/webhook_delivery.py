@@ -277,7 +277,10 @@ async def run(ctx: Context, stopping: asyncio.Event) -> None:
                     await _pause(stopping, IDLE_SECONDS)
                     continue
                 dropped = False
-                await ensure_streams(ctx.js, [EVENTS])
+                settings = ctx.settings
+                await ensure_streams(
+                    ctx.js, settings.streams, replicas=settings.nats_stream_replicas
+                )
                 await _ensure_consumer(ctx, hooks)
                 sub = await ctx.js.pull_subscribe_bind(SCHEDULER_WEBHOOKS_CONSUMER, EVENTS.name)
             except Exception as exc:
