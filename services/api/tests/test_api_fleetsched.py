@@ -80,7 +80,7 @@ async def fleet(
 
         async def all_online() -> bool:
             r = await client.get("/api/v1/device", params={"online": "true"})
-            return r.status_code == 200 and len(r.json()["data"]) == 4
+            return r.status_code == 200 and r.json()["data"]["total"] == 4
 
         await poll_until(all_online, what="four simulated phones online")
         yield Fleet(client, agent)
@@ -122,7 +122,8 @@ async def test_a_group_targeted_create_runs_on_the_groups_phones(fleet: Fleet, v
         ("shop-b", ["device_serial_1", "device_serial_3"])
     ]
     devices = await ok(c.get("/api/v1/device", params={"group": "shop-b"}))
-    assert [d["serial"] for d in devices] == ["device_serial_1", "device_serial_3"]
+    assert [d["serial"] for d in devices["devices"]] == ["device_serial_1", "device_serial_3"]
+    assert devices["total"] == 2
 
     created = await ok(c.post("/api/v1/task", json=post(video, group="shop-b")))
     assert created["created_count"] == 2

@@ -36,6 +36,9 @@ class TaskCreated(DomainEvent):
     due_at: datetime
     wait_reason: str = ""
     batch_id: str = Field("", description="the create command's id: tasks made together")
+    created_by: str | None = Field(
+        None, description="the API key (actor) whose create made it; its plan's device limit"
+    )
     group: str | None = Field(None, description="the device group the create targeted")
     retry_policy: dict[str, Any] | None = Field(
         None, description="the create's own automatic retry policy (None: the fleet's)"

@@ -128,6 +128,7 @@ def create_tasks(
             due_at=due_at,
             wait_reason=reason,
             batch_id=cmd.message_id,
+            created_by=cmd.actor,
             group=request.group,
             retry_policy=None if request.retry is None else request.retry.model_dump(mode="json"),
         )

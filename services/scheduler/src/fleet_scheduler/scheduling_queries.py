@@ -23,7 +23,7 @@ from fleet_contracts.queries import (
     ListWebhooks,
     Query,
 )
-from fleet_contracts.rest import DeviceView
+from fleet_contracts.rest import DevicePage, DeviceView
 from fleet_contracts.schedules import ScheduleRequest, ScheduleView
 from fleet_contracts.webhooks import DeliveryView, WebhookView
 from fleet_scheduler.context import Context
@@ -50,23 +50,31 @@ async def list_groups(ctx: Context, q: ListGroups) -> Reply:
 
 
 async def list_group_devices(ctx: Context, q: ListDevices) -> Reply:
+    """One group's phones, paged like the whole list."""
+    offset = (q.page - 1) * q.page_size
     async with ctx.pool.acquire() as conn:
         group_id = await conn.fetchval("SELECT id FROM groups WHERE name = $1", q.group)
         if group_id is None:
             return Reply.failure(ErrorCode.INVALID_PARAMETERS, f"group: unknown group {q.group!r}")
+        where = (
+            " FROM devices d JOIN group_devices gd ON gd.serial = d.serial AND gd.group_id = $1"
+            " WHERE ($2::boolean IS NULL OR d.online = $2)"
+        )
+        total = await conn.fetchval(f"SELECT count(*){where}", group_id, q.online)
         rows = await conn.fetch(
-            "SELECT d.*, GREATEST(d.last_seen, a.last_seen) AS seen FROM devices d"
-            " JOIN group_devices gd ON gd.serial = d.serial AND gd.group_id = $1"
-            " LEFT JOIN agents a ON a.agent_id = d.agent_id"
-            " WHERE ($2::boolean IS NULL OR d.online = $2) ORDER BY d.serial",
+            "SELECT d.*, GREATEST(d.last_seen, a.last_seen) AS seen"
+            f"{where.replace(' WHERE', ' LEFT JOIN agents a ON a.agent_id = d.agent_id WHERE')}"
+            f" ORDER BY d.serial LIMIT {q.page_size} OFFSET {offset}",
             group_id,
             q.online,
         )
-    views = [
-        DeviceView.model_validate({**dict(r), "last_seen": r["seen"]}).model_dump(mode="json")
-        for r in rows
-    ]
-    return Reply(data=views)
+    page = DevicePage(
+        devices=[DeviceView.model_validate({**dict(r), "last_seen": r["seen"]}) for r in rows],
+        total=total,
+        page=q.page,
+        page_size=q.page_size,
+    )
+    return Reply(data=page.model_dump(mode="json"))
 
 
 def schedule_view(row: asyncpg.Record, ctx: Context) -> dict[str, Any]:
