@@ -65,6 +65,7 @@ class TaskDispatched(DomainEvent):
     agent_id: str
     dispatch_id: str
     lease_until: datetime
+    incarnation: str = Field("", description="the agent process the run is addressed to")
 
 
 class TaskStarted(DomainEvent):
@@ -97,6 +98,9 @@ class TaskFailed(DomainEvent):
     dispatch_id: str = ""
     reason: str
     screenshot: str | None = None
+    lost: bool = Field(
+        False, description="the scheduler gave up on the run; the phone may still end it"
+    )
     reason_class: FailureClass | None = Field(
         None, description="derived from reason when not given (events recorded before it)"
     )
@@ -107,6 +111,18 @@ class TaskFailed(DomainEvent):
         if isinstance(data, dict) and data.get("reason_class") is None and "reason" in data:
             return {**data, "reason_class": classify(str(data["reason"]))}
         return data
+
+
+class TaskReportLate(DomainEvent):
+    """An agent's report that came after the task had ended or moved on, and what the
+    scheduler's rule (scheduler README, "Late reports") made of it."""
+
+    type: Literal["task.report_late"] = "task.report_late"
+    task_id: int
+    dispatch_id: str = ""
+    report: str = Field(description="the report's type, e.g. task.completed")
+    ended_by: str = Field(description="how the task had ended: completed, failed, stopped, ...")
+    verdict: str = Field(description="what the report did: recorded only, reopened, ...")
 
 
 class TaskStopped(DomainEvent):
@@ -373,6 +389,7 @@ AnyEvent = Annotated[
     | TaskRequeued
     | TaskRetried
     | TaskDeleted
+    | TaskReportLate
     | DeviceConnected
     | DeviceDisconnected
     | AccountsReported

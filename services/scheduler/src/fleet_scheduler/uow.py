@@ -25,6 +25,8 @@ class UnitOfWork:
     metadata: Metadata
     appended: list[RecordedEvent] = field(default_factory=list)
     deltas: Deltas = field(default_factory=Counter)
+    bulk_appended: int = 0
+    """Events appended set-wise in SQL (`bulk`), not held in `appended`."""
 
     async def append(
         self, events: Sequence[NewEvent], metadata: Metadata | None = None
@@ -49,7 +51,7 @@ async def unit_of_work(
         uow = UnitOfWork(conn, metadata or Metadata())
         yield uow
         await flush_stats(conn, uow.deltas)
-        if uow.appended:
+        if uow.appended or uow.bulk_appended:
             await conn.execute("SELECT pg_notify('fleet_events', '')")
-    if uow.appended and on_commit is not None:
+    if (uow.appended or uow.bulk_appended) and on_commit is not None:
         on_commit()
