@@ -11,8 +11,11 @@ from pydantic import BaseModel, TypeAdapter
 
 from fleet_contracts import agent, commands, events, queries
 from fleet_contracts.codes import ErrorCode, TaskStatus
+from fleet_contracts.groups import CreateGroupRequest
 from fleet_contracts.rest import AccountRequest, CreateTaskRequest
+from fleet_contracts.schedules import ScheduleRequest
 from fleet_contracts.subjects import event_subject, token, untoken
+from fleet_contracts.webhooks import WebhookRequest
 
 NOW = datetime(2026, 11, 23, 9, 30, tzinfo=UTC)
 REQ = CreateTaskRequest(serials=["s1", "s2"], script_name="post", script_config={})
@@ -26,6 +29,14 @@ COMMANDS: list[BaseModel] = [
     commands.RetryAllTasks(),
     commands.RegisterAccount(account=AccountRequest(username="u", serial="s1")),
     commands.RemoveAccount(username="u"),
+    commands.CreateGroup(group=CreateGroupRequest(name="shop-a", serials=["s1"])),
+    commands.ChangeGroupDevices(group_id=1, add=["s2"], remove=["s1"]),
+    commands.DefineSchedule(
+        schedule=ScheduleRequest(cron="0 9 * * *", group="shop-a", script_name="post")
+    ),
+    commands.RegisterWebhook(
+        hook=WebhookRequest(url="https://h.example/x", event_types=["batch.finished"])
+    ),
 ]
 EVENTS: list[BaseModel] = [
     events.TaskCreated(task_id=1, serial="s", script_name="post", script_config={}, due_at=NOW),
@@ -44,6 +55,11 @@ EVENTS: list[BaseModel] = [
     events.AccountsReported(serial="s", agent_id="a", accounts=[{"username": "u"}]),
     events.AccountRegistered(username="u", serial="s"),
     events.AccountRemoved(username="u"),
+    events.GroupCreated(group_id=1, name="shop-a"),
+    events.GroupDevicesAdded(group_id=1, serials=["s1"]),
+    events.ScheduleDefined(schedule_id=1, spec={"cron": "0 9 * * *"}, defined_at=NOW),
+    events.ScheduleFired(schedule_id=1, fire_at=NOW, task_ids=[1, 2], missed=1),
+    events.WebhookRegistered(hook_id=1, url="https://h.example/x", event_types=["task.failed"]),
 ]
 REPORTS: list[BaseModel] = [
     agent.AgentStartedReport(agent_id="a", host="h", devices=[agent.DeviceInfo(serial="s")]),

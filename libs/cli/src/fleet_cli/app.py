@@ -19,7 +19,8 @@ from fleet_cli.client import DEFAULT_URL, Gateway, GatewayError, Unreachable, en
 from fleet_cli.sse import ServerEvent
 
 app = typer.Typer(
-    help="Operate a fleet of phones through its gateway: tasks, devices, live events, keys.",
+    help="Operate a fleet of phones through its gateway: tasks, devices, groups, schedules,"
+    " webhooks, live events, keys.",
     no_args_is_help=True,
     add_completion=False,
     rich_markup_mode="rich",
@@ -135,6 +136,13 @@ def task_create(
     multi_account: Annotated[
         bool, typer.Option(help="device mode: one task per account on each phone")
     ] = False,
+    group: Annotated[str | None, typer.Option(help="a device group instead of --serial")] = None,
+    retry_attempts: Annotated[
+        int | None, typer.Option(help="automatic retry: runs in all (1-10)")
+    ] = None,
+    retry_backoff: Annotated[
+        str | None, typer.Option(help="automatic retry: back-off MIN-MAX seconds")
+    ] = None,
     idempotency_key: Annotated[
         str | None, typer.Option(help="the same key never creates twice")
     ] = None,
@@ -165,6 +173,11 @@ def task_create(
         body["usernames"] = username
     if start_time:
         body["start_time"] = start_time
+    if group:
+        body["group"] = group
+    policy = scheduling.retry_policy(retry_attempts, retry_backoff)
+    if policy:
+        body["retry"] = policy
     headers = {"Idempotency-Key": idempotency_key} if idempotency_key else None
 
     def create(gw: Gateway) -> None:
@@ -400,12 +413,13 @@ def device_ls(
     online: Annotated[
         bool | None, typer.Option("--online/--offline", help="only online or offline phones")
     ] = None,
+    group: Annotated[str | None, typer.Option(help="only this group's phones")] = None,
     as_json: JsonOption = False,
 ) -> None:
     """Every phone: host, model, battery, online, busy with which task."""
 
     def run(gw: Gateway) -> None:
-        params = {"online": None if online is None else str(online).lower()}
+        params = {"online": None if online is None else str(online).lower(), "group": group}
         items = gw.every("/device", "devices", **params)
         if as_json:
             render.as_json(items)
@@ -504,8 +518,15 @@ def keys_revoke(ctx: typer.Context, name: str) -> None:
     _with_gateway(ctx, run)
 
 
+# Groups, schedules and webhooks register their commands on `app` when imported.
+from fleet_cli import scheduling  # noqa: E402
+
+
 def main() -> None:
-    app(prog_name="fleet")
+    # The module's own app holds every command, also when this file runs as __main__.
+    import fleet_cli.app
+
+    fleet_cli.app.app(prog_name="fleet")
 
 
 if __name__ == "__main__":

@@ -15,10 +15,13 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 from fleet_contracts.codes import ErrorCode, TaskSource
+from fleet_contracts.groups import GROUP_NAME, CreateGroupRequest
 from fleet_contracts.messages import Message
 from fleet_contracts.rest import AccountRequest, CreateTaskRequest
+from fleet_contracts.schedules import ScheduleRequest
 from fleet_contracts.sessions import CustomScriptRequest
 from fleet_contracts.subjects import command_subject
+from fleet_contracts.webhooks import WebhookRequest
 
 
 class Command(Message):
@@ -76,6 +79,58 @@ class RegisterAccount(Command):
 class RemoveAccount(Command):
     type: Literal["remove_account"] = "remove_account"
     username: str
+
+
+class CreateGroup(Command):
+    type: Literal["create_group"] = "create_group"
+    group: CreateGroupRequest
+
+
+class RenameGroup(Command):
+    type: Literal["rename_group"] = "rename_group"
+    group_id: int
+    name: str = Field(..., min_length=1, max_length=100, pattern=GROUP_NAME)
+
+
+class DeleteGroup(Command):
+    type: Literal["delete_group"] = "delete_group"
+    group_id: int
+
+
+class ChangeGroupDevices(Command):
+    type: Literal["change_group_devices"] = "change_group_devices"
+    group_id: int
+    add: list[str] = Field(default_factory=list)
+    remove: list[str] = Field(default_factory=list)
+
+
+class DefineSchedule(Command):
+    """Create (schedule_id None) or replace a schedule."""
+
+    type: Literal["define_schedule"] = "define_schedule"
+    schedule_id: int | None = None
+    schedule: ScheduleRequest
+
+
+class SetScheduleEnabled(Command):
+    type: Literal["set_schedule_enabled"] = "set_schedule_enabled"
+    schedule_id: int
+    enabled: bool
+
+
+class DeleteSchedule(Command):
+    type: Literal["delete_schedule"] = "delete_schedule"
+    schedule_id: int
+
+
+class RegisterWebhook(Command):
+    type: Literal["register_webhook"] = "register_webhook"
+    hook: WebhookRequest
+
+
+class DeleteWebhook(Command):
+    type: Literal["delete_webhook"] = "delete_webhook"
+    hook_id: int
 
 
 class LeaseDevice(Command):
@@ -148,6 +203,15 @@ AnyCommand = Annotated[
     | RetryAllTasks
     | RegisterAccount
     | RemoveAccount
+    | CreateGroup
+    | RenameGroup
+    | DeleteGroup
+    | ChangeGroupDevices
+    | DefineSchedule
+    | SetScheduleEnabled
+    | DeleteSchedule
+    | RegisterWebhook
+    | DeleteWebhook
     | LeaseDevice
     | RenewLease
     | ReleaseLease
@@ -170,6 +234,15 @@ _SUBJECTS: dict[str, str] = {
     "retry_all_tasks": command_subject("task", "retry_all"),
     "register_account": command_subject("account", "register"),
     "remove_account": command_subject("account", "remove"),
+    "create_group": command_subject("group", "create"),
+    "rename_group": command_subject("group", "rename"),
+    "delete_group": command_subject("group", "delete"),
+    "change_group_devices": command_subject("group", "devices"),
+    "define_schedule": command_subject("schedule", "define"),
+    "set_schedule_enabled": command_subject("schedule", "enable"),
+    "delete_schedule": command_subject("schedule", "delete"),
+    "register_webhook": command_subject("webhook", "register"),
+    "delete_webhook": command_subject("webhook", "delete"),
     "lease_device": command_subject("lease", "grant"),
     "renew_lease": command_subject("lease", "renew"),
     "release_lease": command_subject("lease", "release"),

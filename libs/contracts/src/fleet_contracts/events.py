@@ -10,9 +10,10 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, model_validator
 
 from fleet_contracts.codes import TaskSource
+from fleet_contracts.failures import FailureClass, classify
 from fleet_contracts.messages import Message
 
 
@@ -38,6 +39,11 @@ class TaskCreated(DomainEvent):
     created_by: str | None = Field(
         None, description="the API key (actor) whose create made it; its plan's device limit"
     )
+    group: str | None = Field(None, description="the device group the create targeted")
+    retry_policy: dict[str, Any] | None = Field(
+        None, description="the create's own automatic retry policy (None: the fleet's)"
+    )
+    schedule_id: int | None = Field(None, description="the schedule whose fire made it")
 
 
 class TaskScheduled(DomainEvent):
@@ -95,6 +101,16 @@ class TaskFailed(DomainEvent):
     lost: bool = Field(
         False, description="the scheduler gave up on the run; the phone may still end it"
     )
+    reason_class: FailureClass | None = Field(
+        None, description="derived from reason when not given (events recorded before it)"
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _classify(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("reason_class") is None and "reason" in data:
+            return {**data, "reason_class": classify(str(data["reason"]))}
+        return data
 
 
 class TaskReportLate(DomainEvent):
@@ -132,6 +148,8 @@ class TaskRetried(DomainEvent):
     task_id: int
     retry_count: int
     due_at: datetime
+    automatic: bool = Field(False, description="decided by the retry policy, not an operator")
+    reason: str = Field("", description="why it waits until due_at (automatic back-off)")
 
 
 class TaskDeleted(DomainEvent):
@@ -190,6 +208,76 @@ class AccountRegistered(DomainEvent):
 class AccountRemoved(DomainEvent):
     type: Literal["account.removed"] = "account.removed"
     username: str
+
+
+# Group events: stream id `group-<id>`
+class GroupCreated(DomainEvent):
+    type: Literal["group.created"] = "group.created"
+    group_id: int
+    name: str
+
+
+class GroupRenamed(DomainEvent):
+    type: Literal["group.renamed"] = "group.renamed"
+    group_id: int
+    name: str
+
+
+class GroupDeleted(DomainEvent):
+    type: Literal["group.deleted"] = "group.deleted"
+    group_id: int
+
+
+class GroupDevicesAdded(DomainEvent):
+    type: Literal["group.devices_added"] = "group.devices_added"
+    group_id: int
+    serials: list[str]
+
+
+class GroupDevicesRemoved(DomainEvent):
+    type: Literal["group.devices_removed"] = "group.devices_removed"
+    group_id: int
+    serials: list[str]
+
+
+# Schedule events: stream id `schedule-<id>`
+class ScheduleDefined(DomainEvent):
+    """Created or replaced: `spec` is the whole ScheduleRequest."""
+
+    type: Literal["schedule.defined"] = "schedule.defined"
+    schedule_id: int
+    spec: dict[str, Any]
+    defined_at: datetime = Field(description="fires are counted from here (or the last fire)")
+
+
+class ScheduleDeleted(DomainEvent):
+    type: Literal["schedule.deleted"] = "schedule.deleted"
+    schedule_id: int
+
+
+class ScheduleFired(DomainEvent):
+    """One fire, recorded once: (schedule_id, fire_at) is its identity."""
+
+    type: Literal["schedule.fired"] = "schedule.fired"
+    schedule_id: int
+    fire_at: datetime
+    task_ids: list[int] = Field(default_factory=list)
+    skipped: str = Field("", description="why no tasks were made ('' when they were)")
+    missed: int = Field(0, description="older fires missed while down, not taken")
+
+
+# Webhook events: stream id `webhook-<id>` (the secret is never in the log)
+class WebhookRegistered(DomainEvent):
+    type: Literal["webhook.registered"] = "webhook.registered"
+    hook_id: int
+    url: str
+    event_types: list[str]
+    description: str = ""
+
+
+class WebhookDeleted(DomainEvent):
+    type: Literal["webhook.deleted"] = "webhook.deleted"
+    hook_id: int
 
 
 # Leases: stream id `lease-<lease_id>` (never the session id, which is the secret)
@@ -307,6 +395,16 @@ AnyEvent = Annotated[
     | AccountsReported
     | AccountRegistered
     | AccountRemoved
+    | GroupCreated
+    | GroupRenamed
+    | GroupDeleted
+    | GroupDevicesAdded
+    | GroupDevicesRemoved
+    | ScheduleDefined
+    | ScheduleDeleted
+    | ScheduleFired
+    | WebhookRegistered
+    | WebhookDeleted
     | LeaseGranted
     | LeaseRenewed
     | LeaseReleased

@@ -37,6 +37,7 @@ from fleet_contracts.subjects import (
     REPORTS,
     SCHEDULER_COMMANDS_CONSUMER,
     SCHEDULER_REPORTS_CONSUMER,
+    SCHEDULER_WEBHOOKS_CONSUMER,
     heartbeat_subject,
     token,
 )
@@ -247,6 +248,9 @@ def scheduler_grants() -> list[Grant]:
         read_messages(EVENTS.name),
         durable_consumer(COMMANDS.name, SCHEDULER_COMMANDS_CONSUMER),
         durable_consumer(REPORTS.name, SCHEDULER_REPORTS_CONSUMER),
+        # Webhook delivery: its durable exists only while hooks do, so it is deleted too.
+        durable_consumer(EVENTS.name, SCHEDULER_WEBHOOKS_CONSUMER),
+        Grant(publish=(f"$JS.API.CONSUMER.DELETE.{EVENTS.name}.{SCHEDULER_WEBHOOKS_CONSUMER}",)),
         kv_read(KV_SCRIPTS),
     ]
 

@@ -16,16 +16,21 @@ from fleet_contracts.subjects import (
     QUERY_COMMAND_RESULT,
     QUERY_CUSTOM_SCRIPTS,
     QUERY_DEVICE_LIST,
+    QUERY_GROUP_LIST,
     QUERY_LEASE_CHECK,
     QUERY_LEASE_LIST,
     QUERY_MATERIAL_GET,
     QUERY_MATERIAL_LIST,
     QUERY_PING,
     QUERY_RPC_DEVICES,
+    QUERY_SCHEDULE_GET,
+    QUERY_SCHEDULE_LIST,
     QUERY_TASK_EVENTS,
     QUERY_TASK_GET,
     QUERY_TASK_LIST,
     QUERY_TASK_STATS,
+    QUERY_WEBHOOK_GET,
+    QUERY_WEBHOOK_LIST,
 )
 
 
@@ -63,6 +68,7 @@ class ListDevices(Query):
     online: bool | None = None
     page: int = Field(1, ge=1)
     page_size: int = Field(FLEET_PAGE_DEFAULT, ge=1, le=FLEET_PAGE_MAX)
+    group: str | None = None
 
 
 class ListAccounts(Query):
@@ -77,6 +83,26 @@ class GetCommandResult(Query):
 
 class Ping(Query):
     pass
+
+
+class ListGroups(Query):
+    pass
+
+
+class ListSchedules(Query):
+    pass
+
+
+class GetSchedule(Query):
+    schedule_id: int
+
+
+class ListWebhooks(Query):
+    pass
+
+
+class GetWebhook(Query):
+    hook_id: int
 
 
 class CheckLease(Query):
@@ -125,6 +151,11 @@ QUERY_SUBJECTS: dict[type[Query], str] = {
     ListAccounts: QUERY_ACCOUNT_LIST,
     GetCommandResult: QUERY_COMMAND_RESULT,
     Ping: QUERY_PING,
+    ListGroups: QUERY_GROUP_LIST,
+    ListSchedules: QUERY_SCHEDULE_LIST,
+    GetSchedule: QUERY_SCHEDULE_GET,
+    ListWebhooks: QUERY_WEBHOOK_LIST,
+    GetWebhook: QUERY_WEBHOOK_GET,
     CheckLease: QUERY_LEASE_CHECK,
     ListLeases: QUERY_LEASE_LIST,
     ListRpcDevices: QUERY_RPC_DEVICES,

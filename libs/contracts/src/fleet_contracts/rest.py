@@ -9,6 +9,7 @@ from typing import Annotated, Any, Self
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from fleet_contracts.codes import Plan, TaskSource, TaskStatus
+from fleet_contracts.retries import RetryPolicy
 from fleet_contracts.validation import FieldRuleError
 
 HHMM = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)$")
@@ -107,6 +108,12 @@ class CreateTaskRequest(BaseModel):
     min_interval: int = Field(0, ge=0, le=MAX_INTERVAL_MINUTES, description="minutes")
     max_interval: int = Field(0, ge=0, le=MAX_INTERVAL_MINUTES, description="minutes")
     start_time: str | None = Field(None, max_length=5, description='"HH:MM", next occurrence')
+    group: str | None = Field(
+        None, min_length=1, max_length=100, description="a device group (instead of serials)"
+    )
+    retry: RetryPolicy | None = Field(
+        None, description="automatic retries for these tasks (default: the fleet's policy)"
+    )
 
     @field_validator("start_time")
     @classmethod
@@ -120,10 +127,19 @@ class CreateTaskRequest(BaseModel):
     def _one_mode(self) -> Self:
         serials = _clean_targets(self.serials, "serials")
         usernames = _clean_targets(self.usernames, "usernames")
+        if self.group is not None:
+            if serials is not None or usernames is not None:
+                raise FieldRuleError("group", "give group, serials or usernames, only one")
+            if self.min_interval > self.max_interval:
+                raise FieldRuleError(
+                    "min_interval",
+                    f"{self.min_interval} is greater than max_interval {self.max_interval}",
+                )
+            return self
         if serials is not None and usernames is not None:
             raise FieldRuleError("serials", "give serials or usernames, not both")
         if serials is None and usernames is None:
-            raise FieldRuleError("serials", "give serials (device mode) or usernames")
+            raise FieldRuleError("serials", "give serials (device mode) or usernames or group")
         if serials is not None and not serials:
             raise FieldRuleError("serials", "must hold at least one serial")
         if usernames is not None and not usernames:
@@ -200,6 +216,11 @@ class TaskView(BaseModel):
     source: TaskSource = TaskSource.API
     reason: str | None = Field(None, description="why it failed, or why it waits")
     retry_count: int = 0
+    attempt: int = Field(1, description="runs so far, automatic and manual retries included")
+    auto_retries: int = Field(0, description="automatic retries since creation or a manual retry")
+    reason_class: str | None = Field(None, description="failure class of the last failure")
+    group: str | None = None
+    schedule_id: int | None = None
     min_interval: int = 0
     max_interval: int = 0
     start_time: str | None = None

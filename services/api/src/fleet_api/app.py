@@ -26,6 +26,7 @@ from fleet_api.routes import (
     keys,
     materials,
     rpc,
+    scheduling,
     system,
     tasks,
 )
@@ -175,6 +176,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     api.include_router(keys.router)
     api.include_router(rpc.router)
     api.include_router(custom_scripts.router)
+    api.include_router(scheduling.router)
     app.include_router(system.router)
     app.include_router(api)
     app.include_router(system.probes)

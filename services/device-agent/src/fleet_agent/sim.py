@@ -4,8 +4,10 @@ Serials are `<prefix>1` … `<prefix>N`; device n holds the TikTok accounts `sim
 and `sim_<n>_b`. Every step sleeps for a typical phone duration times the speed
 factor (1.0 real time, 0 instant), so the same scripts and material checks run as
 on a phone. A phone is a plain object and a sleep, never a thread, so one process
-holds thousands. `unplug` / `plug` stand in for a cable being pulled; `fail_next`
-makes a named step's element missing once (an app update that moved a button), and
+holds thousands. `unplug` / `plug` stand in for a cable being pulled; `fail_runs`
+makes a phone's next runs fail the way a real one can (gone for a moment, a UI
+element that never shows), for tests of what happens after such a failure; a named
+step's element can be made missing once (an app update that moved a button), and
 the phone then shows a small PNG screenshot and an XML hierarchy like a real one.
 """
 
@@ -21,7 +23,7 @@ from xml.sax.saxutils import quoteattr
 import structlog
 
 from fleet_agent.driver import DeviceListener
-from fleet_agent.phone import DeviceGoneError, ElementMissingError, Selector
+from fleet_agent.phone import DeviceGoneError, ElementMissingError, PhoneError, Selector
 from fleet_agent.remote import RemoteCallError, png, shell_words
 from fleet_contracts.agent import DeviceInfo
 
@@ -70,6 +72,8 @@ class SimPhone:
         self.speed = speed
         self.attached = True
         self.pushed: dict[str, int] = {}
+        self.faults: list[PhoneError] = []
+        """Failures the next steps raise, first one first."""
         self._png: bytes | None = None
         self.fail_step: str | None = None
         self.last_step = ""
@@ -89,6 +93,8 @@ class SimPhone:
     async def _take(self, seconds: float) -> None:
         if not self.attached:
             raise DeviceGoneError(f"device {self._serial} is not attached")
+        if self.faults:
+            raise self.faults.pop(0)
         await asyncio.sleep(seconds * self.speed)
         if not self.attached:
             raise DeviceGoneError(f"device {self._serial} was unplugged")
@@ -253,6 +259,18 @@ class SimDriver:
             {"username": f"sim_{n}_a", "platform": "tiktok"},
             {"username": f"sim_{n}_b", "platform": "tiktok"},
         ]
+
+    def fail_runs(self, serial: str, kind: str, times: int = 1) -> None:
+        """The phone's next `times` runs each fail at their first step: `device_gone`
+        (adb loses the phone for a moment) or `ui_timeout` (an element never appears)."""
+        phone = self._phones[serial]
+        for _ in range(times):
+            if kind == "device_gone":
+                phone.faults.append(DeviceGoneError(f"device {serial} stopped answering"))
+            elif kind == "ui_timeout":
+                phone.faults.append(ElementMissingError("open app", [{"text": "Home"}], 0))
+            else:
+                raise ValueError(f"kind: {kind!r} is not device_gone or ui_timeout")
 
     def known(self, serial: str) -> bool:
         return serial in self._phones

@@ -21,7 +21,18 @@ from nats.aio.client import Client
 from fleet_contracts.messages import utcnow
 from fleet_contracts.permissions import inbox_prefix
 from fleet_runtime.bus import connect, ensure_streams
-from fleet_scheduler import commands, dispatch, lease_expiry, liveness, queries, relay, reports
+from fleet_scheduler import (
+    autoretry,
+    commands,
+    dispatch,
+    lease_expiry,
+    liveness,
+    queries,
+    recurring,
+    relay,
+    reports,
+    webhook_delivery,
+)
 from fleet_scheduler.context import Context
 from fleet_scheduler.migrate import migrate
 from fleet_scheduler.settings import SchedulerSettings
@@ -103,6 +114,8 @@ class Scheduler:
         loops = [commands.run(ctx, stopping), reports.run(ctx, stopping)]
         loops += [liveness.run(ctx, stopping), dispatch.run(ctx, stopping)]
         loops.append(lease_expiry.run(ctx, stopping))
+        loops += [autoretry.run(ctx, stopping), recurring.run(ctx, stopping)]
+        loops.append(webhook_delivery.run(ctx, stopping))
         if self.relay_enabled:
             loops.append(relay.run(ctx, stopping))
         self._loops = [asyncio.create_task(loop) for loop in loops]

@@ -52,7 +52,15 @@ from fleet_contracts.subjects import (
 )
 from fleet_contracts.validation import describe
 from fleet_runtime.logs import bind_correlation
-from fleet_scheduler import bulk, handlers, library, library_reads, session_commands
+from fleet_scheduler import (
+    bulk,
+    groups,
+    handlers,
+    library,
+    library_reads,
+    scheduling_commands,
+    session_commands,
+)
 from fleet_scheduler.consumer import pull_loop
 from fleet_scheduler.context import Context
 from fleet_scheduler.device_limit import check_device_limit, devices_in_use
@@ -88,6 +96,7 @@ async def _decide(
     match cmd:
         case CreateTasks():
             config = handlers.check_script(cmd, plugins)
+            cmd = await groups.resolve_create(conn, cmd)
             request = cmd.request
             if request.usernames is not None:
                 rows = await conn.fetch(
@@ -176,7 +185,17 @@ async def _decide(
         case DeleteMaterial():
             item = await library_reads.load_item(conn, cmd.material_id)
             return library.delete_material(cmd, item)
+        case _ if scheduling_commands.handles(cmd):
+            return await scheduling_commands.decide(conn, ctx, cmd)
     raise Rejected(ErrorCode.INVALID_PARAMETERS, f"type: unknown command {cmd.type!r}")
+
+
+async def decide(
+    conn: asyncpg.Connection, ctx: Context, cmd: AnyCommand, plugins: dict[str, Any]
+) -> Outcome:
+    """Decide one command without recording its result (a schedule's fire creates
+    its tasks through here, as a REST create would)."""
+    return await _decide(conn, ctx, cmd, plugins)
 
 
 async def recorded_result(conn: asyncpg.Connection, command_id: str) -> CommandResult | None:

@@ -129,6 +129,8 @@ def create_tasks(
             wait_reason=reason,
             batch_id=cmd.message_id,
             created_by=cmd.actor,
+            group=request.group,
+            retry_policy=None if request.retry is None else request.retry.model_dump(mode="json"),
         )
         outcome.events.append(NewEvent(task_stream_id(task_id), event, expected_version=0))
     outcome.data = outcome.data.model_dump()

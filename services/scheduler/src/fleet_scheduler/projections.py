@@ -37,7 +37,7 @@ from fleet_contracts.events import (
     TaskStarted,
     TaskStopped,
 )
-from fleet_scheduler import late
+from fleet_scheduler import late, scheduling_read_models
 from fleet_scheduler.late import Verdict
 from fleet_scheduler.session_projections import SESSION_EVENTS, SESSION_TABLES
 from fleet_scheduler.session_projections import project as project_session
@@ -181,15 +181,18 @@ async def _insert_created(
     await conn.execute(
         "INSERT INTO tasks (id, serial, username, script_name, script_config, source,"
         " state, status, wait_reason, min_interval, max_interval, start_time,"
-        " created_at, due_at, version, correlation_id, created_by)"
+        " created_at, due_at, version, correlation_id, created_by,"
+        " group_name, retry_policy, schedule_id, batch_id)"
         " SELECT id, serial, username, script_name, script_config, source, 'pending', 0,"
         " wait_reason, min_interval, max_interval, start_time, created_at, due_at, version,"
-        " correlation_id, created_by"
+        " correlation_id, created_by, group_name, retry_policy, schedule_id, NULLIF(batch_id, '')"
         " FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::jsonb[],"
         " $6::text[], $7::text[], $8::int[], $9::int[], $10::text[], $11::timestamptz[],"
-        " $12::timestamptz[], $13::int[], $14::text[], $15::text[]) AS x(id, serial, username,"
-        " script_name, script_config, source, wait_reason, min_interval, max_interval,"
-        " start_time, created_at, due_at, version, correlation_id, created_by)",
+        " $12::timestamptz[], $13::int[], $14::text[], $15::text[], $16::text[], $17::jsonb[],"
+        " $18::bigint[], $19::text[]) AS x(id, serial, username, script_name,"
+        " script_config, source, wait_reason, min_interval, max_interval, start_time,"
+        " created_at, due_at, version, correlation_id, created_by, group_name, retry_policy,"
+        " schedule_id, batch_id)",
         [e.task_id for e in created],
         [e.serial for e in created],
         [e.username for e in created],
@@ -205,6 +208,10 @@ async def _insert_created(
         [rec.version for rec in recs],
         [rec.metadata.get("correlation_id") for rec in recs],
         [e.created_by for e in created],
+        [e.group for e in created],
+        [e.retry_policy for e in created],
+        [e.schedule_id for e in created],
+        [e.batch_id for e in created],
     )
     deltas[int(TaskStatus.PENDING)] += len(created)
 
@@ -247,14 +254,17 @@ async def project_all(conn: asyncpg.Connection, recs: list[RecordedEvent], delta
     for rec in recs:
         if run and (rec.type != run[0].type or rec.stream_id in streams):
             await BATCHED[run[0].type](conn, run, deltas)
+            await scheduling_read_models.project_many(conn, run)
             run, streams = [], set()
         if rec.type in BATCHED:
             run.append(rec)
             streams.add(rec.stream_id)
             continue
         await project(conn, rec, deltas)
+        await scheduling_read_models.project_many(conn, [rec])
     if run:
         await BATCHED[run[0].type](conn, run, deltas)
+        await scheduling_read_models.project_many(conn, run)
 
 
 async def project(conn: asyncpg.Connection, rec: RecordedEvent, deltas: Deltas) -> None:
@@ -491,6 +501,7 @@ async def rebuild(conn: asyncpg.Connection, batch: int = 2000) -> int:
     async with conn.transaction():
         await conn.execute("LOCK TABLE events IN EXCLUSIVE MODE")
         await conn.execute(f"TRUNCATE {', '.join(READ_MODEL_TABLES)}")
+        await conn.execute(f"TRUNCATE {', '.join(scheduling_read_models.READ_MODEL_TABLES)}")
         await conn.execute("UPDATE task_stats SET count = 0")
         deltas: Deltas = Counter()
         position = 0

@@ -44,6 +44,7 @@ from fleet_contracts.subjects import SCHEDULER_QUEUE, task_stream_id
 from fleet_contracts.validation import describe
 from fleet_runtime import replies
 from fleet_runtime.logs import bind_correlation
+from fleet_scheduler import scheduling_queries
 from fleet_scheduler.commands import recorded_result
 from fleet_scheduler.context import Context
 from fleet_scheduler.library_reads import get_material, list_materials
@@ -92,6 +93,11 @@ def task_view(row: asyncpg.Record, now: Any) -> TaskView:
         source=row["source"],
         reason=reason,
         retry_count=row["retry_count"],
+        attempt=row["retry_count"] + 1,
+        auto_retries=row["auto_retries"],
+        reason_class=row["reason_class"],
+        group=row["group_name"],
+        schedule_id=row["schedule_id"],
         min_interval=row["min_interval"],
         max_interval=row["max_interval"],
         start_time=row["start_time"],
@@ -183,6 +189,8 @@ async def task_events(ctx: Context, q: TaskEvents) -> Reply:
 
 
 async def list_devices(ctx: Context, q: ListDevices) -> Reply:
+    if q.group is not None:
+        return await scheduling_queries.list_group_devices(ctx, q)
     offset = (q.page - 1) * q.page_size
     async with ctx.pool.acquire() as conn:
         total = await conn.fetchval(
@@ -250,6 +258,7 @@ ANSWERS: dict[type[Query], Answer] = {
     **SESSION_ANSWERS,
     ListMaterials: list_materials,
     GetMaterial: get_material,
+    **scheduling_queries.ANSWERS,
 }
 
 

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import os
 import socket
+from typing import Self
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
+from fleet_contracts.retries import RetryPolicy
+from fleet_contracts.validation import describe
 from fleet_runtime.link import NatsLinkSettings
 
 
@@ -33,6 +36,17 @@ class SchedulerSettings(NatsLinkSettings):  # + NATS identity, TLS, stream limit
     scheduler_command_results_keep_seconds: float = Field(8 * 24 * 3600.0, gt=0)
     scheduler_report_ids_keep_seconds: float = Field(2 * 24 * 3600.0, gt=0)
     log_level: str = "INFO"
+    # Fleet scheduling (groups, automatic retries, schedules, webhooks)
+    scheduler_retry_max_attempts: int = Field(1, ge=1, le=10)
+    scheduler_retry_min_seconds: float = Field(5.0, ge=0, le=3600)
+    scheduler_retry_max_seconds: float = Field(60.0, ge=0, le=3600)
+    scheduler_retry_on: str = "agent_lost,start_timeout,device_gone,ui_timeout"
+    scheduler_retry_poll_seconds: float = Field(1.0, gt=0)
+    scheduler_schedule_poll_seconds: float = Field(1.0, gt=0)
+    scheduler_schedule_grace_seconds: float = Field(300.0, ge=0)
+    scheduler_webhook_timeout_seconds: float = Field(5.0, gt=0)
+    scheduler_webhook_max_attempts: int = Field(8, ge=1, le=50)
+    scheduler_webhook_backoff_seconds: float = Field(2.0, gt=0)
 
     @field_validator("timezone")
     @classmethod
@@ -46,3 +60,21 @@ class SchedulerSettings(NatsLinkSettings):  # + NATS identity, TLS, stream limit
     @property
     def zone(self) -> ZoneInfo:
         return ZoneInfo(self.timezone)
+
+    @model_validator(mode="after")
+    def _retry_policy(self) -> Self:
+        self.retry_policy  # noqa: B018 - fail at start, naming the variable, not at the first failure
+        return self
+
+    @property
+    def retry_policy(self) -> RetryPolicy:
+        """The fleet's automatic retry policy (a create may bring its own)."""
+        try:
+            return RetryPolicy(
+                max_attempts=self.scheduler_retry_max_attempts,
+                min_backoff_seconds=self.scheduler_retry_min_seconds,
+                max_backoff_seconds=self.scheduler_retry_max_seconds,
+                retry_on=[c.strip() for c in self.scheduler_retry_on.split(",") if c.strip()],
+            )
+        except ValidationError as exc:
+            raise ValueError(f"FLEET_SCHEDULER_RETRY_*: {describe(exc)}") from exc

@@ -134,6 +134,20 @@ class Task:
             raise self._wrong_state("only failed tasks can be retried")
         self._emit(TaskRetried(task_id=self.id, retry_count=self.state.retry_count + 1, due_at=now))
 
+    def auto_retry(self, due_at: datetime, reason: str) -> None:
+        """The retry policy's decision (see retry_policy.py): a new attempt after a pause."""
+        if self.state.state != "failed" or self.state.deleted:
+            return
+        self._emit(
+            TaskRetried(
+                task_id=self.id,
+                retry_count=self.state.retry_count + 1,
+                due_at=due_at,
+                automatic=True,
+                reason=reason,
+            )
+        )
+
     # Dispatch
     def schedule(self, due_at: datetime, reason: str, after_task_id: int | None) -> None:
         if self.state.state == "pending":

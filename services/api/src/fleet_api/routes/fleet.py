@@ -55,10 +55,16 @@ async def list_devices(
     online: Annotated[
         bool | None, Query(description="only online (true) or offline (false)")
     ] = None,
+    group: Annotated[
+        str | None,
+        Query(min_length=1, max_length=100, pattern=NO_NUL, description="only this group's"),
+    ] = None,
     page: Page = 1,
     page_size: PageSize = FLEET_PAGE_DEFAULT,
 ) -> Envelope[DevicePage]:
-    query = ListDevices(online=online, page=page, page_size=page_size, correlation_id=cid)
+    query = ListDevices(
+        online=online, group=group, page=page, page_size=page_size, correlation_id=cid
+    )
     data = await ask(gateway(request), query)
     return Envelope(data=DevicePage.model_validate(data))
 
