@@ -42,7 +42,7 @@ from fleet_contracts.subjects import (
 )
 from fleet_contracts.validation import describe
 from fleet_runtime.logs import bind_correlation
-from fleet_scheduler import handlers
+from fleet_scheduler import handlers, metrics
 from fleet_scheduler.consumer import pull_loop
 from fleet_scheduler.context import Context
 from fleet_scheduler.errors import Rejected, database_unavailable, failure_code
@@ -272,6 +272,7 @@ async def send_stops(ctx: Context, effects: list[StopOnAgent]) -> None:
 
 
 async def on_messages(ctx: Context, msgs: list[Msg]) -> None:
+    started = metrics.now()
     readable: list[tuple[AnyCommand, str | None]] = []
     for msg in msgs:
         headers = msg.headers or {}
@@ -293,6 +294,7 @@ async def on_messages(ctx: Context, msgs: list[Msg]) -> None:
     for (cmd, reply_to), (result, effects) in zip(readable, outcomes, strict=True):
         with bind_correlation(cmd.correlation_id, command_id=cmd.message_id, command=cmd.type):
             log.info("command.handled", code=result.code)
+        metrics.command_handled(cmd.type, result.code, started)
         if reply_to:
             await ctx.nc.publish(reply_to, result.model_dump_json().encode())
         if effects:

@@ -25,6 +25,7 @@ from fleet_contracts.subjects import (
     HDR_MSG_ID,
     event_subject,
 )
+from fleet_scheduler import metrics
 from fleet_scheduler.context import Context
 from fleet_scheduler.store import PostgresRecorder, RecordedEvent, init_connection
 
@@ -78,7 +79,7 @@ async def _lead(ctx: Context, conn: asyncpg.Connection, stopping: asyncio.Event)
         ctx.relay_wake.clear()
         rows = await recorder.read_after(position, BATCH)
         if rows:
-            await publish(ctx, rows)
+            await metrics.relay_published(publish(ctx, rows), len(rows))
             position = rows[-1].position
             await conn.execute("UPDATE relay_position SET position = $1 WHERE id = 1", position)
             continue

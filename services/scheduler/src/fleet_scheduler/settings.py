@@ -27,6 +27,15 @@ class SchedulerSettings(BaseSettings):
     scheduler_db_pool_size: int = Field(10, ge=2)
     scheduler_seed: int | None = None
     log_level: str = "INFO"
+    # Metrics: /metrics on a port of its own; 0 or empty serves none (see metrics.py).
+    metrics_enabled: bool = True
+    metrics_host: str = "127.0.0.1"
+    scheduler_metrics_port: int | None = Field(9465, ge=0, le=65535)
+
+    @field_validator("scheduler_metrics_port", mode="before")
+    @classmethod
+    def _empty_port_is_off(cls, value: object) -> object:
+        return None if value == "" else value
 
     @field_validator("timezone")
     @classmethod
