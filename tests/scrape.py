@@ -48,3 +48,8 @@ def moved(before: Mapping[Series, float], after: Mapping[Series, float], name: s
     return sum(v for (n, _), v in after.items() if n == name) - sum(
         v for (n, _), v in before.items() if n == name
     )
+
+
+def grew(before: Scrape, after: Scrape, name: str, **labels: str) -> float:
+    """How much one series grew between two scrapes."""
+    return after.value(name, **labels) - before.value(name, **labels)

@@ -13,7 +13,7 @@ from fleet_devstack import free_port
 from fleet_scheduler import metrics
 from fleet_scheduler.app import Scheduler
 from fleet_scheduler.settings import SchedulerSettings
-from tests.scrape import Scrape, moved, scrape
+from tests.scrape import Scrape, grew, moved, scrape
 
 from .conftest import Bus, FakeAgent, FakeClock, eventually, wait_devices
 
@@ -57,18 +57,12 @@ async def test_metrics_follow_tasks_agents_and_the_relay(
         after: Scrape = await eventually(settled, what="relay caught up")
 
         # Counted in this process, as they happened.
-        assert after.value(
-            "fleet_commands_handled_total", command="create_tasks", code="0"
-        ) - before.value("fleet_commands_handled_total", command="create_tasks", code="0") == 2
-        assert after.value(
-            "fleet_commands_handled_total", command="create_tasks", code="40001"
-        ) - before.value("fleet_commands_handled_total", command="create_tasks", code="40001") == 1
+        handled = "fleet_commands_handled_total"
+        assert grew(before, after, handled, command="create_tasks", code="0") == 2
+        assert grew(before, after, handled, command="create_tasks", code="40001") == 1
         assert moved(before, after, "fleet_command_handling_seconds_count") == 3
         for kind in ("task.created", "task.dispatched", "task.started", "task.completed"):
-            grew = after.value("fleet_events_appended_total", type=kind) - before.value(
-                "fleet_events_appended_total", type=kind
-            )
-            assert grew == 4, kind
+            assert grew(before, after, "fleet_events_appended_total", type=kind) == 4, kind
         assert moved(before, after, "fleet_dispatch_latency_seconds_count") == 4
         assert moved(before, after, "fleet_dispatch_latency_seconds_sum") >= 0
         appended = moved(before, after, "fleet_events_appended_total")
