@@ -33,6 +33,10 @@ class AgentSettings(BaseSettings):
     agent_max_parallel: int | None = Field(None, ge=1)
     agent_ui_timeout_seconds: float = Field(15.0, gt=0)
     log_level: str = "INFO"
+    # Metrics: /metrics on a port of its own; 0 or empty serves none (see metrics.py).
+    metrics_enabled: bool = True
+    metrics_host: str = "127.0.0.1"
+    agent_metrics_port: int | None = Field(9466, ge=0, le=65535)
 
     @field_validator("agent_material_roots", mode="before")
     @classmethod
@@ -41,7 +45,9 @@ class AgentSettings(BaseSettings):
             return [Path(part.strip()) for part in value.split(",") if part.strip()]
         return value
 
-    @field_validator("agent_material_library", "agent_max_parallel", mode="before")
+    @field_validator(
+        "agent_material_library", "agent_max_parallel", "agent_metrics_port", mode="before"
+    )
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         return None if value == "" else value
