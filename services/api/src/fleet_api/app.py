@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 import structlog
 from fastapi import APIRouter, FastAPI
 
-from fleet_api import docs, errors
+from fleet_api import docs, errors, metrics
 from fleet_api.catalogue import parse_spec
 from fleet_api.correlation import CorrelationMiddleware
 from fleet_api.keys import KeyRecord, parse_record
@@ -115,7 +115,9 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
         description=DESCRIPTION,
         lifespan=lifespan,
     )
-    app.state.settings = settings or ApiSettings()
+    app.state.settings = settings = settings or ApiSettings()
+    if settings.metrics_enabled:
+        metrics.install(app)
     api = APIRouter(prefix="/api/v1")
     api.include_router(tasks.router)
     api.include_router(fleet.router)

@@ -19,6 +19,7 @@ class ApiSettings(BaseSettings):
     api_query_timeout_seconds: float = Field(5.0, gt=0)
     api_require_keys: Literal["auto", "true", "false"] = "auto"
     log_level: str = "INFO"
+    metrics_enabled: bool = True
 
     @property
     def loopback(self) -> bool:
