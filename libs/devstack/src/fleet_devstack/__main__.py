@@ -56,6 +56,7 @@ def main() -> None:
             )
         ],
         env={"FLEET_LOG_FORMAT": os.environ.get("FLEET_LOG_FORMAT", "console")},
+        default_metrics_ports=True,
     )
     stack = Stack(config, sink=sink)
     stopping = threading.Event()
@@ -75,6 +76,8 @@ def main() -> None:
             "devstack",
             f"ready: {stack.api_url}/api/v1  (docs {stack.api_url}/docs) - Ctrl-C stops all",
         )
+        for name, url in stack.metrics_urls().items():
+            sink("devstack", f"metrics of {name}: {url}")
         while not stopping.is_set():
             for svc in stack.services():
                 if not svc.running:
