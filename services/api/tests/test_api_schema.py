@@ -47,6 +47,8 @@ async def run_schemathesis(api: Served, tmp_path: Path, allow_503: bool) -> tupl
         "4",
         "--exclude-path",
         "/api/v1/events",  # an endless stream: covered by test_api_events
+        "--exclude-path",
+        "/api/v1/heartbeats",  # endless too: covered by test_api_console_routes
         "--phases",
         "examples,coverage,fuzzing",
         "--request-timeout",

@@ -28,6 +28,7 @@ class ErrorCode(IntEnum):
     SCRIPT_NOT_SUPPORTED = 40003
     UNAUTHORIZED = 40101
     PLAN_NO_API_ACCESS = 40301
+    ROLE_NOT_ALLOWED = 40302
     NOT_FOUND = 40401
     WRONG_STATE = 40901
     INTERNAL = 50001
@@ -52,6 +53,21 @@ class Plan(StrEnum):
     @property
     def device_limit(self) -> int:
         return PLAN_DEVICE_LIMITS[self]
+
+
+class Role(StrEnum):
+    """What a key may do: viewers read, operators also act on tasks and devices, admins
+    also manage keys and what runs on the hosts (custom scripts, adb passthrough)."""
+
+    VIEWER = "viewer"
+    OPERATOR = "operator"
+    ADMIN = "admin"
+
+    def allows(self, needed: Role) -> bool:
+        return ROLE_RANK[self] >= ROLE_RANK[needed]
+
+
+ROLE_RANK: dict[Role, int] = {Role.VIEWER: 0, Role.OPERATOR: 1, Role.ADMIN: 2}
 
 
 PLAN_DEVICE_LIMITS: dict[Plan, int] = {

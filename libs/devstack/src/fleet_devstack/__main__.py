@@ -74,7 +74,8 @@ def main() -> None:
         stack.wait_ready()
         sink(
             "devstack",
-            f"ready: {stack.api_url}/api/v1  (docs {stack.api_url}/docs) - Ctrl-C stops all",
+            f"ready: {stack.api_url}/api/v1  console {stack.api_url}/console"
+            f"  docs {stack.api_url}/docs - Ctrl-C stops all",
         )
         for name, url in stack.metrics_urls().items():
             sink("devstack", f"metrics of {name}: {url}")

@@ -9,13 +9,14 @@ from collections.abc import AsyncIterator
 
 import structlog
 from fastapi import APIRouter, FastAPI
+from fastapi_offline import FastAPIOffline
 
-from fleet_api import docs, errors, metrics
+from fleet_api import console, docs, errors, metrics
 from fleet_api.catalogue import parse_spec
 from fleet_api.correlation import CorrelationMiddleware
 from fleet_api.keys import KeyRecord, parse_record
 from fleet_api.kv import Mirror, open_bucket
-from fleet_api.routes import events, fleet, system, tasks
+from fleet_api.routes import events, fleet, heartbeats, keys, system, tasks
 from fleet_api.settings import ApiSettings
 from fleet_api.state import Gateway
 from fleet_contracts.scripts import ScriptSpec
@@ -109,7 +110,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 
 
 def create_app(settings: ApiSettings | None = None) -> FastAPI:
-    app = FastAPI(
+    # Swagger UI and ReDoc from the assets in the fastapi-offline wheel, not a CDN:
+    # /docs must render on a host with no internet.
+    app = FastAPIOffline(
         title="Fleet task API (TikMatrix-compatible)",
         version="1.0.0",
         description=DESCRIPTION,
@@ -122,10 +125,13 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     api.include_router(tasks.router)
     api.include_router(fleet.router)
     api.include_router(events.router)
+    api.include_router(heartbeats.router)
+    api.include_router(keys.router)
     app.include_router(system.router)
     app.include_router(api)
     app.include_router(system.probes)
     errors.install(app)
     docs.install(app)
+    console.install(app)
     app.add_middleware(CorrelationMiddleware)
     return app

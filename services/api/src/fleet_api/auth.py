@@ -3,6 +3,11 @@
 Keys come as `Authorization: Bearer <key>` or `X-API-Key: <key>`. Access is open
 (plan "local") only when keys are not required and none exist at all, or when
 FLEET_API_REQUIRE_KEYS=false and the caller sends no key.
+
+Each key also has a role. The rule lives here, once, rather than on every route: a
+viewer may only read (GET / HEAD), an operator may also change tasks and devices, and
+routes that manage keys or what runs on the hosts ask for `admin_caller`. Open access
+is the single operator of a loopback gateway, so it acts as admin.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ from fleet_api.errors import ApiError
 from fleet_api.keys import KeyRecord, hash_secret
 from fleet_api.settings import ApiSettings
 from fleet_api.state import gateway
-from fleet_contracts.codes import ErrorCode
+from fleet_contracts.codes import ErrorCode, Role
 from fleet_contracts.rest import LicenseInfo
 
 LOCAL = "local"
@@ -30,6 +35,7 @@ api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False, description="t
 class Caller:
     actor: str
     license: LicenseInfo
+    role: Role = Role.ADMIN
 
 
 def open_access(settings: ApiSettings, keys: dict[str, KeyRecord]) -> bool:
@@ -79,6 +85,7 @@ def identify(secret: str | None, settings: ApiSettings, keys: dict[str, KeyRecor
     )
     return Caller(
         actor=record.name,
+        role=record.role,
         license=LicenseInfo(
             plan_name=plan.value,
             api_enabled=plan.api_enabled,
@@ -99,8 +106,30 @@ def any_caller(
     return identify(secret, gw.settings, gw.keys.entries)
 
 
-def api_caller(caller: Annotated[Caller, Depends(any_caller)]) -> Caller:
-    """The caller, refused with 40301 when their plan has no API access."""
+READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+def require_role(caller: Caller, needed: Role, what: str) -> Caller:
+    """`caller`, or 40302 naming the role `what` needs and the one the key has."""
+    if not caller.role.allows(needed):
+        raise ApiError(
+            ErrorCode.ROLE_NOT_ALLOWED,
+            f"{what} needs a key with role {needed.value} or above; "
+            f"key {caller.actor!r} has role {caller.role.value}",
+        )
+    return caller
+
+
+def api_caller(request: Request, caller: Annotated[Caller, Depends(any_caller)]) -> Caller:
+    """The caller, refused with 40301 when their plan has no API access, and with 40302
+    when a viewer key asks for anything but a read."""
     if not caller.license.api_enabled:
         raise ApiError(ErrorCode.PLAN_NO_API_ACCESS, caller.license.message)
-    return caller
+    if request.method in READ_METHODS:
+        return caller
+    return require_role(caller, Role.OPERATOR, f"{request.method} {request.url.path}")
+
+
+def admin_caller(request: Request, caller: Annotated[Caller, Depends(api_caller)]) -> Caller:
+    """The caller, refused with 40302 unless their key is an admin key."""
+    return require_role(caller, Role.ADMIN, f"{request.method} {request.url.path}")

@@ -1,7 +1,7 @@
 """The command line: serve the API (default), or manage API keys in the KV bucket.
 
 python -m fleet_api                                   serve on FLEET_API_HOST:PORT
-python -m fleet_api keys create --name NAME --plan pro  prints the key once
+python -m fleet_api keys create --name NAME --plan pro [--role admin]  prints the key once
 python -m fleet_api keys list
 python -m fleet_api keys revoke NAME
 """
@@ -18,7 +18,7 @@ from nats.aio.client import Client
 from fleet_api.keys import create_key, revoke_keys, stored_keys
 from fleet_api.kv import open_bucket
 from fleet_api.settings import ApiSettings
-from fleet_contracts.codes import Plan
+from fleet_contracts.codes import Plan, Role
 from fleet_contracts.subjects import KV_API_KEYS
 from fleet_runtime.bus import connect
 
@@ -36,6 +36,12 @@ def parser() -> argparse.ArgumentParser:
     create = keys.add_parser("create", help="create a key and print it (shown once)")
     create.add_argument("--name", required=True, help="who the key is for")
     create.add_argument("--plan", required=True, choices=[p.value for p in Plan])
+    create.add_argument(
+        "--role",
+        default=Role.OPERATOR.value,
+        choices=[r.value for r in Role],
+        help="viewer reads; operator also acts on tasks (default); admin also manages keys",
+    )
     keys.add_parser("list", help="list keys (never their secrets)")
     revoke = keys.add_parser("revoke", help="revoke every live key with this name")
     revoke.add_argument("name")
@@ -72,23 +78,25 @@ async def _keys(settings: ApiSettings, args: argparse.Namespace) -> int:
         kv = await open_bucket(nc.jetstream(), KV_API_KEYS)
         if args.action == "create":
             try:
-                secret = await create_key(kv, args.name, Plan(args.plan))
+                secret = await create_key(kv, args.name, Plan(args.plan), Role(args.role))
             except ValueError as exc:
                 print(f"error: {exc}", file=sys.stderr)
                 return 2
             print(secret)
             print(
-                f"key for {args.name!r} (plan {args.plan}); it is not shown again", file=sys.stderr
+                f"key for {args.name!r} (plan {args.plan}, role {args.role}); "
+                "it is not shown again",
+                file=sys.stderr,
             )
         elif args.action == "list":
             records = await stored_keys(kv)
-            print(f"{'name':<24} {'plan':<9} {'created_at':<26} {'state':<8} hash")
+            print(f"{'name':<24} {'plan':<9} {'role':<9} {'created_at':<26} {'state':<8} hash")
             for digest, record in sorted(records.items(), key=lambda kv: kv[1].created_at):
                 state = "revoked" if record.revoked else "active"
                 created = record.created_at.isoformat(timespec="seconds")
                 print(
-                    f"{record.name:<24} {record.plan.value:<9} {created:<26} "
-                    f"{state:<8} {digest[:12]}"
+                    f"{record.name:<24} {record.plan.value:<9} {record.role.value:<9} "
+                    f"{created:<26} {state:<8} {digest[:12]}"
                 )
         elif args.action == "revoke":
             count = await revoke_keys(kv, args.name)

@@ -14,7 +14,7 @@ from datetime import datetime
 from nats.js.kv import KeyValue
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from fleet_contracts.codes import Plan
+from fleet_contracts.codes import Plan, Role
 from fleet_contracts.messages import utcnow
 
 SECRET_PREFIX = "fk_"
@@ -25,6 +25,8 @@ class KeyRecord(BaseModel):
 
     name: str = Field(..., min_length=1, max_length=100)
     plan: Plan
+    # Keys made before roles existed had full use of the API short of key management.
+    role: Role = Role.OPERATOR
     created_at: datetime = Field(default_factory=utcnow)
     revoked: bool = False
 
@@ -58,9 +60,9 @@ async def stored_keys(kv: KeyValue) -> dict[str, KeyRecord]:
     return found
 
 
-async def create_key(kv: KeyValue, name: str, plan: Plan) -> str:
+async def create_key(kv: KeyValue, name: str, plan: Plan, role: Role = Role.OPERATOR) -> str:
     """Store a new key and return its secret (the only time it is ever known)."""
-    record = KeyRecord(name=name, plan=plan)
+    record = KeyRecord(name=name, plan=plan, role=role)
     for existing in (await stored_keys(kv)).values():
         if existing.name == name and not existing.revoked:
             raise ValueError(f"name: a key named {name!r} exists already; revoke it first")
