@@ -3,6 +3,7 @@ steps and failures move by exactly what the phones did, with bounded labels."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -13,8 +14,8 @@ from fleet_agent import metrics
 from fleet_agent.app import Agent
 from fleet_agent.settings import AgentSettings
 from fleet_contracts.agent import RunTask, StopRun
-from fleet_devstack import free_port
-from tests.scrape import grew, moved, scrape
+from fleet_devstack import EmbeddedNats, free_port
+from tests.scrape import Scrape, grew, moved, scrape
 
 AGENT = "metered"
 
@@ -132,3 +133,29 @@ def test_exported_names() -> None:
     names = metrics.exported()
     assert {"fleet_agent_runs_total", "fleet_agent_step_seconds_bucket"} <= names
     assert {"fleet_agent_devices", "fleet_nats_reconnects_total"} <= names
+
+
+async def test_a_nats_restart_counts_one_reconnect(
+    nats_server: EmbeddedNats, tmp_path: Path
+) -> None:
+    port = free_port()
+    settings = AgentSettings(
+        nats_url=nats_server.url,
+        agent_id="reconnecting",
+        agent_driver="sim",
+        agent_sim_devices=1,
+        agent_screenshot_dir=tmp_path,
+        agent_metrics_port=port,
+    )
+    url = f"http://127.0.0.1:{port}/metrics"
+    async with Agent(settings):
+        before = await scrape(url)
+        await asyncio.to_thread(nats_server.restart)
+
+        async def reconnected() -> Scrape | None:
+            now = await scrape(url)
+            return now if grew(before, now, "fleet_nats_reconnects_total") else None
+
+        after = await eventually(reconnected, what="the agent's reconnect counted")
+    assert grew(before, after, "fleet_nats_reconnects_total") == 1
+    assert grew(before, after, "fleet_nats_disconnects_total") == 1
