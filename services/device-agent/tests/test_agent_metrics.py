@@ -9,13 +9,14 @@ from typing import Any
 
 import pytest
 from agent_testkit import Bus, eventually
+from prometheus_client import generate_latest
 
 from fleet_agent import metrics
 from fleet_agent.app import Agent
 from fleet_agent.settings import AgentSettings
 from fleet_contracts.agent import RunTask, StopRun
 from fleet_devstack import EmbeddedNats, free_port
-from tests.scrape import Scrape, grew, moved, scrape
+from tests.scrape import Scrape, grew, moved, parse, scrape
 
 AGENT = "metered"
 
@@ -93,17 +94,28 @@ async def test_runs_steps_and_failures_are_counted(nats_url: str, bus: Bus, tmp_
     assert not labels & {"serial", "task_id", "task", "dispatch_id"}
 
 
-async def test_port_zero_serves_nothing(nats_url: str, tmp_path: Path) -> None:
+async def test_port_zero_serves_nothing_and_measures_nothing(
+    nats_url: str, bus: Bus, tmp_path: Path
+) -> None:
+    video = tmp_path / "clip.mp4"
+    video.write_bytes(b"\x00" * 1024)
     settings = AgentSettings(
         nats_url=nats_url,
         agent_id="quiet",
         agent_driver="sim",
         agent_sim_devices=1,
+        agent_sim_speed=0,
         agent_screenshot_dir=tmp_path,
         agent_metrics_port=0,
     )
+    before = parse(generate_latest(metrics.registry_for()).decode())
     async with Agent(settings) as agent:
         assert agent.metrics is None
+        assert (await bus.run("quiet", post(21, "device_serial_1", str(video)))).accepted
+        assert (await bus.outcome(21)).type == "task.completed"
+    after = parse(generate_latest(metrics.registry_for()).decode())
+    assert moved(before, after, "fleet_agent_runs_total") == 0
+    assert moved(before, after, "fleet_agent_step_seconds_count") == 0
 
 
 @pytest.mark.parametrize(

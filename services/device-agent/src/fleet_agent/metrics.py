@@ -65,6 +65,17 @@ ones are counted as `other` so the label set stays bounded."""
 _steps_seen: dict[str, set[str]] = {}
 
 
+@dataclass
+class Switch:
+    """Whether runs are measured: set once at start from the settings, so an agent with
+    metrics off does none of the work (the bench compares the two)."""
+
+    on: bool = True
+
+
+SWITCH = Switch()
+
+
 def step_label(script: str, step: str) -> str:
     seen = _steps_seen.setdefault(script, set())
     if step in seen or len(seen) < MAX_STEPS_PER_SCRIPT:
@@ -101,12 +112,17 @@ class RunMeter:
     started: float = field(default_factory=time.perf_counter)
     step: str = BEFORE_FIRST_STEP
     step_started: float | None = None
+    on: bool = field(default=True, init=False)
 
     def __post_init__(self) -> None:
-        RUNS_ACTIVE.inc()
+        self.on = SWITCH.on
+        if self.on:
+            RUNS_ACTIVE.inc()
 
     def begin(self, script: str, step: str) -> None:
         """The script reported `step`: the previous step (if any) ends now."""
+        if not self.on:
+            return
         now = time.perf_counter()
         self._close_step(script, now)
         self.step = step_label(script, step)
@@ -117,6 +133,8 @@ class RunMeter:
             STEP_SECONDS.labels(script, self.step).observe(now - self.step_started)
 
     def ended(self, script: str, outcome: Report) -> None:
+        if not self.on:
+            return
         now = time.perf_counter()
         self._close_step(script, now)
         self.step_started = None
@@ -168,6 +186,7 @@ def exported() -> set[str]:
 
 
 def start(enabled: bool, host: str, port: int | None, collector: HostCollector) -> Exporter | None:
-    if not enabled or not port:
+    SWITCH.on = enabled and bool(port)
+    if not SWITCH.on or port is None:
         return None
     return serve(registry_for(collector), host, port, "agent")

@@ -86,10 +86,8 @@ COUNTED += (RELAY_PUBLISH_SECONDS, DISPATCH_LATENCY)
 
 @dataclass
 class Switch:
-    """Whether the per-transaction measuring (one extra query when tasks start) runs.
-
-    Set once at start from the settings; the in-memory counters are too cheap to skip.
-    """
+    """Whether anything is measured: set once at start from the settings, so a scheduler
+    with metrics off does none of the work (the bench compares the two)."""
 
     on: bool = True
 
@@ -105,12 +103,16 @@ def now() -> float:
 
 
 def command_handled(command: str, code: int, started: float) -> None:
+    if not SWITCH.on:
+        return
     COMMANDS.labels(command, str(code)).inc()
     COMMAND_SECONDS.labels(command).observe(time.perf_counter() - started)
 
 
 async def relay_published(publishing: Awaitable[T], count: int) -> T:
     """Time one relay batch; count its events once JetStream acked them all."""
+    if not SWITCH.on:
+        return await publishing
     result = await timed(RELAY_PUBLISH_SECONDS, publishing)
     RELAY_PUBLISHED.inc(count)
     return result
@@ -141,6 +143,8 @@ async def read_dispatch_latency(
 
 def committed(appended: Sequence[RecordedEvent], latencies: Sequence[float]) -> None:
     """After a commit: what it appended is in the log for good."""
+    if not SWITCH.on:
+        return
     for rec in appended:
         EVENTS.labels(rec.type).inc()
     for seconds in latencies:
