@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -84,6 +85,18 @@ def step_label(script: str, step: str) -> str:
     return OTHER_STEP
 
 
+_step_timers: dict[tuple[str, str], Any] = {}
+"""The histogram child per (script, step label): a run reports a dozen steps, and
+`labels()` is the costly part of an observation."""
+
+
+def step_timer(script: str, label: str) -> Any:
+    timer = _step_timers.get((script, label))
+    if timer is None:
+        timer = _step_timers[(script, label)] = STEP_SECONDS.labels(script, label)
+    return timer
+
+
 # The runner's fixed reasons (runs.py), compared as text to keep this module free of it.
 _EXACT = {
     "device disconnected": "device_disconnected",
@@ -130,7 +143,7 @@ class RunMeter:
 
     def _close_step(self, script: str, now: float) -> None:
         if self.step_started is not None:
-            STEP_SECONDS.labels(script, self.step).observe(now - self.step_started)
+            step_timer(script, self.step).observe(now - self.step_started)
 
     def ended(self, script: str, outcome: Report) -> None:
         if not self.on:
