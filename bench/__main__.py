@@ -13,7 +13,7 @@ import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bench import metrics_cost, system
+from bench import metrics_cost, sessions, system
 from fleet_runtime.logs import configure
 
 
@@ -26,6 +26,7 @@ async def main() -> str:
     except ImportError as exc:
         sections.append(f"## Scheduler alone\n\nnot run: {exc}\n")
     sections.append(system.table("Whole system", (await system.run()).rows))
+    sections.append(system.table("Device sessions", await sessions.run()))
     sections.append(system.table("Cost of metrics", await metrics_cost.run()))
     head = (
         f"# Benchmarks\n\n{datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {platform.machine()}, "

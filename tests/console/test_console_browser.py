@@ -7,15 +7,20 @@ without a key, and read /docs on a host with no internet.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import shutil
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import urlparse
 
+import nats
 import pytest
+
+from tests.e2e.harness import wait_until
 
 from .conftest import HOSTS, ConsoleStack, create, missing_file, post_body, task_status
 
@@ -324,67 +329,44 @@ def test_docs_render_with_no_internet(browser: Browser, console_stack: ConsoleSt
     context.close()
 
 
-def _png(width: int = 4, height: int = 3) -> bytes:
-    """A small valid PNG, made here so the test needs no image library."""
-    import struct
-    import zlib
-
-    def chunk(kind: bytes, body: bytes) -> bytes:
-        return (
-            struct.pack(">I", len(body))
-            + kind
-            + body
-            + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
-        )
-
-    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    rows = b"".join(b"\x00" + b"\xc0\x20\x20" * width for _ in range(height))
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + chunk(b"IHDR", header)
-        + chunk(b"IDAT", zlib.compress(rows))
-        + chunk(b"IEND", b"")
-    )
-
-
 def test_a_failed_tasks_page_shows_its_screenshot_and_ui_dump(
     page: Page, console_stack: ConsoleStack
 ) -> None:
-    """The artifacts endpoint comes with the material-library work; until it is on this
-    gateway the browser answers for it, in that endpoint's shape: a list of
-    {name, dispatch_id, file, content_type, size, sha256, url}, each url served with the
-    same key."""
-    from playwright.sync_api import Route, expect
+    """A step that fails on a (simulated) phone leaves a screenshot and a UI dump in the
+    artifacts bucket; the task page shows them, fetched with the console's key."""
+    from playwright.sync_api import Request, expect
 
+    async def break_step() -> None:
+        nc = await nats.connect(console_stack.stack.nats.url)
+        try:
+            await nc.request(
+                "sim.host-b.fail",
+                json.dumps({"serial": "phone_b_3", "step": "post"}).encode(),
+                timeout=5,
+            )
+        finally:
+            await nc.close()
+
+    # Playwright's sync API owns this thread's event loop: the NATS call gets its own.
+    with ThreadPoolExecutor(1) as pool:
+        pool.submit(asyncio.run, break_step()).result(timeout=30)
     api = console_stack.client()
-    (bad,) = create(api, post_body(["phone_b_3"], missing_file()))
-    png = _png()
+    (bad,) = create(api, post_body(["phone_b_3"], console_stack.video))
+    wait_until(lambda: task_status(api, bad) == 3, what="the broken step to fail the task")
     keys_sent: list[str | None] = []
-    base = f"{console_stack.url}/api/v1/task/{bad}/artifacts/0af3"
-    listing = [
-        {"name": f"task-{bad}/0af3/{file}", "dispatch_id": "0af3", "file": file,
-         "content_type": kind, "size": size, "sha256": "", "url": f"{base}/{file}"}
-        for file, kind, size in (
-            ("screenshot.png", "image/png", len(png)), ("hierarchy.xml", "application/xml", 12)
-        )
-    ]  # fmt: skip
 
-    def artifacts(route: Route) -> None:
-        keys_sent.append(route.request.headers.get("x-api-key"))
-        url = route.request.url
-        if url.endswith("/artifacts"):
-            body = {"code": 0, "message": "success", "data": listing}
-            route.fulfill(json=body)
-        elif url.endswith(".png"):
-            route.fulfill(body=png, content_type="image/png")
-        else:
-            route.fulfill(body=b"<hierarchy/>", content_type="application/xml")
+    def note_key(request: Request) -> None:
+        if f"/api/v1/task/{bad}/artifacts" in request.url:
+            keys_sent.append(request.headers.get("x-api-key"))
 
-    page.route(f"**/api/v1/task/{bad}/artifacts**", artifacts)
+    page.on("request", note_key)
     page.goto(f"{console_stack.url}/console/tasks/{bad}")
-    expect(page.locator("#task-reason")).to_contain_text("no-such-video.mp4")
+    expect(page.locator("#task-reason")).to_contain_text("post step 'post' failed")
     image = page.locator("#artifact-list img[alt='screenshot.png']")
     expect(image).to_be_visible()
-    assert image.evaluate("img => img.naturalWidth") == 4
+    page.wait_for_function(
+        "() => document.querySelector(\"#artifact-list img[alt='screenshot.png']\")"
+        ".naturalWidth > 0"
+    )
     expect(page.locator("#artifact-list a[download='hierarchy.xml']")).to_be_visible()
     assert keys_sent and set(keys_sent) == {console_stack.admin_key}

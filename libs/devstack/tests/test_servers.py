@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncpg
 import nats
+import pytest
 
 from fleet_devstack import EmbeddedNats, EmbeddedPostgres
 
@@ -49,3 +50,21 @@ async def test_postgres_restart_keeps_data(tmp_path) -> None:
         await conn.close()
     finally:
         server.stop()
+
+
+async def test_postgres_wants_its_password(pg_server: EmbeddedPostgres) -> None:
+    """No local user gets in on trust: the generated password is in the DSN, and a
+    connection without it, or with another, is refused."""
+    if not isinstance(pg_server, EmbeddedPostgres):
+        pytest.skip("PostgreSQL runs in a container here; its auth is the image's")
+    assert pg_server.password
+    assert pg_server.password in pg_server.dsn
+    assert oct(pg_server.password_file.stat().st_mode & 0o777) == "0o600"
+    conn = await asyncpg.connect(pg_server.dsn)
+    assert await conn.fetchval("select 1") == 1
+    await conn.close()
+    anonymous = f"postgresql://postgres@{pg_server.host}:{pg_server.port}/postgres"
+    with pytest.raises(asyncpg.InvalidPasswordError):
+        await asyncpg.connect(anonymous, password="")
+    with pytest.raises(asyncpg.InvalidPasswordError):
+        await asyncpg.connect(anonymous, password="not-the-password")

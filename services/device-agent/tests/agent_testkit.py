@@ -361,6 +361,14 @@ class FakeUi:
         self.check_online()
         Path(filename).write_bytes(TINY_PNG)
 
+    def dump_hierarchy(self) -> str:
+        self.check_online()
+        nodes = "".join(
+            f'<node resource-id="{dict(sel).get("resourceId", "")}" text="{name}" />'
+            for name, sel, _ in self.screens[self.screen]
+        )
+        return f'<?xml version="1.0" ?><hierarchy screen="{self.screen}">{nodes}</hierarchy>'
+
 
 def tiktok_screens(
     table: AppTable = TIKTOK_34,

@@ -96,7 +96,7 @@ async def test_missing_material_fails_naming_the_path(
     failed = await bus.outcome(2)
     assert failed.type == "task.failed"
     assert str(missing) in failed.reason
-    assert "does not exist" in failed.reason
+    assert "is not a readable file" in failed.reason
     assert failed.stopped is False
     assert not bus.of("task.progress", 2)[1:], "nothing after the material check"
 

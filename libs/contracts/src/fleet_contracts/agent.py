@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 from fleet_contracts.messages import Message
 from fleet_contracts.scripts import ScriptSpec
+from fleet_contracts.sessions import CustomProgram
 
 
 class DeviceInfo(BaseModel):
@@ -42,6 +43,10 @@ class RunTask(Message):
     username: str | None = None
     script_name: str
     script_config: dict[str, Any]
+    program: CustomProgram | None = None
+    """Set for a custom script: the registered program to run (without a shell)."""
+    session_id: str | None = None
+    """The secret of the lease made for a custom script's run (TIKMATRIX_SESSION_ID)."""
 
 
 class StopRun(Message):
@@ -62,6 +67,9 @@ class Heartbeat(Message):
     host: str
     devices: list[DeviceStatus] = Field(default_factory=list)
     interval_seconds: float = 5.0
+    material_cache: dict[str, int] | None = Field(
+        None, description="the host's library cache: hits, misses, fetched_bytes, bytes, items"
+    )
 
 
 # Reports: agent -> REPORTS stream -> scheduler

@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 from fleet_contracts.codes import ErrorCode, TaskSource
 from fleet_contracts.messages import Message
 from fleet_contracts.rest import AccountRequest, CreateTaskRequest
+from fleet_contracts.sessions import CustomScriptRequest
 from fleet_contracts.subjects import command_subject
 
 
@@ -64,6 +65,67 @@ class RemoveAccount(Command):
     username: str
 
 
+class LeaseDevice(Command):
+    """Lend `serial` to the caller's program. `device_limit` is the caller's plan's
+    (None: no limit); live leases and running tasks together must stay within it."""
+
+    type: Literal["lease_device"] = "lease_device"
+    lease_id: str
+    serial: str
+    label: str = ""
+    ttl_secs: int
+    device_limit: int | None = None
+
+
+class RenewLease(Command):
+    type: Literal["renew_lease"] = "renew_lease"
+    lease_id: str
+    ttl_secs: int | None = None
+
+
+class ReleaseLease(Command):
+    type: Literal["release_lease"] = "release_lease"
+    lease_id: str
+
+
+class RegisterCustomScript(Command):
+    type: Literal["register_custom_script"] = "register_custom_script"
+    script: CustomScriptRequest
+
+
+class RemoveCustomScript(Command):
+    type: Literal["remove_custom_script"] = "remove_custom_script"
+    name: str
+
+
+class SetHostAdb(Command):
+    type: Literal["set_host_adb"] = "set_host_adb"
+    agent_id: str
+    enabled: bool
+
+
+class AddMaterial(Command):
+    """Name and tag bytes the gateway has stored in the `materials` bucket."""
+
+    type: Literal["add_material"] = "add_material"
+    sha256: str = Field(..., pattern=r"^[0-9a-f]{64}$")
+    size: int = Field(..., ge=1)
+    name: str
+    content_type: str = "application/octet-stream"
+    tags: list[str] = Field(default_factory=list)
+
+
+class TagMaterial(Command):
+    type: Literal["tag_material"] = "tag_material"
+    material_id: int
+    tags: list[str]
+
+
+class DeleteMaterial(Command):
+    type: Literal["delete_material"] = "delete_material"
+    material_id: int
+
+
 AnyCommand = Annotated[
     CreateTasks
     | StopTask
@@ -72,7 +134,16 @@ AnyCommand = Annotated[
     | RetryTask
     | RetryAllTasks
     | RegisterAccount
-    | RemoveAccount,
+    | RemoveAccount
+    | LeaseDevice
+    | RenewLease
+    | ReleaseLease
+    | RegisterCustomScript
+    | RemoveCustomScript
+    | SetHostAdb
+    | AddMaterial
+    | TagMaterial
+    | DeleteMaterial,
     Field(discriminator="type"),
 ]
 COMMAND_ADAPTER: TypeAdapter[AnyCommand] = TypeAdapter(AnyCommand)
@@ -86,6 +157,15 @@ _SUBJECTS: dict[str, str] = {
     "retry_all_tasks": command_subject("task", "retry_all"),
     "register_account": command_subject("account", "register"),
     "remove_account": command_subject("account", "remove"),
+    "lease_device": command_subject("lease", "grant"),
+    "renew_lease": command_subject("lease", "renew"),
+    "release_lease": command_subject("lease", "release"),
+    "register_custom_script": command_subject("script", "register"),
+    "remove_custom_script": command_subject("script", "remove"),
+    "set_host_adb": command_subject("host", "adb"),
+    "add_material": command_subject("material", "add"),
+    "tag_material": command_subject("material", "tag"),
+    "delete_material": command_subject("material", "delete"),
 }
 
 

@@ -120,6 +120,17 @@ class TaskDeleted(DomainEvent):
     task_id: int
 
 
+class TaskMaterialsPicked(DomainEvent):
+    """The library items one task publishes, resolved once at create (see `materials`)."""
+
+    type: Literal["task.materials_picked"] = "task.materials_picked"
+    task_id: int
+    materials: list[dict[str, Any]] = Field(
+        default_factory=list, description="[{id, sha256, name, size, kind, ref}] in order"
+    )
+    tags: list[str] = Field(default_factory=list, description="the tags picked by, if any")
+
+
 # Device events: stream id `device-<serial>`
 class DeviceConnected(DomainEvent):
     type: Literal["device.connected"] = "device.connected"
@@ -162,6 +173,103 @@ class AccountRemoved(DomainEvent):
     username: str
 
 
+# Leases: stream id `lease-<lease_id>` (never the session id, which is the secret)
+class LeaseGranted(DomainEvent):
+    """A phone lent to a program; `task_id` set when the lease was made for a task's
+    custom script (it then lives as long as that dispatch, not by TTL)."""
+
+    type: Literal["lease.granted"] = "lease.granted"
+    lease_id: str
+    serial: str
+    agent_id: str | None = None
+    label: str = ""
+    ttl_secs: int | None = None
+    expires_at: datetime | None = None
+    task_id: int | None = None
+    dispatch_id: str | None = None
+    actor: str = "local"
+
+
+class LeaseRenewed(DomainEvent):
+    type: Literal["lease.renewed"] = "lease.renewed"
+    lease_id: str
+    serial: str
+    ttl_secs: int
+    expires_at: datetime
+    actor: str = "local"
+
+
+class LeaseReleased(DomainEvent):
+    type: Literal["lease.released"] = "lease.released"
+    lease_id: str
+    serial: str
+    reason: str = "released"
+    actor: str = "local"
+
+
+class LeaseExpired(DomainEvent):
+    """Not renewed in time: decided on the database's clock by a scheduler."""
+
+    type: Literal["lease.expired"] = "lease.expired"
+    lease_id: str
+    serial: str
+    expired_at: datetime
+    actor: str = "scheduler"
+
+
+# Custom scripts: stream id `script-<name>`; per-host settings: `host-<agent_id>`
+class CustomScriptRegistered(DomainEvent):
+    type: Literal["script.registered"] = "script.registered"
+    name: str
+    command: list[str]
+    platform: str = "generic"
+    timeout_secs: int = 1800
+    hosts: list[str] = Field(default_factory=list)
+    description: str = ""
+    actor: str = "local"
+
+
+class CustomScriptRemoved(DomainEvent):
+    type: Literal["script.removed"] = "script.removed"
+    name: str
+    actor: str = "local"
+
+
+class HostAdbSet(DomainEvent):
+    """adb passthrough turned on or off for one agent's phones (admin only)."""
+
+    type: Literal["host.adb_set"] = "host.adb_set"
+    agent_id: str
+    enabled: bool
+    actor: str = "local"
+
+
+# Material events: stream id `material-<id>`
+class MaterialAdded(DomainEvent):
+    type: Literal["material.added"] = "material.added"
+    material_id: int
+    sha256: str
+    name: str
+    size: int
+    kind: str
+    content_type: str
+    tags: list[str] = Field(default_factory=list)
+
+
+class MaterialTagged(DomainEvent):
+    """The item's tag set replaced (PATCH), or grown by a duplicate upload."""
+
+    type: Literal["material.tagged"] = "material.tagged"
+    material_id: int
+    tags: list[str]
+
+
+class MaterialDeleted(DomainEvent):
+    type: Literal["material.deleted"] = "material.deleted"
+    material_id: int
+    sha256: str
+
+
 AnyEvent = Annotated[
     TaskCreated
     | TaskScheduled
@@ -178,7 +286,18 @@ AnyEvent = Annotated[
     | DeviceDisconnected
     | AccountsReported
     | AccountRegistered
-    | AccountRemoved,
+    | AccountRemoved
+    | LeaseGranted
+    | LeaseRenewed
+    | LeaseReleased
+    | LeaseExpired
+    | CustomScriptRegistered
+    | CustomScriptRemoved
+    | HostAdbSet
+    | TaskMaterialsPicked
+    | MaterialAdded
+    | MaterialTagged
+    | MaterialDeleted,
     Field(discriminator="type"),
 ]
 EVENT_ADAPTER: TypeAdapter[AnyEvent] = TypeAdapter(AnyEvent)

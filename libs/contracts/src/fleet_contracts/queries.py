@@ -11,9 +11,16 @@ from pydantic import BaseModel, ConfigDict, Field
 from fleet_contracts.codes import TaskSource, TaskStatus
 from fleet_contracts.subjects import (
     QUERY_ACCOUNT_LIST,
+    QUERY_ADB_HOSTS,
     QUERY_COMMAND_RESULT,
+    QUERY_CUSTOM_SCRIPTS,
     QUERY_DEVICE_LIST,
+    QUERY_LEASE_CHECK,
+    QUERY_LEASE_LIST,
+    QUERY_MATERIAL_GET,
+    QUERY_MATERIAL_LIST,
     QUERY_PING,
+    QUERY_RPC_DEVICES,
     QUERY_TASK_EVENTS,
     QUERY_TASK_GET,
     QUERY_TASK_LIST,
@@ -67,6 +74,43 @@ class Ping(Query):
     pass
 
 
+class CheckLease(Query):
+    """Is `lease_id` live (database clock) and for `serial`? 40303 when not."""
+
+    lease_id: str
+    serial: str
+
+
+class ListLeases(Query):
+    pass
+
+
+class ListRpcDevices(Query):
+    pass
+
+
+class ListCustomScripts(Query):
+    pass
+
+
+class ListAdbHosts(Query):
+    pass
+
+
+class ListMaterials(Query):
+    tag: str | None = None
+    kind: str | None = None
+    page: int = Field(1, ge=1)
+    page_size: int = Field(20, ge=1, le=100)
+
+
+class GetMaterial(Query):
+    """One live item by id or by content digest (exactly one of the two)."""
+
+    material_id: int | None = None
+    sha256: str | None = None
+
+
 QUERY_SUBJECTS: dict[type[Query], str] = {
     ListTasks: QUERY_TASK_LIST,
     GetTask: QUERY_TASK_GET,
@@ -76,4 +120,11 @@ QUERY_SUBJECTS: dict[type[Query], str] = {
     ListAccounts: QUERY_ACCOUNT_LIST,
     GetCommandResult: QUERY_COMMAND_RESULT,
     Ping: QUERY_PING,
+    CheckLease: QUERY_LEASE_CHECK,
+    ListLeases: QUERY_LEASE_LIST,
+    ListRpcDevices: QUERY_RPC_DEVICES,
+    ListCustomScripts: QUERY_CUSTOM_SCRIPTS,
+    ListAdbHosts: QUERY_ADB_HOSTS,
+    ListMaterials: QUERY_MATERIAL_LIST,
+    GetMaterial: QUERY_MATERIAL_GET,
 }

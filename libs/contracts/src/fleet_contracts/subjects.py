@@ -22,6 +22,7 @@ HDR_MSG_ID = "Nats-Msg-Id"
 HDR_REPLY_TO = "Fleet-Reply-To"
 HDR_CORRELATION_ID = "Fleet-Correlation-Id"
 HDR_MESSAGE_TYPE = "Fleet-Type"
+HDR_CHUNK = "Fleet-Chunk"
 
 SCHEDULER_QUEUE = "schedulers"
 SCHEDULER_COMMANDS_CONSUMER = "scheduler-commands"
@@ -67,6 +68,7 @@ COMMANDS = StreamSpec(
     name="COMMANDS",
     subjects=["cmd.>"],
     max_age_seconds=7 * 24 * 3600,
+    max_bytes=1024**3,
     description="REST commands waiting for a scheduler",
 )
 EVENTS = StreamSpec(
@@ -80,6 +82,7 @@ REPORTS = StreamSpec(
     name="REPORTS",
     subjects=["report.>"],
     max_age_seconds=24 * 3600,
+    max_bytes=2 * 1024**3,
     description="what the device agents observed",
 )
 ALL_STREAMS = (COMMANDS, EVENTS, REPORTS)
@@ -109,6 +112,10 @@ def account_stream_id(username: str) -> str:
     return f"account-{username}"
 
 
+def material_stream_id(material_id: int) -> str:
+    return f"material-{material_id}"
+
+
 # Reports (agent -> scheduler, JetStream REPORTS)
 def report_subject(agent_id: str, report_type: str) -> str:
     return f"report.{token(agent_id)}.{report_type}"
@@ -121,6 +128,14 @@ def agent_run_subject(agent_id: str) -> str:
 
 def agent_stop_subject(agent_id: str) -> str:
     return f"agent.{token(agent_id)}.stop"
+
+
+def agent_device_subject(agent_id: str) -> str:
+    """A call on one phone (jsonrpc, hierarchy, screenshot, adb) for a leased session.
+
+    The agent answers on the request's reply subject with a `DeviceCallMeta` message,
+    then the body in `Fleet-Chunk`-numbered pieces below the bus's payload limit."""
+    return f"agent.{token(agent_id)}.device"
 
 
 def heartbeat_subject(agent_id: str) -> str:
@@ -138,4 +153,11 @@ QUERY_TASK_EVENTS = "query.task.events"
 QUERY_DEVICE_LIST = "query.device.list"
 QUERY_ACCOUNT_LIST = "query.account.list"
 QUERY_COMMAND_RESULT = "query.command.result"
+QUERY_MATERIAL_LIST = "query.material.list"
+QUERY_MATERIAL_GET = "query.material.get"
 QUERY_PING = "query.ping"
+QUERY_LEASE_CHECK = "query.lease.check"
+QUERY_LEASE_LIST = "query.lease.list"
+QUERY_RPC_DEVICES = "query.rpc.devices"
+QUERY_CUSTOM_SCRIPTS = "query.script.custom"
+QUERY_ADB_HOSTS = "query.host.adb"

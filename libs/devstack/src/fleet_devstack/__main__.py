@@ -3,6 +3,10 @@
 NATS and PostgreSQL keep their data under `.data/` between runs; the gateway listens on
 127.0.0.1:50809; one agent serves a simulated fleet when no phone is attached. Ctrl-C
 stops everything.
+
+`python -m fleet_devstack creds …`: a deployment's NATS identities and certificates
+(see deploy/README.md): `issue-agent ID`, `issue-service gateway|scheduler`,
+`revoke NAME`, `list`, `tls NAME…`.
 """
 
 from __future__ import annotations
@@ -15,13 +19,14 @@ import threading
 import time
 from pathlib import Path
 
+from fleet_devstack.cli_creds import add_creds_parser, creds_main
 from fleet_devstack.servers import port_or_free
 from fleet_devstack.stack import AgentSpec, Stack, StackConfig
 
 COLOURS = ["36", "35", "33", "32", "34", "31"]
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="fleet-devstack")
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="start NATS, PostgreSQL and every service")
@@ -30,7 +35,10 @@ def main() -> None:
     run.add_argument(
         "--sim-devices", type=int, default=int(os.environ.get("FLEET_AGENT_SIM_DEVICES", 8))
     )
-    args = parser.parse_args()
+    add_creds_parser(sub)
+    args = parser.parse_args(argv)
+    if args.command == "creds":
+        sys.exit(creds_main(args))
 
     lock = threading.Lock()
     colours: dict[str, str] = {}
@@ -69,7 +77,12 @@ def main() -> None:
     try:
         sink("devstack", f"data in {data_dir}")
         stack.start_infrastructure()
-        sink("devstack", f"NATS {stack.nats.url}  PostgreSQL {stack.database_url}")
+        shown = stack.database_url
+        if stack.postgres.password:
+            # The password stays in its file; a console or a pasted log never shows it.
+            shown = shown.replace(stack.postgres.password, "***")
+            shown += f"  (password in {stack.postgres.password_file})"
+        sink("devstack", f"NATS {stack.nats.url}  PostgreSQL {shown}")
         stack.start_services()
         stack.wait_ready()
         sink(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -18,8 +19,11 @@ import sys
 import time
 import urllib.request
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
 from typing import IO
+
+PASSWORD_FILE = "fleet-password"
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -121,9 +125,18 @@ class EmbeddedNats(_Child):
         port: int | None = None,
         log_file: Path | None = None,
         bind: str | None = None,
+        config_file: Path | None = None,
+        tls: bool = False,
+        environment: Mapping[str, str] | None = None,
     ) -> None:
         super().__init__()
         self.store_dir = Path(store_dir)
+        # A deployment's config (deploy/nats/*.conf); the flags below override its
+        # listen address, ports and store. `tls`: clients must dial tls://.
+        self.config_file = config_file
+        self.tls = tls
+        # Variables the config file reads ($NAME), e.g. a leaf node's seed.
+        self.environment = dict(environment or {})
         self.host = host
         # Clients on this machine use `host`; `bind` (e.g. 0.0.0.0) lets test hosts in
         # network namespaces reach the server over their veth links too.
@@ -134,27 +147,36 @@ class EmbeddedNats(_Child):
 
     @property
     def url(self) -> str:
-        return f"nats://{self.host}:{self.port}"
+        return f"{'tls' if self.tls else 'nats'}://{self.host}:{self.port}"
 
     def start(self, timeout: float = 20.0) -> str:
         self.store_dir.mkdir(parents=True, exist_ok=True)
         args = [
             nats_server_binary(),
-            "--jetstream",
-            "--store_dir",
-            str(self.store_dir),
+            # A config file names its own JetStream store (the flag would clash with it).
+            *(
+                ["--config", str(self.config_file)]
+                if self.config_file
+                else ["--jetstream", "--store_dir", str(self.store_dir)]
+            ),
             "--addr",
             self.bind,
             "--port",
             str(self.port),
             "--http_port",
             str(self.monitor_port),
-            "--server_name",
-            f"fleet-dev-{self.port}",
         ]
+        env = {**os.environ, **self.environment}
+        name = f"fleet-dev-{self.port}"
+        if self.config_file:
+            # deploy/nats/cluster.conf reads its node name from the environment, so a
+            # config reload (SIGHUP) still knows it; a flag would be lost on reload.
+            env["FLEET_NATS_NODE"] = name
+        else:
+            args += ["--server_name", name]
         out = self._open_log(self.log_file)
         self.proc = subprocess.Popen(
-            args, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            args, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, env=env
         )
         deadline = time.monotonic() + timeout
         health = f"http://{self.host}:{self.monitor_port}/healthz?js-enabled-only=true"
@@ -172,9 +194,20 @@ class EmbeddedNats(_Child):
         self.kill() if kill else self.stop()
         return self.start()
 
+    def reload(self) -> None:
+        """Re-read the config file (SIGHUP), as `nats-server --signal reload` does."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGHUP)
+
 
 class EmbeddedPostgres(_Child):
-    """PostgreSQL from the `pgserver` wheel, on a TCP port, trust auth, user postgres."""
+    """PostgreSQL from the `pgserver` wheel, on a TCP port, user postgres.
+
+    A new data directory gets password authentication (scram-sha-256) with a random
+    password kept in `<data dir>/fleet-password` (0600) and carried in `dsn`, so
+    nothing has to be set up and no other local user can log in. A data directory made
+    before passwords were used keeps its trust authentication (no password file).
+    """
 
     name = "postgres"
     # SIGINT is Postgres's "fast" shutdown: roll back open work, checkpoint, exit.
@@ -202,8 +235,21 @@ class EmbeddedPostgres(_Child):
     def dsn(self) -> str:
         return self.dsn_for("postgres")
 
+    @property
+    def password_file(self) -> Path:
+        return self.data_dir / PASSWORD_FILE
+
+    @property
+    def password(self) -> str | None:
+        try:
+            return self.password_file.read_text().strip() or None
+        except FileNotFoundError:
+            return None
+
     def dsn_for(self, database: str) -> str:
-        return f"postgresql://postgres@{self.host}:{self.port}/{database}"
+        secret = self.password
+        user = f"postgres:{secret}" if secret else "postgres"
+        return f"postgresql://{user}@{self.host}:{self.port}/{database}"
 
     @staticmethod
     def _bin(name: str) -> str:
@@ -243,21 +289,37 @@ class EmbeddedPostgres(_Child):
         self.data_dir.chmod(0o700)
         if (self.data_dir / "PG_VERSION").exists():
             return
-        subprocess.run(
-            [
-                self._bin("initdb"),
-                "-D",
-                str(self.data_dir),
-                "--auth=trust",
-                "--encoding=UTF8",
-                "--locale=C",
-                "-U",
-                "postgres",
-            ],
-            check=True,
-            capture_output=True,
-            user=user,
-        )
+        # URL-safe, so it goes into the DSN as it is.
+        secret = secrets.token_urlsafe(24)
+        # initdb wants an empty data directory: the password waits beside it meanwhile.
+        pwfile = self.data_dir.parent / f".{self.data_dir.name}.initdb-password"
+        fd = os.open(pwfile, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(secret + "\n")
+        if user is not None:
+            shutil.chown(pwfile, user, user)
+        try:
+            subprocess.run(
+                [
+                    self._bin("initdb"),
+                    "-D",
+                    str(self.data_dir),
+                    "--auth=scram-sha-256",
+                    f"--pwfile={pwfile}",
+                    "--encoding=UTF8",
+                    "--locale=C",
+                    "-U",
+                    "postgres",
+                ],
+                check=True,
+                capture_output=True,
+                user=user,
+            )
+        finally:
+            pwfile.unlink(missing_ok=True)
+        fd = os.open(self.password_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(secret + "\n")
 
     def start(self, timeout: float = 30.0) -> str:
         user = self._run_as()

@@ -274,6 +274,8 @@ class Stack:
                 "FLEET_AGENT_DRIVER": spec.driver,
                 "FLEET_AGENT_SIM_DEVICES": str(spec.sim_devices),
                 "FLEET_AGENT_SIM_SPEED": str(spec.sim_speed),
+                # Where custom scripts started on this host reach the gateway.
+                "FLEET_AGENT_API_BASE": self.api_url,
                 **({"FLEET_NATS_URL": spec.nats_url} if spec.nats_url else {}),
                 **spec.env,
             },

@@ -9,6 +9,7 @@ that lost its state.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
 
 import nats
 import structlog
@@ -31,6 +32,7 @@ from fleet_contracts.subjects import (
     HDR_MSG_ID,
     StreamSpec,
 )
+from fleet_runtime.link import NatsLink
 from fleet_runtime.metrics import NATS_DISCONNECTS, NATS_RECONNECTS
 
 log = structlog.get_logger(__name__)
@@ -44,7 +46,9 @@ async def connect(
     connect_timeout: float = 5.0,
     max_reconnect_attempts: int = -1,
     allow_reconnect: bool = True,
+    link: NatsLink | None = None,
 ) -> Client:
+    """Connect with the service defaults; `link` adds an identity, TLS and an inbox."""
     servers = [u.strip() for u in url.split(",") if u.strip()]
 
     async def _error(exc: Exception) -> None:
@@ -72,7 +76,21 @@ async def connect(
         error_cb=_error,
         disconnected_cb=_disconnected,
         reconnected_cb=_reconnected,
+        **_link_options(link),
     )
+
+
+def _link_options(link: NatsLink | None) -> dict[str, Any]:
+    if link is None:
+        return {}
+    options: dict[str, Any] = {}
+    if link.nkey_seed_file is not None:
+        options["nkeys_seed"] = str(link.nkey_seed_file)
+    if link.tls is not None:
+        options["tls"] = link.tls
+    if link.inbox_prefix:
+        options["inbox_prefix"] = link.inbox_prefix
+    return options
 
 
 def stream_config(spec: StreamSpec, *, replicas: int = 1) -> StreamConfig:

@@ -16,16 +16,31 @@ from fleet_api.catalogue import parse_spec
 from fleet_api.correlation import CorrelationMiddleware
 from fleet_api.keys import KeyRecord, parse_record
 from fleet_api.kv import Mirror, open_bucket
-from fleet_api.routes import events, fleet, heartbeats, keys, system, tasks
+from fleet_api.routes import (
+    artifacts,
+    custom_scripts,
+    events,
+    fleet,
+    heartbeats,
+    keys,
+    materials,
+    rpc,
+    system,
+    tasks,
+)
 from fleet_api.settings import ApiSettings
 from fleet_api.state import Gateway
+from fleet_contracts.materials import ARTIFACTS_BUCKET, MATERIALS_BUCKET
+from fleet_contracts.permissions import inbox_prefix
 from fleet_contracts.scripts import ScriptSpec
 from fleet_contracts.subjects import KV_API_KEYS, KV_SCRIPTS
 from fleet_runtime.bus import connect, ensure_streams
+from fleet_runtime.objects import ensure_bucket
 
 log = structlog.get_logger(__name__)
 
 _LOAD_TIMEOUT_SECONDS = 10.0
+GATEWAY_INBOX = inbox_prefix("gateway")
 
 DESCRIPTION = """\
 TikMatrix-compatible task API for fleets of Android phones.
@@ -56,14 +71,29 @@ def start_problem(settings: ApiSettings, keys: dict[str, KeyRecord]) -> str | No
 
 
 async def open_gateway(settings: ApiSettings) -> Gateway:
-    nc = await connect(settings.nats_url, "fleet-api")
+    nc = await connect(settings.nats_url, "fleet-api", link=settings.nats_link(GATEWAY_INBOX))
     try:
         js = nc.jetstream()
-        await ensure_streams(js)
+        await ensure_streams(js, settings.streams, replicas=settings.nats_stream_replicas)
+        replicas = settings.nats_stream_replicas
+        await ensure_bucket(
+            js,
+            MATERIALS_BUCKET,
+            description="the material library, by sha256",
+            replicas=replicas,
+        )
+        await ensure_bucket(
+            js,
+            ARTIFACTS_BUCKET,
+            max_age_seconds=settings.artifact_retention_hours * 3600,
+            description="screenshots and UI dumps of failed steps",
+            replicas=replicas,
+        )
         keys: Mirror[KeyRecord] = Mirror(KV_API_KEYS, parse_record)
         scripts: Mirror[ScriptSpec] = Mirror(KV_SCRIPTS, parse_spec)
-        await keys.start(await open_bucket(js, KV_API_KEYS))
-        await scripts.start(await open_bucket(js, KV_SCRIPTS))
+        kv_config = settings.kv_config
+        await keys.start(await open_bucket(js, KV_API_KEYS, kv_config(KV_API_KEYS)))
+        await scripts.start(await open_bucket(js, KV_SCRIPTS, kv_config(KV_SCRIPTS)))
         await asyncio.wait_for(keys.loaded.wait(), _LOAD_TIMEOUT_SECONDS)
         await asyncio.wait_for(scripts.loaded.wait(), _LOAD_TIMEOUT_SECONDS)
     except BaseException:
@@ -123,10 +153,14 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
         metrics.install(app)
     api = APIRouter(prefix="/api/v1")
     api.include_router(tasks.router)
+    api.include_router(artifacts.router)
+    api.include_router(materials.router)
     api.include_router(fleet.router)
     api.include_router(events.router)
     api.include_router(heartbeats.router)
     api.include_router(keys.router)
+    api.include_router(rpc.router)
+    api.include_router(custom_scripts.router)
     app.include_router(system.router)
     app.include_router(api)
     app.include_router(system.probes)

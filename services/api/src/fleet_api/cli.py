@@ -19,6 +19,7 @@ from fleet_api.keys import create_key, revoke_keys, stored_keys
 from fleet_api.kv import open_bucket
 from fleet_api.settings import ApiSettings
 from fleet_contracts.codes import Plan, Role
+from fleet_contracts.permissions import inbox_prefix
 from fleet_contracts.subjects import KV_API_KEYS
 from fleet_runtime.bus import connect
 
@@ -62,6 +63,7 @@ async def _connect_once(settings: ApiSettings, name: str) -> Client:
                 allow_reconnect=False,
                 max_reconnect_attempts=1,  # nats-py: 0 would retry forever
                 connect_timeout=3,
+                link=settings.nats_link(inbox_prefix("gateway")),
             ),
             CONNECT_SECONDS,
         )
@@ -75,7 +77,7 @@ async def _connect_once(settings: ApiSettings, name: str) -> Client:
 async def _keys(settings: ApiSettings, args: argparse.Namespace) -> int:
     nc = await _connect_once(settings, "fleet-api-keys")
     try:
-        kv = await open_bucket(nc.jetstream(), KV_API_KEYS)
+        kv = await open_bucket(nc.jetstream(), KV_API_KEYS, settings.kv_config(KV_API_KEYS))
         if args.action == "create":
             try:
                 secret = await create_key(kv, args.name, Plan(args.plan), Role(args.role))
@@ -118,11 +120,15 @@ async def _preflight(settings: ApiSettings) -> str | None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, this.cancel)
-    nc = await connect(settings.nats_url, "fleet-api-preflight")
+    nc = await connect(
+        settings.nats_url,
+        "fleet-api-preflight",
+        link=settings.nats_link(inbox_prefix("gateway")),
+    )
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.remove_signal_handler(sig)
     try:
-        kv = await open_bucket(nc.jetstream(), KV_API_KEYS)
+        kv = await open_bucket(nc.jetstream(), KV_API_KEYS, settings.kv_config(KV_API_KEYS))
         return start_problem(settings, await stored_keys(kv))
     finally:
         await nc.close()

@@ -20,6 +20,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from fleet_contracts.codes import ErrorCode
 from fleet_contracts.messages import new_id
+from fleet_contracts.sessions import loggable_path
 from fleet_runtime.logs import bind_correlation
 
 log = structlog.get_logger(__name__)
@@ -61,7 +62,8 @@ class CorrelationMiddleware:
                 MutableHeaders(scope=message)[HEADER] = cid
             await send(message)
 
-        with bind_correlation(cid, method=scope["method"], path=scope["path"]):
+        # A session id in the path is a credential: the log gets its digest instead.
+        with bind_correlation(cid, method=scope["method"], path=loggable_path(scope["path"])):
             try:
                 await self.app(scope, receive, send_with_id)
             except Exception:

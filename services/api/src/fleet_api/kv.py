@@ -23,13 +23,16 @@ log = structlog.get_logger(__name__)
 T = TypeVar("T")
 
 
-async def open_bucket(js: JetStreamContext, bucket: str) -> KeyValue:
+async def open_bucket(
+    js: JetStreamContext, bucket: str, config: KeyValueConfig | None = None
+) -> KeyValue:
+    """The bucket; created from `config` (settings' `kv_config`) when missing."""
     try:
         return await js.key_value(bucket)
     except BucketNotFoundError:
         pass
     try:
-        return await js.create_key_value(KeyValueConfig(bucket=bucket, history=1))
+        return await js.create_key_value(config or KeyValueConfig(bucket=bucket, history=1))
     except Error:
         return await js.key_value(bucket)
 

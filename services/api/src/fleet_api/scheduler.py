@@ -89,7 +89,8 @@ async def _publish(gw: Gateway, command: AnyCommand, inbox: str, within: float) 
             if attempt == 2:
                 raise unavailable("the COMMANDS stream does not answer") from exc
             log.warning("command.stream_missing", command_id=command.message_id)
-            await ensure_streams(gw.js)
+            s = gw.settings
+            await ensure_streams(gw.js, s.streams, replicas=s.nats_stream_replicas)
         except (nats.errors.TimeoutError, TimeoutError) as exc:
             raise unavailable(
                 f"the COMMANDS stream did not confirm within {within:g}s; nothing was sent"

@@ -6,10 +6,13 @@ import ipaddress
 from typing import Literal
 
 from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
+
+from fleet_contracts.materials import DEFAULT_ARTIFACT_RETENTION_HOURS
+from fleet_runtime.link import NatsLinkSettings
 
 
-class ApiSettings(BaseSettings):
+class ApiSettings(NatsLinkSettings):  # + NATS identity, TLS, stream limits
     model_config = SettingsConfigDict(env_prefix="FLEET_", extra="ignore")
 
     nats_url: str = "nats://127.0.0.1:4222"
@@ -18,6 +21,9 @@ class ApiSettings(BaseSettings):
     api_command_timeout_seconds: float = Field(10.0, gt=0)
     api_query_timeout_seconds: float = Field(5.0, gt=0)
     api_require_keys: Literal["auto", "true", "false"] = "auto"
+    # A library upload streams to the object store; this bounds one file, not memory.
+    api_material_max_bytes: int = Field(2 * 1024**3, ge=1)
+    artifact_retention_hours: float = Field(DEFAULT_ARTIFACT_RETENTION_HOURS, gt=0)
     log_level: str = "INFO"
     metrics_enabled: bool = True
 

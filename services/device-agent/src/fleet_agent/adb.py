@@ -14,6 +14,7 @@ usernames to the phone through the API instead.
 from __future__ import annotations
 
 import asyncio
+import io
 import re
 import socket
 import threading
@@ -29,6 +30,7 @@ from adbutils._adb import AdbConnection
 
 from fleet_agent.driver import DeviceListener
 from fleet_agent.phone import DeviceGoneError, ElementMissingError, PhoneError, Selector
+from fleet_agent.remote import RemoteCallError, shell_words
 from fleet_agent.scripts.post_selectors import INSTAGRAM_PACKAGE, TIKTOK_PACKAGE
 from fleet_contracts.agent import DeviceInfo
 
@@ -66,6 +68,10 @@ class UiDevice(Protocol):
     def app_stop(self, package_name: str) -> Any: ...
 
     def screenshot(self, filename: str) -> Any: ...
+
+    def jsonrpc_call(self, method: str, params: Any = None, timeout: float = 10) -> Any: ...
+
+    def dump_hierarchy(self) -> str: ...
 
 
 UiFactory = Callable[[AdbDevice], UiDevice]
@@ -264,6 +270,42 @@ class AdbPhone:
 
     async def wait(self, seconds: float) -> None:
         await asyncio.sleep(seconds)
+
+    # The custom-script API (`remote.RemotePhone`) ------------------------------------
+    async def rpc(self, method: str, params: Any, within: float) -> Any:
+        ui = await self._ui_device()
+
+        def call() -> Any:
+            from uiautomator2.exceptions import RPCError
+
+            try:
+                return ui.jsonrpc_call(method, params, within)
+            except RPCError as exc:
+                # The phone's uiautomator server refused this call: the caller's to fix.
+                raise RemoteCallError(f"method: {method} failed on the phone: {exc}") from exc
+
+        return await self._call(f"jsonrpc {method}", call, within + 5)
+
+    async def hierarchy(self, within: float) -> str:
+        ui = await self._ui_device()
+        return str(await self._call("dump hierarchy", ui.dump_hierarchy, within))
+
+    async def screenshot_png(self, within: float) -> bytes:
+        def grab() -> bytes:
+            out = io.BytesIO()
+            self._device.screenshot().save(out, format="PNG")
+            return out.getvalue()
+
+        return await self._call("screenshot", grab, within)
+
+    async def adb(self, args: list[str], within: float) -> str:
+        words = shell_words(args)
+        out: object = await self._call(
+            f"adb shell {words[0]}",
+            partial(self._device.shell, words, timeout=within),
+            within + 5,
+        )
+        return str(out)
 
 
 class AdbDriver:

@@ -17,14 +17,19 @@ import structlog
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
+from nats.errors import Error as NatsError
 from nats.js import JetStreamContext
-from nats.js.errors import BadRequestError, BucketNotFoundError
+from nats.js.errors import BadRequestError, BucketNotFoundError, NotFoundError
 from nats.js.kv import KeyValue
 from pydantic import ValidationError
 
 from fleet_agent import metrics
+from fleet_agent.cache import MaterialCache, store_download
+from fleet_agent.device_calls import answer as answer_device_call
 from fleet_agent.driver import Driver
+from fleet_agent.evidence import Evidence
 from fleet_agent.phone import Phone
+from fleet_agent.program import ProgramScript
 from fleet_agent.reports import publish_many, publish_report
 from fleet_agent.runs import DEVICE_DISCONNECTED, Runner
 from fleet_agent.scripts import Script, ScriptHost, discover, spec_of
@@ -41,8 +46,11 @@ from fleet_contracts.agent import (
     RunTask,
     StopRun,
 )
+from fleet_contracts.permissions import inbox_prefix
 from fleet_contracts.subjects import (
     KV_SCRIPTS,
+    REPORTS,
+    agent_device_subject,
     agent_run_subject,
     agent_stop_subject,
     heartbeat_subject,
@@ -57,7 +65,8 @@ log = structlog.get_logger(__name__)
 
 
 def sim_control_subject(agent_id: str, action: str) -> str:
-    """`sim.<agent>.unplug|plug`: pull or plug a simulated phone's cable (tests, demos)."""
+    """`sim.<agent>.unplug|plug`: pull or plug a simulated phone's cable (tests, demos);
+    `sim.<agent>.fail` with {"serial", "step"}: that phone's next run fails the step."""
     return f"sim.{token(agent_id)}.{action}"
 
 
@@ -97,6 +106,8 @@ class Agent:
         self._scripts: dict[str, Script] = {}
         self._subs: list[Subscription] = []
         self._heartbeat: asyncio.Task[None] | None = None
+        self._calls: set[asyncio.Task[None]] = set()
+        self._cache: MaterialCache | None = None
         # Device changes seen while starting wait for agent.started to go out first.
         self._announced = asyncio.Event()
         self.metrics: Exporter | None = None
@@ -124,6 +135,11 @@ class Agent:
         return self._runner
 
     @property
+    def cache(self) -> MaterialCache:
+        assert self._cache is not None, "agent not started"
+        return self._cache
+
+    @property
     def js(self) -> JetStreamContext:
         assert self._js is not None, "agent not started"
         return self._js
@@ -137,14 +153,24 @@ class Agent:
         s = self.settings
         with bind_correlation(None, agent_id=self.agent_id):
             self._nc = await connect(
-                s.nats_url, f"fleet-agent-{self.agent_id}", on_reconnected=self._reconnected
+                s.nats_url,
+                f"fleet-agent-{self.agent_id}",
+                on_reconnected=self._reconnected,
+                link=s.nats_link(inbox_prefix("agent", self.agent_id)),
             )
             self._js = self._nc.jetstream()
-            await ensure_streams(self._js)
+            await self._ensure_streams()
+            self._cache = MaterialCache(
+                s.agent_material_cache_dir,
+                s.agent_material_cache_max_bytes,
+                store_download(self._js),
+            )
+            await asyncio.to_thread(self._cache.open)
             host = ScriptHost(
                 agent_id=self.agent_id,
                 material_roots=tuple(s.agent_material_roots),
                 material_library=s.agent_material_library,
+                library=self._cache,
                 rng=random.Random(),
                 ui_timeout=s.agent_ui_timeout_seconds,
             )
@@ -161,6 +187,8 @@ class Agent:
                 platform_of=self._platform_of,
                 screenshot_dir=s.agent_screenshot_dir,
                 max_parallel=s.agent_max_parallel,
+                programs=self._program_for,
+                evidence=Evidence(self._js, s.artifact_retention_hours),
             )
             devices = await self._driver.start(self)
             self._devices = {d.serial: d for d in devices}
@@ -170,9 +198,10 @@ class Agent:
             self._subs = [
                 await nc.subscribe(agent_run_subject(self.agent_id), cb=self._on_run),
                 await nc.subscribe(agent_stop_subject(self.agent_id), cb=self._on_stop),
+                await nc.subscribe(agent_device_subject(self.agent_id), cb=self._on_device_call),
             ]
             if isinstance(self._driver, SimDriver):
-                for action in ("unplug", "plug"):
+                for action in ("unplug", "plug", "fail"):
                     self._subs.append(
                         await nc.subscribe(
                             sim_control_subject(self.agent_id, action), cb=self._on_sim
@@ -300,16 +329,42 @@ class Agent:
             return await self.js.key_value(KV_SCRIPTS)
         except BucketNotFoundError:
             pass
+        if self.settings.nats_nkey_seed_file is not None:
+            # A host's identity may write script specs but not create buckets.
+            raise RuntimeError(
+                f"the KV bucket {KV_SCRIPTS!r} does not exist yet: start a gateway first"
+            )
         try:
-            return await self.js.create_key_value(bucket=KV_SCRIPTS)
+            return await self.js.create_key_value(config=self.settings.kv_config(KV_SCRIPTS))
         except BadRequestError:
             # Another service created it between our two calls.
             return await self.js.key_value(KV_SCRIPTS)
 
+    async def _ensure_streams(self) -> None:
+        """Create the streams only when they are missing and this agent may.
+
+        The services own the streams. A host's NATS identity (its own, or its leaf
+        node's) may look REPORTS up but never create or change a stream, so a host
+        cannot reconfigure or delete them; until they exist its reports are retried.
+        """
+        s = self.settings
+        try:
+            await self.js.stream_info(REPORTS.name)
+            return
+        except NotFoundError:
+            pass
+        if s.nats_nkey_seed_file is not None:
+            log.warning("agent.streams_missing", message="waiting for the services to make them")
+            return
+        try:
+            await ensure_streams(self.js, s.streams, replicas=s.nats_stream_replicas)
+        except (NatsError, TimeoutError) as exc:
+            log.warning("agent.streams_not_made", error=str(exc) or repr(exc))
+
     async def _reconnected(self) -> None:
         # A NATS restarted without its state has lost the streams and the catalogue.
         try:
-            await ensure_streams(self.js)
+            await self._ensure_streams()
             await self._publish_catalogue()
         except Exception as exc:
             log.warning("agent.reconnect_setup_failed", error=str(exc))
@@ -326,6 +381,7 @@ class Agent:
                     for serial, info in self._devices.items()
                 ],
                 interval_seconds=interval,
+                material_cache=self.cache.status(),
             )
             try:
                 # Defaults left out: a 1,000-phone heartbeat stays ~45 kB, one message.
@@ -367,15 +423,39 @@ class Agent:
             log.info("run.stop_requested", reason=request.reason)
             await self._reply(msg, self.runner.stop(request))
 
+    def _program_for(self, request: RunTask) -> ProgramScript | str:
+        """The run of a registered custom script, or why this host will not run it."""
+        program = request.program
+        assert program is not None
+        if program.hosts and self.agent_id not in program.hosts:
+            return f"custom script {program.name!r} is not registered on agent {self.agent_id}"
+        if not request.session_id:
+            return f"custom script {program.name!r} came without its session"
+        return ProgramScript(
+            program, request.session_id, request.serial, self.settings.agent_api_base
+        )
+
+    async def _on_device_call(self, msg: Msg) -> None:
+        # Each call in its own task: a slow phone must not hold back calls on the others.
+        task = asyncio.create_task(answer_device_call(self.nc, msg, self._phone_of))
+        self._calls.add(task)
+        task.add_done_callback(self._calls.discard)
+
     async def _on_sim(self, msg: Msg) -> None:
         driver = self.driver
         assert isinstance(driver, SimDriver)
         action = msg.subject.rsplit(".", 1)[-1]
         try:
-            serial = str(json.loads(msg.data)["serial"])
+            body = json.loads(msg.data)
+            serial = str(body["serial"])
+            step = str(body["step"]) if action == "fail" else ""
         except (ValueError, KeyError, TypeError):
             await self._reply(
-                msg, AgentReply(accepted=False, reason='body must be {"serial": ...}')
+                msg,
+                AgentReply(
+                    accepted=False,
+                    reason='body must be {"serial": ...} ({"serial", "step"} for fail)',
+                ),
             )
             return
         if not driver.known(serial):
@@ -384,7 +464,9 @@ class Agent:
             )
             return
         # The answer comes once the reports are out, so a caller can read them next.
-        if action == "unplug":
+        if action == "fail":
+            driver.fail_next(serial, step)
+        elif action == "unplug":
             await driver.unplug(serial)
         else:
             await driver.plug(serial)

@@ -1,14 +1,17 @@
 """Which media files a post uses, and the checks they pass before the phone is touched.
 
-Rules, each failing with a message that names the file and the rule:
+Rules (a path failing any of them gets the same answer, `refusal`, naming the field,
+the path and what to do, so that no caller learns which paths exist on the host):
 - every file exists, is a regular file and is readable by the agent;
 - when material roots are configured (FLEET_AGENT_MATERIAL_ROOTS), the file, after
   resolving `..` and symbolic links, lies inside one of them.
 
 Sources (`material_source`, used when `material_list` is empty):
 - `localFolder`: files of the right kind directly inside `material_path`;
-- `materialLibrary`: the library is a folder (FLEET_AGENT_MATERIAL_LIBRARY) holding one
-  sub-folder per tag, e.g. `library/cats/a.mp4`, `library/summer/b.jpg`;
+- `materialLibrary`, while the central library is empty (otherwise the scheduler picks
+  from it at create and `material_list` holds `library:` entries): the library is a
+  folder (FLEET_AGENT_MATERIAL_LIBRARY) holding one sub-folder per tag, e.g.
+  `library/cats/a.mp4`, `library/summer/b.jpg`;
   `materials_tags` "cats,summer" picks among the files of those tag folders (all tags
   when empty).
 One video is picked for content_type 0, `image_count` images for content_type 1.
@@ -20,8 +23,13 @@ import os
 import random
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NoReturn
+
+import structlog
 
 from fleet_contracts.scripts.post import IMAGE_SUFFIXES, VIDEO_SUFFIXES, PostConfig
+
+log = structlog.get_logger(__name__)
 
 
 class MaterialError(ValueError):
@@ -36,25 +44,42 @@ def _resolved_roots(roots: Sequence[Path]) -> list[Path]:
     return [Path(os.path.realpath(root)) for root in roots]
 
 
-def check_file(raw: str, field: str, roots: Sequence[Path]) -> Path:
-    """The file `raw` resolved, or MaterialError naming `field`, the path and the rule."""
-    path = Path(raw).expanduser()
-    if not path.exists():
-        raise MaterialError(f"{field}: {raw} does not exist on this agent host")
-    resolved = Path(os.path.realpath(path))
+def refusal(field: str, raw: str | Path, roots: Sequence[Path], kind: str = "file") -> str:
+    """The one answer for every path the agent will not use.
+
+    Missing, outside the roots, of the wrong type and unreadable all read the same, so
+    a caller cannot probe which paths exist on the host; the agent's own log keeps the
+    precise reason for its operator.
+    """
     if roots:
-        allowed = _resolved_roots(roots)
-        if not _inside(resolved, allowed):
-            shown = ", ".join(str(r) for r in roots)
-            extra = f" (it resolves to {resolved})" if str(resolved) != raw else ""
-            raise MaterialError(
-                f"{field}: {raw}{extra} is outside the material roots ({shown}); "
-                "only files under FLEET_AGENT_MATERIAL_ROOTS may be posted"
-            )
+        shown = ", ".join(str(r) for r in roots)
+        return (
+            f"{field}: {raw} is not a readable {kind} inside the material roots ({shown}) "
+            f"on this agent's host; put the media under one of them "
+            "(FLEET_AGENT_MATERIAL_ROOTS) and check the path"
+        )
+    return (
+        f"{field}: {raw} is not a readable {kind} on this agent's host; "
+        "check the path and that the agent may read it"
+    )
+
+
+def _refuse(field: str, raw: str | Path, roots: Sequence[Path], reason: str, kind: str) -> NoReturn:
+    log.info("material.refused", field=field, path=str(raw), reason=reason)
+    raise MaterialError(refusal(field, raw, roots, kind))
+
+
+def check_file(raw: str, field: str, roots: Sequence[Path]) -> Path:
+    """The file `raw` resolved, or MaterialError naming `field` and the path (`refusal`)."""
+    resolved = Path(os.path.realpath(Path(raw).expanduser()))
+    if roots and not _inside(resolved, _resolved_roots(roots)):
+        _refuse(field, raw, roots, f"outside the roots (resolves to {resolved})", "file")
+    if not resolved.exists():
+        _refuse(field, raw, roots, "does not exist", "file")
     if not resolved.is_file():
-        raise MaterialError(f"{field}: {raw} is not a regular file")
+        _refuse(field, raw, roots, "not a regular file", "file")
     if not os.access(resolved, os.R_OK):
-        raise MaterialError(f"{field}: {raw} is not readable by the agent")
+        _refuse(field, raw, roots, "not readable by the agent", "file")
     return resolved
 
 
@@ -67,16 +92,11 @@ def _count(config: PostConfig) -> int:
 
 
 def _check_folder(raw: str | Path, field: str, roots: Sequence[Path]) -> Path:
-    folder = Path(raw).expanduser()
-    if not folder.is_dir():
-        raise MaterialError(f"{field}: {raw} is not a folder on this agent host")
-    resolved = Path(os.path.realpath(folder))
+    resolved = Path(os.path.realpath(Path(raw).expanduser()))
     if roots and not _inside(resolved, _resolved_roots(roots)):
-        shown = ", ".join(str(r) for r in roots)
-        raise MaterialError(
-            f"{field}: {raw} is outside the material roots ({shown}); "
-            "only files under FLEET_AGENT_MATERIAL_ROOTS may be posted"
-        )
+        _refuse(field, raw, roots, f"outside the roots (resolves to {resolved})", "folder")
+    if not resolved.is_dir() or not os.access(resolved, os.R_OK | os.X_OK):
+        _refuse(field, raw, roots, "missing, not a folder or not readable", "folder")
     return resolved
 
 
@@ -113,8 +133,9 @@ def select_materials(
     else:
         if library is None:
             raise MaterialError(
-                "material_source: materialLibrary needs a material library on the agent "
-                "(FLEET_AGENT_MATERIAL_LIBRARY); pass material_list instead"
+                "material_source: materialLibrary found the central library empty and no "
+                "folder library on this agent (FLEET_AGENT_MATERIAL_LIBRARY); upload media "
+                "with POST /api/v1/material, or pass material_list"
             )
         base = _check_folder(library, "material library", roots)
         tags = [t.strip() for t in config.materials_tags.split(",") if t.strip()]

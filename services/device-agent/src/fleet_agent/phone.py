@@ -62,6 +62,11 @@ class Phone(Protocol):
 
     async def screenshot(self, path: Path) -> Path | None: ...
 
+    async def hierarchy(self, within: float) -> str:
+        """The screen's UI hierarchy as XML (uiautomator's dump): failure evidence, and
+        the custom-script API's `/rpc/hierarchy`."""
+        ...
+
     async def wait(self, seconds: float) -> None:
         """A pause the flow needs (upload, sound loading); the simulator scales it."""
         ...

@@ -19,6 +19,7 @@ from nats.js import JetStreamContext
 from pydantic import ValidationError
 
 from fleet_agent import metrics
+from fleet_agent.evidence import Evidence
 from fleet_agent.phone import DeviceGoneError, Phone, PhoneError
 from fleet_agent.progress import ProgressThrottle
 from fleet_agent.reports import publish_progress, publish_report
@@ -48,6 +49,7 @@ AGENT_STOPPING = "agent stopping"
 @dataclass
 class Run:
     request: RunTask
+    script: Script | None = None
     token: CancelToken = field(default_factory=CancelToken)
     job: asyncio.Task[None] | None = None
     stop_requested: bool = False
@@ -67,7 +69,10 @@ class Runner:
         platform_of: Callable[[str, str | None], str | None],
         screenshot_dir: Path,
         max_parallel: int | None = None,
+        programs: Callable[[RunTask], Script | str] | None = None,
+        evidence: Evidence | None = None,
     ) -> None:
+        self._evidence_sink = evidence
         self._agent_id = agent_id
         self._js = js
         self._scripts = scripts
@@ -75,6 +80,7 @@ class Runner:
         self._platform_of = platform_of
         self._screenshot_dir = screenshot_dir
         self._max_parallel = max_parallel
+        self._programs = programs
         self._runs: dict[str, Run] = {}
         self._stopping = asyncio.Event()
 
@@ -107,7 +113,14 @@ class Runner:
                 accepted=False,
                 reason=f"device {request.serial} is not attached to agent {self._agent_id}",
             )
-        if request.script_name not in self._scripts:
+        script: Script | None = self._scripts.get(request.script_name)
+        if request.program is not None and self._programs is not None:
+            # A registered custom script: the run brings its program (or why it cannot run).
+            made = self._programs(request)
+            if isinstance(made, str):
+                return AgentReply(accepted=False, reason=made)
+            script = made
+        if script is None:
             return AgentReply(
                 accepted=False,
                 reason=f"script {request.script_name!r} not installed on agent {self._agent_id}",
@@ -120,7 +133,7 @@ class Runner:
                     f"scripts (FLEET_AGENT_MAX_PARALLEL={self._max_parallel})"
                 ),
             )
-        run = Run(request)
+        run = Run(request, script=script)
         self._runs[request.serial] = run
         run.job = asyncio.create_task(self._execute(run, phone), name=f"task-{request.task_id}")
         return AgentReply(accepted=True)
@@ -204,7 +217,7 @@ class Runner:
     async def _attempt(self, run: Run, phone: Phone) -> Report:
         request = run.request
         ids = request.caused()
-        script = self._scripts[request.script_name]
+        script = run.script or self._scripts[request.script_name]
         log.info("run.accepted", script=request.script_name, dispatch_id=request.dispatch_id)
         await publish_report(
             self._js,
@@ -253,17 +266,17 @@ class Runner:
         except Cancelled:
             return self._ended_by_cancel(run)
         except ScriptFailure as exc:
-            shot = await self._screenshot(run, phone) if exc.on_screen else None
+            shot = await self._evidence(run, phone) if exc.on_screen else None
             return self._failed(run, exc.reason, screenshot=shot)
         except DeviceGoneError as exc:
             log.warning("run.device_gone", error=str(exc))
             return self._failed(run, DEVICE_DISCONNECTED)
         except PhoneError as exc:
-            shot = await self._screenshot(run, phone)
+            shot = await self._evidence(run, phone)
             return self._failed(run, f"phone error: {exc}", screenshot=shot)
         except Exception as exc:
             log.exception("run.script_crashed", script=request.script_name)
-            shot = await self._screenshot(run, phone)
+            shot = await self._evidence(run, phone)
             reason = f"script {request.script_name!r} crashed: {type(exc).__name__}: {exc}"
             return self._failed(run, reason, screenshot=shot)
         return TaskCompletedReport(
@@ -273,6 +286,23 @@ class Runner:
             result=result,
             **ids,
         )
+
+    async def _evidence(self, run: Run, phone: Phone) -> Path | None:
+        """Screenshot and hierarchy of the failed step, uploaded; the local shot's path."""
+        shot = await self._screenshot(run, phone)
+        if self._evidence_sink is None:
+            return shot
+        try:
+            hierarchy = await asyncio.wait_for(
+                phone.hierarchy(SCREENSHOT_TIMEOUT), SCREENSHOT_TIMEOUT + 5
+            )
+        except (PhoneError, OSError, TimeoutError) as exc:
+            log.warning("run.hierarchy_failed", error=str(exc))
+            hierarchy = None
+        await self._evidence_sink.keep(
+            run.request.task_id, run.request.dispatch_id, shot, hierarchy
+        )
+        return shot
 
     async def _screenshot(self, run: Run, phone: Phone) -> Path | None:
         name = f"task-{run.request.task_id}-{run.request.dispatch_id}.png"

@@ -8,10 +8,13 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import Field, field_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic_settings import NoDecode, SettingsConfigDict
+
+from fleet_contracts.materials import DEFAULT_ARTIFACT_RETENTION_HOURS
+from fleet_runtime.link import NatsLinkSettings
 
 
-class AgentSettings(BaseSettings):
+class AgentSettings(NatsLinkSettings):  # + NATS identity, TLS, stream limits
     model_config = SettingsConfigDict(env_prefix="FLEET_", extra="ignore")
 
     nats_url: str = "nats://127.0.0.1:4222"
@@ -31,7 +34,16 @@ class AgentSettings(BaseSettings):
         default_factory=lambda: Path(tempfile.gettempdir()) / "fleet-agent-screenshots"
     )
     agent_max_parallel: int | None = Field(None, ge=1)
+    # Library items fetched from the central library, shared by every phone on the host.
+    agent_material_cache_dir: Path = Field(
+        default_factory=lambda: Path(tempfile.gettempdir()) / "fleet-agent-materials"
+    )
+    agent_material_cache_max_bytes: int = Field(10 * 1024**3, ge=0)
+    # Used only if this agent is the first to create the artifacts bucket.
+    artifact_retention_hours: float = Field(DEFAULT_ARTIFACT_RETENTION_HOURS, gt=0)
     agent_ui_timeout_seconds: float = Field(15.0, gt=0)
+    # Where custom scripts reach the gateway (their TIKMATRIX_API_BASE).
+    agent_api_base: str = "http://127.0.0.1:50809"
     log_level: str = "INFO"
     # Metrics: /metrics on a port of its own; 0 or empty serves none (see metrics.py).
     metrics_enabled: bool = True

@@ -4,18 +4,25 @@ Serials are `<prefix>1` … `<prefix>N`; device n holds the TikTok accounts `sim
 and `sim_<n>_b`. Every step sleeps for a typical phone duration times the speed
 factor (1.0 real time, 0 instant), so the same scripts and material checks run as
 on a phone. A phone is a plain object and a sleep, never a thread, so one process
-holds thousands. `unplug` / `plug` stand in for a cable being pulled.
+holds thousands. `unplug` / `plug` stand in for a cable being pulled; `fail_next`
+makes a named step's element missing once (an app update that moved a button), and
+the phone then shows a small PNG screenshot and an XML hierarchy like a real one.
 """
 
 from __future__ import annotations
 
 import asyncio
+import struct
+import zlib
 from pathlib import Path
+from typing import Any
+from xml.sax.saxutils import quoteattr
 
 import structlog
 
 from fleet_agent.driver import DeviceListener
 from fleet_agent.phone import DeviceGoneError, ElementMissingError, Selector
+from fleet_agent.remote import RemoteCallError, png, shell_words
 from fleet_contracts.agent import DeviceInfo
 
 log = structlog.get_logger(__name__)
@@ -29,6 +36,31 @@ TAP = 0.7
 TYPE_PER_CHAR = 0.03
 TYPE_MAX = 3.0
 PRESENT = 0.3
+RPC = 0.05
+SCREEN_WIDTH, SCREEN_HEIGHT = 720, 1280
+# Noise rows of the simulated screenshot: about 1.4 MB, above NATS's 1 MiB payload
+# limit, so every screenshot exercises the chunked reply.
+SCREEN_NOISE_ROWS = 680
+SIM_RPC_METHODS = frozenset(
+    {"click", "swipe", "pressKey", "setText", "clearTextField", "waitForIdle", "ping"}
+)
+
+
+def tiny_png(width: int = 36, height: int = 64, rgb: tuple[int, int, int] = (40, 40, 48)) -> bytes:
+    """A valid PNG of one colour: a phone-shaped screenshot a few hundred bytes long."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        body = kind + data
+        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
+
+    row = b"\x00" + bytes(rgb) * width
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(row * height))
+        + chunk(b"IEND", b"")
+    )
 
 
 class SimPhone:
@@ -38,6 +70,9 @@ class SimPhone:
         self.speed = speed
         self.attached = True
         self.pushed: dict[str, int] = {}
+        self._png: bytes | None = None
+        self.fail_step: str | None = None
+        self.last_step = ""
 
     @property
     def serial(self) -> str:
@@ -76,14 +111,21 @@ class SimPhone:
     async def app_stop(self, package: str) -> None:
         await self._take(SHELL)
 
-    async def tap(self, step: str, selectors: list[Selector], within: float) -> None:
-        if not selectors:
+    def _check_step(self, step: str, selectors: list[Selector], within: float) -> None:
+        self.last_step = step
+        if not selectors or step == self.fail_step:
+            if step == self.fail_step:
+                self.fail_step = None
             raise ElementMissingError(step, selectors, within)
+
+    async def tap(self, step: str, selectors: list[Selector], within: float) -> None:
+        self._check_step(step, selectors, within)
         await self._take(TAP)
 
     async def type_text(
         self, step: str, selectors: list[Selector], text: str, within: float
     ) -> None:
+        self._check_step(step, selectors, within)
         await self._take(TAP + min(TYPE_MAX, TYPE_PER_CHAR * len(text)))
 
     async def present(self, selectors: list[Selector], within: float) -> bool:
@@ -92,10 +134,94 @@ class SimPhone:
         return False
 
     async def screenshot(self, path: Path) -> Path | None:
-        return None
+        if not self.attached:
+            raise DeviceGoneError(f"device {self._serial} is not attached")
+        await asyncio.to_thread(path.write_bytes, tiny_png())
+        return path
 
     async def wait(self, seconds: float) -> None:
         await self._take(seconds)
+
+    # The custom-script API (`remote.RemotePhone`) ------------------------------------
+    def device_info(self) -> dict[str, Any]:
+        return {
+            "currentPackageName": "com.android.launcher3",
+            "displayWidth": SCREEN_WIDTH,
+            "displayHeight": SCREEN_HEIGHT,
+            "displayRotation": 0,
+            "displaySizeDpX": 360,
+            "displaySizeDpY": 640,
+            "naturalOrientation": True,
+            "productName": "sim_pixel_7",
+            "screenOn": True,
+            "sdkInt": 34,
+            "serial": self._serial,
+        }
+
+    def _hierarchy(self) -> str:
+        # After a missed step the root says which one, so failure evidence reads true.
+        missed = f"simulated: no element for {self.last_step}" if self.last_step else ""
+        nodes = [
+            ("android.widget.FrameLayout", "", "", "[0,0][720,1280]", missed),
+            (
+                "android.widget.TextView",
+                self._serial,
+                "com.android.launcher3:id/title",
+                "[40,120][680,200]",
+                "",
+            ),
+            (
+                "android.widget.Button",
+                "Log in",
+                "com.zhiliaoapp.musically:id/login",
+                "[160,1000][560,1100]",
+                "",
+            ),
+        ]
+        inner = "".join(
+            f"<node index={quoteattr(str(i))} text={quoteattr(text)}"
+            f" resource-id={quoteattr(rid)} class={quoteattr(cls)}"
+            f' package="com.android.launcher3" content-desc={quoteattr(desc)} clickable="true"'
+            f" bounds={quoteattr(bounds)} />"
+            for i, (cls, text, rid, bounds, desc) in enumerate(nodes)
+        )
+        return (
+            "<?xml version='1.0' encoding='UTF-8' standalone='yes' ?>"
+            f'<hierarchy rotation="0">{inner}</hierarchy>'
+        )
+
+    async def rpc(self, method: str, params: Any, within: float) -> Any:
+        await self._take(RPC)
+        if method == "deviceInfo":
+            return self.device_info()
+        if method == "dumpWindowHierarchy":
+            return self._hierarchy()
+        if method in SIM_RPC_METHODS:
+            return True
+        raise RemoteCallError(f"method: {method!r} is not a UIAutomator2 method (-32601)")
+
+    async def hierarchy(self, within: float) -> str:
+        if not self.attached:
+            raise DeviceGoneError(f"device {self._serial} is not attached")
+        await self._take(RPC)
+        return self._hierarchy()
+
+    async def screenshot_png(self, within: float) -> bytes:
+        await self._take(RPC)
+        if self._png is None:
+            self._png = await asyncio.to_thread(
+                png, SCREEN_WIDTH, SCREEN_HEIGHT, self.number, SCREEN_NOISE_ROWS
+            )
+        return self._png
+
+    async def adb(self, args: list[str], within: float) -> str:
+        words = shell_words(args)
+        await self._take(SHELL)
+        if words[0] == "echo":
+            return " ".join(words[1:]) + "\n"
+        if words[:2] == ["getprop", "ro.product.model"]:
+            return "Simulated Pixel 7\n"
+        return ""
 
 
 class SimDriver:
@@ -130,6 +256,11 @@ class SimDriver:
 
     def known(self, serial: str) -> bool:
         return serial in self._phones
+
+    def fail_next(self, serial: str, step: str) -> None:
+        """The next time the phone's run reaches `step`, its element is missing."""
+        self._phones[serial].fail_step = step
+        log.info("sim.will_fail", serial=serial, step=step)
 
     async def unplug(self, serial: str) -> None:
         phone = self._phones[serial]

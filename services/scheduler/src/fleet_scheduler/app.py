@@ -19,9 +19,19 @@ import structlog
 from nats.aio.client import Client
 
 from fleet_contracts.messages import utcnow
+from fleet_contracts.permissions import inbox_prefix
 from fleet_runtime.bus import connect, ensure_streams
 from fleet_runtime.metrics import Exporter
-from fleet_scheduler import commands, dispatch, liveness, metrics, queries, relay, reports
+from fleet_scheduler import (
+    commands,
+    dispatch,
+    lease_expiry,
+    liveness,
+    metrics,
+    queries,
+    relay,
+    reports,
+)
 from fleet_scheduler.context import Context
 from fleet_scheduler.migrate import migrate
 from fleet_scheduler.settings import SchedulerSettings
@@ -77,13 +87,18 @@ class Scheduler:
         async def resubscribe() -> None:
             if self.ctx is not None:
                 with contextlib.suppress(Exception):
-                    await ensure_streams(self.ctx.js)
+                    await ensure_streams(
+                        self.ctx.js, settings.streams, replicas=settings.nats_stream_replicas
+                    )
 
         self._nc = await connect(
-            settings.nats_url, f"scheduler-{settings.scheduler_id}", on_reconnected=resubscribe
+            settings.nats_url,
+            f"scheduler-{settings.scheduler_id}",
+            on_reconnected=resubscribe,
+            link=settings.nats_link(inbox_prefix("scheduler")),
         )
         js = self._nc.jetstream()
-        await ensure_streams(js)
+        await ensure_streams(js, settings.streams, replicas=settings.nats_stream_replicas)
         self.ctx = ctx = Context(
             settings=settings,
             pool=pool,
@@ -98,6 +113,7 @@ class Scheduler:
         stopping = self._stopping
         loops = [commands.run(ctx, stopping), reports.run(ctx, stopping)]
         loops += [liveness.run(ctx, stopping), dispatch.run(ctx, stopping)]
+        loops.append(lease_expiry.run(ctx, stopping))
         if self.relay_enabled:
             loops.append(relay.run(ctx, stopping))
         self._loops = [asyncio.create_task(loop) for loop in loops]

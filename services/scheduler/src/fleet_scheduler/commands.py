@@ -20,16 +20,25 @@ from pydantic import ValidationError
 from fleet_contracts.agent import StopRun
 from fleet_contracts.codes import ErrorCode
 from fleet_contracts.commands import (
+    AddMaterial,
     AnyCommand,
     BatchDeleteTasks,
     CommandResult,
     CreateTasks,
+    DeleteMaterial,
     DeleteTask,
+    LeaseDevice,
     RegisterAccount,
+    RegisterCustomScript,
+    ReleaseLease,
     RemoveAccount,
+    RemoveCustomScript,
+    RenewLease,
     RetryAllTasks,
     RetryTask,
+    SetHostAdb,
     StopTask,
+    TagMaterial,
     parse_command,
 )
 from fleet_contracts.scripts import BUILTIN_CONFIGS
@@ -42,7 +51,7 @@ from fleet_contracts.subjects import (
 )
 from fleet_contracts.validation import describe
 from fleet_runtime.logs import bind_correlation
-from fleet_scheduler import handlers, metrics
+from fleet_scheduler import handlers, library, library_reads, metrics, session_commands
 from fleet_scheduler.consumer import pull_loop
 from fleet_scheduler.context import Context
 from fleet_scheduler.errors import Rejected, database_unavailable, failure_code
@@ -63,7 +72,7 @@ async def plugin_schemas(ctx: Context, name: str) -> dict[str, dict[str, Any]]:
         kv = await ctx.js.key_value(KV_SCRIPTS)
         entry = await kv.get(name)
     except (BucketNotFoundError, KeyNotFoundError):
-        return {}
+        return await session_commands.custom_schema(ctx.pool, name)
     if not entry.value:
         return {}
     spec = json.loads(entry.value)
@@ -102,13 +111,21 @@ async def _decide(
                     ):
                         by_serial.setdefault(r["serial"], []).append(r["username"])
                 targets = handlers.plan_targets(cmd, known, by_serial, {})
+            await session_commands.check_custom_targets(conn, cmd, targets)
             ids = [
                 r[0]
                 for r in await conn.fetch(
                     "SELECT nextval('task_ids') FROM generate_series(1, $1)", len(targets)
                 )
             ]
-            return handlers.create_tasks(cmd, config, targets, ids, now, ctx.settings.zone, ctx.rng)
+            outcome = handlers.create_tasks(
+                cmd, config, targets, ids, now, ctx.settings.zone, ctx.rng
+            )
+            pick = library.pick_request(request.script_name, config)
+            if pick is None:
+                return outcome
+            found = await library_reads.load_for_pick(conn, pick)
+            return library.pick_for_tasks(outcome, pick, found, ctx.rng)
         case StopTask():
             states = await load_tasks(conn, [cmd.task_id])
             return handlers.stop_task(cmd.task_id, states.get(cmd.task_id))
@@ -135,6 +152,28 @@ async def _decide(
                 "SELECT count(*) FROM accounts WHERE username = $1", cmd.username
             )
             return handlers.remove_account(cmd, bool(exists))
+        case (
+            LeaseDevice()
+            | RenewLease()
+            | ReleaseLease()
+            | RegisterCustomScript()
+            | RemoveCustomScript()
+            | SetHostAdb()
+        ):
+            return await session_commands.decide(conn, cmd)
+        case AddMaterial():
+            # Two schedulers adding the same bytes at once: the second waits for the
+            # first to commit, then finds its item (one live item per sha256).
+            await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", cmd.sha256)
+            existing = await library_reads.load_live_by_sha(conn, cmd.sha256)
+            new_id = 0 if existing else await conn.fetchval("SELECT nextval('material_ids')")
+            return library.add_material(cmd, existing, new_id, now)
+        case TagMaterial():
+            item = await library_reads.load_item(conn, cmd.material_id)
+            return library.tag_material(cmd, item, now)
+        case DeleteMaterial():
+            item = await library_reads.load_item(conn, cmd.material_id)
+            return library.delete_material(cmd, item)
     raise Rejected(ErrorCode.INVALID_PARAMETERS, f"type: unknown command {cmd.type!r}")
 
 
@@ -305,4 +344,13 @@ async def run(ctx: Context, stopping: asyncio.Event) -> None:
     async def handle(msgs: list[Msg]) -> None:
         await on_messages(ctx, msgs)
 
-    await pull_loop(ctx.js, "COMMANDS", SCHEDULER_COMMANDS_CONSUMER, handle, stopping)
+    s = ctx.settings
+    await pull_loop(
+        ctx.js,
+        "COMMANDS",
+        SCHEDULER_COMMANDS_CONSUMER,
+        handle,
+        stopping,
+        streams=s.streams,
+        replicas=s.nats_stream_replicas,
+    )

@@ -18,6 +18,7 @@ from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
+from fleet_contracts.subjects import ALL_STREAMS, StreamSpec
 from fleet_runtime.bus import ensure_durable, ensure_streams
 
 log = structlog.get_logger(__name__)
@@ -31,6 +32,8 @@ async def pull_loop(
     stopping: asyncio.Event,
     *,
     batch: int = 64,
+    streams: tuple[StreamSpec, ...] = ALL_STREAMS,
+    replicas: int = 1,
 ) -> None:
     config = ConsumerConfig(
         durable_name=durable,
@@ -42,7 +45,7 @@ async def pull_loop(
     )
     while not stopping.is_set():
         try:
-            await ensure_streams(js)
+            await ensure_streams(js, streams, replicas=replicas)
             await ensure_durable(js, stream, config)
             sub = await js.pull_subscribe_bind(durable, stream=stream)
         except Exception as exc:

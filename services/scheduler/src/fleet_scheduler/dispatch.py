@@ -21,6 +21,7 @@ import structlog
 from fleet_contracts.agent import AgentReply, RunTask
 from fleet_contracts.messages import new_id
 from fleet_contracts.subjects import agent_run_subject
+from fleet_scheduler import task_leases
 from fleet_scheduler.context import Context
 from fleet_scheduler.handlers import Outcome
 from fleet_scheduler.projections import load_tasks
@@ -37,6 +38,9 @@ RUN_REQUEST_ATTEMPTS = 3
 RESEND_AFTER_SECONDS = 5.0
 
 
+NOT_LEASED = "NOT EXISTS (SELECT 1 FROM leases l WHERE l.serial = t.serial AND l.task_id IS NULL)"
+"""A leased phone is busy: nothing is dispatched to it until its lease ends."""
+
 DUE_ON_IDLE_DEVICES = (
     "SELECT DISTINCT ON (t.serial) t.id, t.serial, t.due_at, t.min_interval,"
     " t.max_interval, t.interval_anchor, d.agent_id, d.last_task_id, d.last_finished_at"
@@ -44,9 +48,11 @@ DUE_ON_IDLE_DEVICES = (
     " JOIN agents a ON a.agent_id = d.agent_id"
     " WHERE t.state = 'pending' AND NOT t.deleted AND t.due_at <= $1"
     " AND d.online AND NOT d.busy AND NOT a.lost AND a.last_seen >= $2"
+    f" AND {NOT_LEASED}"
     " ORDER BY t.serial, t.due_at, t.id"
 )
-"""Each idle device's oldest due task, for devices online on a live agent."""
+"""Each idle device's oldest due task, for devices online on a live agent and not lent
+to a program (a lease: `leases.py`)."""
 
 
 @dataclass(frozen=True)
@@ -126,6 +132,7 @@ async def claim(ctx: Context, cooling: dict[str, datetime]) -> list[Claim]:
         for task in tasks.values():
             outcome.take(task)
         await uow.append(outcome.events)
+        claims = await task_leases.equip(uow, claims)
     return claims
 
 

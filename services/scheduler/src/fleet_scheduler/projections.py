@@ -20,11 +20,15 @@ from fleet_contracts.events import (
     AccountsReported,
     DeviceConnected,
     DeviceDisconnected,
+    MaterialAdded,
+    MaterialDeleted,
+    MaterialTagged,
     TaskCompleted,
     TaskCreated,
     TaskDeleted,
     TaskDispatched,
     TaskFailed,
+    TaskMaterialsPicked,
     TaskProgressed,
     TaskRequeued,
     TaskRetried,
@@ -32,12 +36,14 @@ from fleet_contracts.events import (
     TaskStarted,
     TaskStopped,
 )
+from fleet_scheduler.session_projections import SESSION_EVENTS, SESSION_TABLES
+from fleet_scheduler.session_projections import project as project_session
 from fleet_scheduler.store import RecordedEvent, recorded_from_row
 from fleet_scheduler.task import TaskState
 
 log = structlog.get_logger(__name__)
 
-READ_MODEL_TABLES = ("tasks", "devices", "accounts")
+READ_MODEL_TABLES = ("tasks", "devices", "accounts", "materials", *SESSION_TABLES)
 
 
 Deltas = Counter[int]
@@ -323,6 +329,42 @@ async def project(conn: asyncpg.Connection, rec: RecordedEvent, deltas: Deltas) 
             )
         case AccountRemoved():
             await conn.execute("DELETE FROM accounts WHERE username = $1", event.username)
+        case _ if isinstance(event, SESSION_EVENTS):
+            await project_session(conn, event, rec)
+        case TaskMaterialsPicked():
+            # The pick lives in the task's config already; only its version moves.
+            await conn.execute(
+                "UPDATE tasks SET version = $2 WHERE id = $1", event.task_id, rec.version
+            )
+        case MaterialAdded():
+            await conn.execute(
+                "INSERT INTO materials (id, sha256, name, size, kind, content_type, tags,"
+                " created_at, version) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+                event.material_id,
+                event.sha256,
+                event.name,
+                event.size,
+                event.kind,
+                event.content_type,
+                event.tags,
+                rec.recorded_at,
+                rec.version,
+            )
+        case MaterialTagged():
+            await conn.execute(
+                "UPDATE materials SET tags = $2, updated_at = $3, version = $4 WHERE id = $1",
+                event.material_id,
+                event.tags,
+                rec.recorded_at,
+                rec.version,
+            )
+        case MaterialDeleted():
+            await conn.execute(
+                "UPDATE materials SET deleted = true, updated_at = $2, version = $3 WHERE id = $1",
+                event.material_id,
+                rec.recorded_at,
+                rec.version,
+            )
 
 
 def task_state(row: asyncpg.Record) -> TaskState:
@@ -358,7 +400,7 @@ async def rebuild(conn: asyncpg.Connection, batch: int = 2000) -> int:
     replayed = 0
     async with conn.transaction():
         await conn.execute("LOCK TABLE events IN EXCLUSIVE MODE")
-        await conn.execute("TRUNCATE tasks, devices, accounts")
+        await conn.execute(f"TRUNCATE {', '.join(READ_MODEL_TABLES)}")
         await conn.execute("UPDATE task_stats SET count = 0")
         deltas: Deltas = Counter()
         position = 0

@@ -19,10 +19,12 @@ from fleet_contracts.commands import Reply
 from fleet_contracts.queries import (
     QUERY_SUBJECTS,
     GetCommandResult,
+    GetMaterial,
     GetStats,
     GetTask,
     ListAccounts,
     ListDevices,
+    ListMaterials,
     ListTasks,
     Ping,
     Query,
@@ -41,13 +43,19 @@ from fleet_contracts.validation import describe
 from fleet_runtime.logs import bind_correlation
 from fleet_scheduler.commands import recorded_result
 from fleet_scheduler.context import Context
+from fleet_scheduler.library_reads import get_material, list_materials
+from fleet_scheduler.session_queries import SESSION_ANSWERS
 
 log = structlog.get_logger(__name__)
 
 TASK_COLUMNS = (
     "t.*, d.online AS device_online, d.busy AS device_busy, d.current_task_id AS device_task"
+    ", l.actor AS lease_actor, l.label AS lease_label"
 )
-TASK_FROM = "tasks t LEFT JOIN devices d ON d.serial = t.serial"
+TASK_FROM = (
+    "tasks t LEFT JOIN devices d ON d.serial = t.serial"
+    " LEFT JOIN leases l ON l.serial = t.serial AND l.task_id IS NULL"
+)
 
 
 def task_view(row: asyncpg.Record, now: Any) -> TaskView:
@@ -60,6 +68,9 @@ def task_view(row: asyncpg.Record, now: Any) -> TaskView:
             reason = row["wait_reason"]
         elif not row["device_online"]:
             reason = "device offline"
+        elif row["lease_actor"] is not None:
+            label = f" ({row['lease_label']})" if row["lease_label"] else ""
+            reason = f"device leased by {row['lease_actor']}{label}; waits until the lease ends"
         elif row["device_busy"] and row["device_task"] != row["id"]:
             reason = f"device busy with task {row['device_task']}"
         else:
@@ -214,6 +225,9 @@ ANSWERS: dict[type[Query], Answer] = {
     ListAccounts: list_accounts,
     GetCommandResult: command_result,
     Ping: ping,
+    **SESSION_ANSWERS,
+    ListMaterials: list_materials,
+    GetMaterial: get_material,
 }
 
 

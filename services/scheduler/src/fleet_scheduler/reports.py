@@ -320,4 +320,13 @@ async def run(ctx: Context, stopping: asyncio.Event) -> None:
         if reports:
             await handle_reports(ctx, reports)
 
-    await pull_loop(ctx.js, "REPORTS", SCHEDULER_REPORTS_CONSUMER, handle, stopping)
+    s = ctx.settings
+    await pull_loop(
+        ctx.js,
+        "REPORTS",
+        SCHEDULER_REPORTS_CONSUMER,
+        handle,
+        stopping,
+        streams=s.streams,
+        replicas=s.nats_stream_replicas,
+    )

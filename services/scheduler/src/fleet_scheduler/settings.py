@@ -7,14 +7,16 @@ import socket
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import Field, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
+
+from fleet_runtime.link import NatsLinkSettings
 
 
 def _default_id() -> str:
     return f"{socket.gethostname()}-{os.getpid()}"
 
 
-class SchedulerSettings(BaseSettings):
+class SchedulerSettings(NatsLinkSettings):  # + NATS identity, TLS, stream limits
     model_config = SettingsConfigDict(env_prefix="FLEET_", extra="ignore")
 
     nats_url: str = "nats://127.0.0.1:4222"

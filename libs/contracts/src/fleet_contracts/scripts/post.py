@@ -20,11 +20,15 @@ IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".heic", ".gif", "
 Volume = Annotated[int, Field(ge=0, le=100)]
 
 
-def _suffix(path: str) -> str:
+def media_suffix(path: str) -> str:
     # Operators paste Windows paths (the seed does: C:/Videos/video1.mp4); agents may
     # run on either, so take the suffix the way either system would.
     win = PureWindowsPath(path).suffix
     return (win or PurePosixPath(path).suffix).lower()
+
+
+_suffix = media_suffix
+LIBRARY_PREFIX = "library:"
 
 
 class PostConfig(BaseModel):
@@ -41,7 +45,9 @@ class PostConfig(BaseModel):
     )
     material_path: str = Field("", description="folder on the agent host, for localFolder")
     material_list: list[Annotated[str, Field(min_length=1)]] = Field(
-        default_factory=list, max_length=35, description="exact files on the agent host"
+        default_factory=list,
+        max_length=35,
+        description="exact files on the agent host, or library:<id> / library:<sha256>",
     )
     materials_tags: str = Field("", description="comma-separated library tags")
     upload_wait_time: int = Field(30, ge=0, le=3600, description="seconds to wait for upload")
@@ -88,6 +94,15 @@ class PostConfig(BaseModel):
         allowed = VIDEO_SUFFIXES if self.content_type == 0 else IMAGE_SUFFIXES
         kind = "video" if self.content_type == 0 else "image"
         for i, path in enumerate(self.material_list):
+            # A library item's kind is known to the scheduler, which checks it at create.
+            if path.startswith(LIBRARY_PREFIX):
+                from fleet_contracts.materials import parse_library_ref  # imports this module
+
+                try:
+                    parse_library_ref(path)
+                except ValueError as exc:
+                    raise FieldRuleError(f"material_list[{i}]", str(exc)) from exc
+                continue
             if _suffix(path) not in allowed:
                 raise FieldRuleError(
                     f"material_list[{i}]",

@@ -5,21 +5,27 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
+import structlog
 from fastapi import APIRouter, Body, Path, Query, Request
 
 from fleet_api.catalogue import all_specs
 from fleet_api.docs import errors
+from fleet_api.errors import ApiError
+from fleet_api.routes.custom_scripts import CUSTOM_SCHEMA, custom_scripts
 from fleet_api.routes.params import NO_NUL, ApiCaller, CorrelationId, Text
 from fleet_api.scheduler import ask, run_command
 from fleet_api.state import gateway
 from fleet_api.text import require_storable
+from fleet_contracts.codes import ErrorCode
 from fleet_contracts.commands import RegisterAccount, RemoveAccount
 from fleet_contracts.envelope import Envelope
 from fleet_contracts.queries import ListAccounts, ListDevices
 from fleet_contracts.rest import AccountRequest, AccountView, DeviceView
 from fleet_contracts.scripts import ScriptSpec
+from fleet_contracts.sessions import CustomScriptSpec
 
 router = APIRouter()
+log = structlog.get_logger(__name__)
 
 
 @router.get(
@@ -95,9 +101,21 @@ async def remove_account(
 @router.get(
     "/script",
     tags=["scripts"],
-    summary="The script catalogue with each script's config JSON Schema",
-    response_model=Envelope[list[ScriptSpec]],
+    summary="The script catalogue with each script's config JSON Schema, custom ones too",
+    response_model=Envelope[list[ScriptSpec | CustomScriptSpec]],
     responses=errors(),
 )
-async def list_scripts(request: Request, caller: ApiCaller) -> Envelope[list[ScriptSpec]]:
-    return Envelope(data=all_specs(gateway(request).scripts.entries))
+async def list_scripts(
+    request: Request, caller: ApiCaller, cid: CorrelationId
+) -> Envelope[list[ScriptSpec | CustomScriptSpec]]:
+    gw = gateway(request)
+    try:
+        views = await custom_scripts(gw, cid)
+    except ApiError as exc:
+        if exc.code != ErrorCode.UNAVAILABLE:
+            raise
+        # Built-ins and plugins are known here; custom scripts only to the schedulers.
+        log.warning("script.custom_unlisted", reason=exc.message)
+        views = []
+    custom = [CustomScriptSpec(**view.model_dump(), config_schema=CUSTOM_SCHEMA) for view in views]
+    return Envelope(data=[*all_specs(gw.scripts.entries), *custom])

@@ -15,6 +15,7 @@ from fastapi import APIRouter, Body, Header, Query, Request
 from fleet_api.catalogue import check_config
 from fleet_api.docs import errors
 from fleet_api.errors import ApiError
+from fleet_api.routes.custom_scripts import catalogue_with_custom
 from fleet_api.routes.params import MAX_ID, ApiCaller, CorrelationId, TaskId, Text
 from fleet_api.scheduler import ask, run_command
 from fleet_api.state import gateway
@@ -73,7 +74,8 @@ async def create_task(
 ) -> Envelope[CreateTaskResult]:
     gw = gateway(request)
     require_storable(body.model_dump(mode="python", exclude_none=True))
-    config = check_config(body.script_name, body.script_config, gw.scripts.entries)
+    plugins = await catalogue_with_custom(gw, body.script_name, cid)
+    config = check_config(body.script_name, body.script_config, plugins)
     ids: dict[str, Any] = {"correlation_id": cid}
     if idempotency_key:
         ids["message_id"] = idempotent_id(caller.actor, idempotency_key)

@@ -25,6 +25,7 @@ from typing import Any, ClassVar, Protocol, runtime_checkable
 import structlog
 from pydantic import BaseModel
 
+from fleet_agent.cache import MaterialCache
 from fleet_agent.phone import Phone
 from fleet_contracts.scripts import ScriptSpec
 
@@ -56,6 +57,8 @@ class ScriptHost:
     agent_id: str
     material_roots: tuple[Path, ...] = ()
     material_library: Path | None = None
+    library: MaterialCache | None = None
+    """The host's cache of central-library items (`library:` entries of material_list)."""
     rng: random.Random = field(default_factory=random.Random)
     ui_timeout: float = 15.0
     optional_wait: float = 2.0

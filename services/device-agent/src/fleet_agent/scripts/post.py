@@ -1,7 +1,8 @@
 """The built-in `post` script: publish the operator's videos or images to TikTok or
 Instagram.
 
-Order matters: the materials are checked on this host before the phone is touched;
+Order matters: the materials are checked on this host before the phone is touched
+(central-library items are taken from the host's cache, fetched and verified once);
 then the media is pushed to `/sdcard/DCIM/fleet/<task>/`, the media scanner is told,
 the flow from `post_flow.plan` is walked with the selectors of `post_selectors`, and
 the pushed files are removed again whatever happened (success, failure, stop).
@@ -11,17 +12,20 @@ from __future__ import annotations
 
 import asyncio
 import shlex
+from pathlib import Path
 from typing import Any, ClassVar
 
 import structlog
 from pydantic import BaseModel
 
-from fleet_agent.materials import MaterialError, select_materials
+from fleet_agent.cache import MaterialCorrupt, MaterialGone
+from fleet_agent.materials import MaterialError, check_file, select_materials
 from fleet_agent.phone import ElementMissingError, PhoneError, Selector
 from fleet_agent.scripts import CancelToken, Progress, ScriptFailure, ScriptHost, Target
 from fleet_agent.scripts.post_flow import Step, plan
 from fleet_agent.scripts.post_selectors import CURRENT, AppTable
-from fleet_contracts.scripts.post import PostConfig
+from fleet_contracts.materials import is_library_ref, parse_library_ref
+from fleet_contracts.scripts.post import PostConfig, media_suffix
 
 log = structlog.get_logger(__name__)
 
@@ -53,15 +57,75 @@ class PostScript:
     ) -> dict[str, Any]:
         assert isinstance(config, PostConfig)
         await progress("check materials", 1, "")
+        pinned: list[str] = []
         try:
+            return await self._run(target, config, progress, cancel, pinned)
+        finally:
+            if self._host.library is not None:
+                for sha256 in pinned:
+                    self._host.library.release(sha256)
+
+    async def _materials(
+        self, config: PostConfig, pinned: list[str]
+    ) -> tuple[list[Path], list[str]]:
+        """The files to push, and the names they get on the phone."""
+        if not any(is_library_ref(entry) for entry in config.material_list):
             # File checks may hit a slow network share: keep them off the event loop.
-            files = await asyncio.to_thread(
+            picked = await asyncio.to_thread(
                 select_materials,
                 config,
                 self._host.material_roots,
                 self._host.material_library,
                 self._host.rng,
             )
+            return picked, [p.name for p in picked]
+        files: list[Path] = []
+        names: list[str] = []
+        for i, entry in enumerate(config.material_list):
+            where = f"material_list[{i}]"
+            if not is_library_ref(entry):
+                path = await asyncio.to_thread(check_file, entry, where, self._host.material_roots)
+                files.append(path)
+                names.append(path.name)
+                continue
+            files.append(await self._fetch(where, entry, pinned))
+            names.append(f"{entry.removeprefix('library:')[:16]}{media_suffix(entry)}")
+        return files, names
+
+    async def _fetch(self, where: str, entry: str, pinned: list[str]) -> Path:
+        cache = self._host.library
+        ref = parse_library_ref(entry)
+        if cache is None or ref.sha256 is None:
+            raise MaterialError(
+                f"{where}: {entry} was not resolved to a library item's digest "
+                "(create the task through the gateway, which picks the item)"
+            )
+        try:
+            path = await cache.acquire(ref.sha256)
+        except MaterialGone as exc:
+            raise MaterialError(
+                f"{where}: library item {ref.sha256} is no longer in the material library "
+                "(deleted after the task was created); upload it again or pick another"
+            ) from exc
+        except MaterialCorrupt as exc:
+            raise MaterialError(
+                f"{where}: library item {ref.sha256} failed its digest check on every "
+                f"download ({exc}); nothing was posted"
+            ) from exc
+        pinned.append(ref.sha256)
+        return path
+
+    async def _run(
+        self,
+        target: Target,
+        config: PostConfig,
+        progress: Progress,
+        cancel: CancelToken,
+        pinned: list[str],
+    ) -> dict[str, Any]:
+        try:
+            files, names = await self._materials(config, pinned)
+            library = {i for i, e in enumerate(config.material_list) if is_library_ref(e)}
         except MaterialError as exc:
             raise ScriptFailure(str(exc), on_screen=False) from exc
         cancel.check()
@@ -69,7 +133,7 @@ class PostScript:
         table = app_table(target, config)
         phone = target.phone
         folder = remote_dir(target.task_id)
-        remote = [f"{folder}/{i}_{path.name}" for i, path in enumerate(files)]
+        remote = [f"{folder}/{i}_{name}" for i, name in enumerate(names)]
         steps = plan(config, table, remote)
         total = len(steps) + 2
         created = False
@@ -101,7 +165,10 @@ class PostScript:
         return {
             "app": table.app,
             "selector_table": table.version,
-            "files": [str(p) for p in files],
+            "files": [
+                str(path) if i not in library else config.material_list[i]
+                for i, path in enumerate(files)
+            ],
             "post_way": config.post_way,
         }
 
