@@ -167,7 +167,7 @@ async def _measure(stack: Stack, scale: Scale, media: str) -> Result:
         client = Client(session, stack.api_url)
         for _ in range(600):  # the agent announces its devices just after readiness
             devices = await client.call("GET", "/device", params={"online": "true"})
-            if len(devices) >= scale.devices:
+            if devices["total"] >= scale.devices:
                 break
             await asyncio.sleep(0.1)
 

@@ -39,6 +39,7 @@ from fleet_contracts.subjects import (
 )
 from fleet_devstack import EmbeddedNats, creds, pki
 from fleet_devstack.servers import free_port
+from fleet_runtime import replies
 from fleet_runtime.bus import connect, ensure_streams
 from fleet_runtime.link import NatsLink
 
@@ -590,4 +591,24 @@ async def test_agents_read_the_library_and_keep_evidence_but_never_write_the_lib
         await errors.wait_for(f'publish to "$JS.API.STREAM.PURGE.OBJ_{MATERIALS_BUCKET}"')
     finally:
         await agent.close()
+        await gateway.close()
+
+
+async def test_a_query_answer_in_parts_passes_between_the_real_identities(
+    deployment: Deployment, services: Client
+) -> None:
+    """A query answer over max_payload travels in parts (`fleet_runtime.replies`): the
+    scheduler's identity may publish every part to the gateway's inbox."""
+    answer = b"x" * (3 * services.max_payload)
+
+    async def answer_query(msg: Msg) -> None:
+        await replies.respond(services, msg.reply, answer)
+
+    await services.subscribe("query.task.list", queue="schedulers", cb=answer_query)
+    await services.flush()
+    gateway, errors = await raw_connect(deployment, "gateway", "gateway")
+    try:
+        assert await replies.request(gateway, "query.task.list", b"{}", 10) == answer
+        assert not errors.seen
+    finally:
         await gateway.close()

@@ -91,7 +91,7 @@ def test_seed_example_then_every_task_endpoint(stack: Stack, api: Api, video: st
 
 
 def test_username_mode_and_multi_account(api: Api, video: str) -> None:
-    accounts = api.ok("GET", "/account")
+    accounts = api.ok("GET", "/account")["accounts"]
     names = {a["username"]: a["serial"] for a in accounts}
     assert names["sim_1_a"] == "device_serial_1" and names["sim_2_b"] == "device_serial_2"
 
@@ -171,16 +171,16 @@ def test_stop_and_delete_a_running_task(api: Api, video: str) -> None:
     assert status == 404
     wait_until(
         lambda: (
-            not next(d for d in api.ok("GET", "/device") if d["serial"] == "device_serial_2")[
-                "busy"
-            ]
+            not next(
+                d for d in api.ok("GET", "/device")["devices"] if d["serial"] == "device_serial_2"
+            )["busy"]
         ),
         what="device_serial_2 to be free after its task was deleted",
     )
 
 
 def test_devices_and_live_event_stream(api: Api, video: str) -> None:
-    devices = api.ok("GET", "/device")
+    devices = api.ok("GET", "/device")["devices"]
     assert len(devices) == 8 and all(d["online"] for d in devices)
     assert {d["agent_id"] for d in devices} == {"host-1"}
 

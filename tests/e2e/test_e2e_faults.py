@@ -64,7 +64,7 @@ def test_agent_killed_mid_task_fails_only_its_tasks(
     failed = api.wait_status(lost, 3, timeout=20)
     assert failed["reason"].startswith("agent lost")
     assert api.wait_status(kept, 2, timeout=60)["status"] == 2
-    devices = {d["serial"]: d for d in api.ok("GET", "/device")}
+    devices = {d["serial"]: d for d in api.ok("GET", "/device")["devices"]}
     assert devices["device_serial_1"]["online"] is False
     assert devices["h2_serial_1"]["online"] is True
     assert_ran_at_most_once(api, [lost, kept])

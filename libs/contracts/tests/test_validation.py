@@ -37,6 +37,22 @@ from fleet_contracts.validation import describe
             {"usernames": ["u"], "script_name": "post", "enable_multi_account": True},
             "enable_multi_account: only applies to device mode",
         ),
+        (
+            {"serials": ["a", "s" * 201], "script_name": "post"},
+            "serials[1]: String should have at most 200 characters",
+        ),
+        (
+            {"usernames": ["u" * 201], "script_name": "post"},
+            "usernames[0]: String should have at most 200 characters",
+        ),
+        (
+            {"serials": ["a"], "script_name": "p" * 101},
+            "script_name: String should have at most 100 characters",
+        ),
+        (
+            {"serials": ["a"] * 1001, "script_name": "post"},
+            "serials: List should have at most 1000 items",
+        ),
     ],
 )
 def test_create_request_rules(body: dict[str, Any], expected: str) -> None:
@@ -139,3 +155,22 @@ def test_spintax_picks_one_option_per_task_reproducibly() -> None:
     }
     assert len(seen) > 2
     assert personalise("post", cfg, random.Random(1)) == personalise("post", cfg, random.Random(1))
+
+
+@pytest.mark.parametrize(
+    ("config", "field", "limit"),
+    [
+        ({"material_path": "/m/" + "d" * 4096}, "material_path", 4096),
+        ({"material_list": ["/m/" + "v" * 4096 + ".mp4"]}, "material_list[0]", 4096),
+        ({"materials_tags": "t," * 1001}, "materials_tags", 2000),
+        ({"sound_name": "s" * 2001, "post_way": "useSound"}, "sound_name", 2000),
+        ({"custom_sound_keyword": "k" * 2001, "add_sound": "custom"}, "custom_sound_keyword", 2000),
+        ({"captions": "字" * 4001}, "captions", 4000),
+    ],
+)
+def test_every_post_string_has_a_length_bound(
+    config: dict[str, Any], field: str, limit: int
+) -> None:
+    with pytest.raises(ScriptConfigError) as err:
+        validate_script_config("post", config)
+    assert f"script_config.{field}: String should have at most {limit} characters" in str(err.value)

@@ -8,6 +8,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
+import asyncpg
 import httpx
 import pytest
 import uvicorn
@@ -23,6 +24,8 @@ from fleet_contracts.codes import Plan
 from fleet_contracts.subjects import KV_API_KEYS
 from fleet_devstack.servers import free_port
 from fleet_runtime.bus import connect, ensure_streams
+from fleet_scheduler.app import Scheduler
+from fleet_scheduler.settings import SchedulerSettings
 
 
 async def poll_until(
@@ -135,3 +138,30 @@ async def api(serve: Callable[..., Awaitable[Served]]) -> Served:
 
 async def new_key(kv: KeyValue, name: str, plan: Plan) -> str:
     return await create_key(kv, name, plan)
+
+
+@pytest.fixture
+async def api_and_db(
+    serve: Callable[..., Awaitable[Served]], nats_url: str, pg_dsn: str
+) -> AsyncIterator[tuple[Served, asyncpg.Connection]]:
+    """A keyless gateway and a real scheduler (no agent), with a connection to the
+    scheduler's database for seeding read models."""
+    async with Scheduler(SchedulerSettings(nats_url=nats_url, database_url=pg_dsn)):
+        api = await serve()
+        conn = await asyncpg.connect(pg_dsn)
+        try:
+            yield api, conn
+        finally:
+            await conn.close()
+
+
+async def add_devices(conn: asyncpg.Connection, count: int) -> list[str]:
+    """Phones as the device projection records them (one agent announcing them all
+    would only make the test slower, not different)."""
+    serials = [f"phone-{n:05d}" for n in range(count)]
+    await conn.executemany(
+        "INSERT INTO devices (serial, agent_id, host, model, online) VALUES ($1, 'h1', 'h1',"
+        " 'Pixel 7 Pro (a long enough model name to make rows realistic)', $2)",
+        [(s, n % 3 != 0) for n, s in enumerate(serials)],
+    )
+    return serials

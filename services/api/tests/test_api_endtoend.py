@@ -66,7 +66,7 @@ async def fleet(
 
         async def all_online() -> bool:
             r = await client.get("/api/v1/device", params={"online": "true"})
-            return r.status_code == 200 and len(r.json()["data"]) == 4
+            return r.status_code == 200 and r.json()["data"]["total"] == 4
 
         await poll_until(all_online, what="four simulated phones online")
         yield client
@@ -152,7 +152,7 @@ async def test_username_mode_and_multi_account_mode(fleet: httpx.AsyncClient, vi
 
     async def accounts_known() -> bool:
         r = await fleet.get("/api/v1/account", params={"serial": "device_serial_4"})
-        return {a["username"] for a in r.json()["data"]} == {"sim_4_a", "sim_4_b"}
+        return {a["username"] for a in r.json()["data"]["accounts"]} == {"sim_4_a", "sim_4_b"}
 
     await poll_until(accounts_known, what="the agent's accounts")
     r = await fleet.post(
@@ -338,7 +338,7 @@ async def test_accounts_register_list_and_remove(fleet: httpx.AsyncClient) -> No
     )
     assert r.status_code == 200, r.text
     r = await fleet.get("/api/v1/account", params={"serial": "device_serial_2"})
-    mine = [a for a in r.json()["data"] if a["username"] == "brand_x"]
+    mine = [a for a in r.json()["data"]["accounts"] if a["username"] == "brand_x"]
     assert mine == [
         {
             "username": "brand_x",
@@ -360,11 +360,12 @@ async def test_accounts_register_list_and_remove(fleet: httpx.AsyncClient) -> No
 
 async def test_devices_and_readiness(fleet: httpx.AsyncClient) -> None:
     r = await fleet.get("/api/v1/device")
-    devices = r.json()["data"]
+    devices = r.json()["data"]["devices"]
+    assert r.json()["data"]["total"] == 4
     assert sorted(d["serial"] for d in devices) == [f"device_serial_{n}" for n in range(1, 5)]
     assert all(d["agent_id"] == "host-1" and d["online"] and not d["busy"] for d in devices)
     r = await fleet.get("/api/v1/device", params={"online": "false"})
-    assert r.json()["data"] == []
+    assert r.json()["data"]["devices"] == []
     r = await fleet.get("/readyz")
     assert r.status_code == 200
     assert r.json()["data"]["status"] == "ready"

@@ -160,6 +160,20 @@ async def test_a_bad_last_event_id_is_a_400(api: Served) -> None:
 def test_the_filter_picks_the_narrowest_subject() -> None:
     assert FeedFilter(task_id=7).subject() == "evt.task.7.>"
     assert FeedFilter(type_prefix="device.").subject() == "evt.device.>"
-    assert FeedFilter(type_prefix="task.completed").subject() == "evt.task.>"
+    assert FeedFilter(type_prefix="task.completed").subject() == "evt.task.*.task.completed"
+    assert FeedFilter(type_prefix="task.comp").subject() == "evt.task.>"
     assert FeedFilter(type_prefix="ta").subject() == "evt.>"
     assert FeedFilter(serial="a.b").subject() == "evt.>"
+    assert FeedFilter(serial="a.b", type_prefix="device.").subject() == "evt.device.a%2Eb.>"
+    # A serial filter needs the task events that tie a task to the phone.
+    assert FeedFilter(serial="a", type_prefix="task.completed").subject() == "evt.task.>"
+
+
+def test_a_serial_filter_reads_only_the_events_that_tie_a_task_to_a_phone() -> None:
+    feed = FeedFilter(serial="p1", type_prefix="task.completed")
+    created = json.dumps({"data": {"task_id": 4, "serial": "p1"}}).encode()
+    # Bodies that are not JSON at all: read, they would be refused; they are not read.
+    assert not feed.accepts("evt.task.4.task.created", created)  # tracked, not wanted
+    assert feed.accepts("evt.task.4.task.completed", b"not json")
+    assert not feed.accepts("evt.task.5.task.completed", b"not json")
+    assert not feed.accepts("evt.device.p2.device.connected", b"not json")

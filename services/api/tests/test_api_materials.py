@@ -24,7 +24,7 @@ from .conftest import Served, poll_until
 
 async def _has_device(client: httpx.AsyncClient) -> bool:
     resp = await client.get("/api/v1/device")
-    return resp.status_code == 200 and bool(resp.json()["data"])
+    return resp.status_code == 200 and resp.json()["data"]["total"] > 0
 
 
 @pytest.fixture

@@ -241,6 +241,8 @@ async def test_unknown_path_and_wrong_method_answer_in_the_envelope(api: Served)
     assert r.json()["code"] == 40501
     assert "allowed: GET" in r.json()["message"]
     assert r.headers["allow"] == "GET"
+    r = await api.client.delete("/api/v1/task/stats")  # not read as a task id
+    assert r.status_code == 405 and r.headers["allow"] == "GET"
 
 
 def test_the_catalogue_leaves_out_broken_or_shadowing_plugins() -> None:

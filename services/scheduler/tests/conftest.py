@@ -265,11 +265,11 @@ async def wait_devices(bus: Bus, count: int, accounts: int | None = None) -> Non
     from fleet_contracts.queries import ListAccounts, ListDevices
 
     async def ready() -> bool:
-        devices = (await bus.query(ListDevices(online=True))).data
-        if len(devices) < count:
+        online = (await bus.query(ListDevices(online=True))).data["total"]
+        if online < count:
             return False
         if accounts is None:
             return True
-        return len((await bus.query(ListAccounts())).data) >= accounts
+        return int((await bus.query(ListAccounts())).data["total"]) >= accounts
 
     await eventually(ready, what=f"{count} devices online")

@@ -182,7 +182,7 @@ async def test_accounts_registered_through_the_api_win(bus: Bus, agent: FakeAgen
         account=AccountRequest(username="device_serial_1_a", serial="device_serial_2")
     )
     assert (await bus.command(reg)).code == 0
-    accounts = {a["username"]: a for a in (await bus.query(ListAccounts())).data}
+    accounts = {a["username"]: a for a in (await bus.query(ListAccounts())).data["accounts"]}
     assert accounts["device_serial_1_a"]["serial"] == "device_serial_2"
     assert accounts["device_serial_1_a"]["source"] == "api"
     bad = RegisterAccount(account=AccountRequest(username="z", serial="nowhere"))

@@ -90,7 +90,7 @@ async def test_stop_running_task_keeps_device_busy_until_the_agent_ends_it(
     assert (view["status"], view["reason"]) == (3, "stopped")
     await eventually(lambda: _async(agent.stops), what="StopRun delivered")
     assert agent.stops[0].task_id == running
-    devices = {d["serial"]: d for d in (await bus.query(ListDevices())).data}
+    devices = {d["serial"]: d for d in (await bus.query(ListDevices())).data["devices"]}
     assert devices["device_serial_2"]["busy"] is True
     assert len(agent.runs) == 1
     # The agent's own report of the stopped script frees the device; the task stays failed.
@@ -133,7 +133,7 @@ async def test_agent_that_stops_heartbeating_is_lost(
         clock.advance(seconds=20)
         view = await until_status(bus, tid, 3)
         assert view["reason"].startswith("agent lost: host-3 sent no heartbeat for ")
-        devices = (await bus.query(ListDevices())).data
+        devices = (await bus.query(ListDevices())).data["devices"]
         assert [d["online"] for d in devices] == [False, False]
         # Beats again: its phones come back and new work flows to them.
         agent.beating = True

@@ -8,6 +8,8 @@ publishes the `CommandResult` to that inbox after commit.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
@@ -29,6 +31,17 @@ class CreateTasks(Command):
     type: Literal["create_tasks"] = "create_tasks"
     request: CreateTaskRequest
     source: TaskSource = TaskSource.API
+    device_limit: int | None = Field(
+        None, description="the caller's plan: phones its unfinished tasks may occupy (None: any)"
+    )
+
+    def request_digest(self) -> str:
+        """A fingerprint of what was asked: an Idempotency-Key reused with another body
+        is told apart from a retry by it (key order and spacing do not count)."""
+        canonical = json.dumps(
+            self.request.model_dump(mode="json"), sort_keys=True, separators=(",", ":")
+        )
+        return hashlib.sha256(canonical.encode()).hexdigest()
 
 
 class StopTask(Command):
@@ -197,3 +210,8 @@ class Reply(BaseModel):
 
 class CommandResult(Reply):
     command_id: str = ""
+    request_digest: str = Field("", description="CreateTasks.request_digest() it answered")
+
+
+def request_digest(command: Command) -> str:
+    return command.request_digest() if isinstance(command, CreateTasks) else ""

@@ -35,6 +35,9 @@ class TaskCreated(DomainEvent):
     due_at: datetime
     wait_reason: str = ""
     batch_id: str = Field("", description="the create command's id: tasks made together")
+    created_by: str | None = Field(
+        None, description="the API key (actor) whose create made it; its plan's device limit"
+    )
 
 
 class TaskScheduled(DomainEvent):

@@ -9,6 +9,7 @@ from __future__ import annotations
 from pydantic import BaseModel, ConfigDict, Field
 
 from fleet_contracts.codes import TaskSource, TaskStatus
+from fleet_contracts.rest import FLEET_PAGE_DEFAULT, FLEET_PAGE_MAX, MAX_NAME_LENGTH
 from fleet_contracts.subjects import (
     QUERY_ACCOUNT_LIST,
     QUERY_ADB_HOSTS,
@@ -39,8 +40,8 @@ class Query(BaseModel):
 
 class ListTasks(Query):
     status: TaskStatus | None = None
-    serial: str | None = None
-    script_name: str | None = None
+    serial: str | None = Field(None, max_length=MAX_NAME_LENGTH)
+    script_name: str | None = Field(None, max_length=MAX_NAME_LENGTH)
     source: TaskSource | None = None
     page: int = Field(1, ge=1)
     page_size: int = Field(20, ge=1, le=100)
@@ -60,10 +61,14 @@ class TaskEvents(Query):
 
 class ListDevices(Query):
     online: bool | None = None
+    page: int = Field(1, ge=1)
+    page_size: int = Field(FLEET_PAGE_DEFAULT, ge=1, le=FLEET_PAGE_MAX)
 
 
 class ListAccounts(Query):
-    serial: str | None = None
+    serial: str | None = Field(None, max_length=MAX_NAME_LENGTH)
+    page: int = Field(1, ge=1)
+    page_size: int = Field(FLEET_PAGE_DEFAULT, ge=1, le=FLEET_PAGE_MAX)
 
 
 class GetCommandResult(Query):

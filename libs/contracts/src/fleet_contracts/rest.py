@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from datetime import datetime
-from typing import Any, Self
+from typing import Annotated, Any, Self
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -14,7 +14,16 @@ from fleet_contracts.validation import FieldRuleError
 HHMM = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)$")
 MAX_INTERVAL_MINUTES = 7 * 24 * 60
 MAX_TARGETS = 1000
+# Bounds no real user meets (serials are ~20 characters, TikTok usernames at most 24),
+# but which keep one request, one row and one bus message small.
+MAX_NAME_LENGTH = 200
+MAX_SCRIPT_NAME_LENGTH = 100
+# Devices and accounts are listed in pages of up to 500 (100 by default), in serial /
+# username order; a row is about 300 bytes, so a full page is ~150 kB.
+FLEET_PAGE_DEFAULT = 100
+FLEET_PAGE_MAX = 500
 Serial = str
+Name = Annotated[str, Field(max_length=MAX_NAME_LENGTH)]
 
 
 def parse_hhmm(value: str) -> tuple[int, int]:
@@ -45,6 +54,23 @@ class CreateTaskRequest(BaseModel):
     model_config = ConfigDict(
         extra="ignore",
         json_schema_extra={
+            # Exactly one mode: the schema says it as the model validator enforces it.
+            "oneOf": [
+                {
+                    "required": ["serials"],
+                    "properties": {
+                        "serials": {"type": "array", "minItems": 1, "uniqueItems": True},
+                        "usernames": {"type": "null"},
+                    },
+                },
+                {
+                    "required": ["usernames"],
+                    "properties": {
+                        "usernames": {"type": "array", "minItems": 1, "uniqueItems": True},
+                        "serials": {"type": "null"},
+                    },
+                },
+            ],
             "examples": [
                 {
                     "serials": ["device_serial_1", "device_serial_2"],
@@ -56,17 +82,22 @@ class CreateTaskRequest(BaseModel):
                         "upload_wait_time": 60,
                     },
                 }
-            ]
+            ],
         },
     )
 
-    serials: list[str] | None = Field(
+    serials: list[Name] | None = Field(
         None, max_length=MAX_TARGETS, description="device serials (device mode)"
     )
-    usernames: list[str] | None = Field(
+    usernames: list[Name] | None = Field(
         None, max_length=MAX_TARGETS, description="account usernames (username mode)"
     )
-    script_name: str = Field(..., min_length=1, description="name of the script to run")
+    script_name: str = Field(
+        ...,
+        min_length=1,
+        max_length=MAX_SCRIPT_NAME_LENGTH,
+        description="name of the script to run",
+    )
     script_config: dict[str, Any] = Field(
         default_factory=dict, description="the script's parameters"
     )
@@ -75,7 +106,7 @@ class CreateTaskRequest(BaseModel):
     )
     min_interval: int = Field(0, ge=0, le=MAX_INTERVAL_MINUTES, description="minutes")
     max_interval: int = Field(0, ge=0, le=MAX_INTERVAL_MINUTES, description="minutes")
-    start_time: str | None = Field(None, description='"HH:MM", next occurrence')
+    start_time: str | None = Field(None, max_length=5, description='"HH:MM", next occurrence')
 
     @field_validator("start_time")
     @classmethod
@@ -134,9 +165,9 @@ class AccountRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    username: str = Field(..., min_length=1, max_length=200)
+    username: str = Field(..., min_length=1, max_length=MAX_NAME_LENGTH)
     platform: str = Field("tiktok", pattern=r"^(tiktok|instagram)$")
-    serial: str = Field(..., min_length=1, max_length=200)
+    serial: str = Field(..., min_length=1, max_length=MAX_NAME_LENGTH)
 
 
 class LicenseInfo(BaseModel):
@@ -202,6 +233,13 @@ class DeviceView(BaseModel):
     last_seen: datetime | None = None
 
 
+class DevicePage(BaseModel):
+    devices: list[DeviceView]
+    total: int
+    page: int
+    page_size: int
+
+
 class AccountView(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
@@ -209,6 +247,13 @@ class AccountView(BaseModel):
     platform: str = "tiktok"
     serial: str
     source: str = Field("agent", description="agent (found on the phone) or api")
+
+
+class AccountPage(BaseModel):
+    accounts: list[AccountView]
+    total: int
+    page: int
+    page_size: int
 
 
 class TaskEventView(BaseModel):

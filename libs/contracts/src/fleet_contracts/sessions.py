@@ -21,7 +21,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr, field_validator
 
 from fleet_contracts.messages import Message
 
@@ -157,7 +157,8 @@ class CustomScriptRequest(BaseModel):
 class AdbSetting(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
-    enabled: bool
+    # Strict: a security switch is turned on by `true`, not by a 1 or a "yes" coerced.
+    enabled: StrictBool
 
 
 # What the scheduler keeps and answers ------------------------------------------------

@@ -12,6 +12,7 @@ from fastapi import APIRouter, FastAPI
 from fastapi_offline import FastAPIOffline
 
 from fleet_api import console, docs, errors, metrics
+from fleet_api.bodysize import BodySizeMiddleware
 from fleet_api.catalogue import parse_spec
 from fleet_api.correlation import CorrelationMiddleware
 from fleet_api.keys import KeyRecord, parse_record
@@ -28,6 +29,7 @@ from fleet_api.routes import (
     system,
     tasks,
 )
+from fleet_api.sameorigin import SameOriginMiddleware
 from fleet_api.settings import ApiSettings
 from fleet_api.state import Gateway
 from fleet_contracts.materials import ARTIFACTS_BUCKET, MATERIALS_BUCKET
@@ -48,11 +50,24 @@ TikMatrix-compatible task API for fleets of Android phones.
 Every response is the envelope `{"code": int, "message": str, "data": any}`; `code` 0
 is success. Errors carry a 5-digit code whose first three digits are the HTTP status
 (40001 invalid parameters, 40002 missing script_name, 40003 script not supported,
-40101 missing or unknown API key, 40301 plan without API access, 40401 not found,
-40901 wrong state, 50001 internal error, 50301 bus or scheduler unavailable).
+40101 missing or unknown API key, 40301 plan without API access or over its device
+limit, 40302 key role too low, 40303 no live lease, 40304 adb passthrough off, 40305
+cross-site request refused, 40401 not found, 40501 method not allowed, 40901 wrong
+state (or an Idempotency-Key reused with another body), 41301 body too large, 42901 too
+many live event streams, 50001 internal error, 50301 bus or scheduler unavailable).
+A 405 carries `Allow` with every method the path serves.
 
-Authenticate with `Authorization: Bearer <key>` or `X-API-Key: <key>`. Every response
-carries `X-Correlation-Id` (yours, from `X-Correlation-Id` / `X-Request-Id`, or a new one).
+Keys: authenticate with `Authorization: Bearer <key>` or `X-API-Key: <key>`. A gateway
+with keys requires one on every request but the probes and these docs; a keyless
+gateway (loopback with no key configured) requires none - the `security` of each
+operation in this document says which case this server is in. A keyless gateway
+answers only a loopback `Host` (or one in FLEET_API_ALLOWED_HOSTS), and any gateway
+refuses a state-changing request whose `Origin` is another site (curl and other
+non-browser clients send no `Origin`). Bodies above FLEET_API_MAX_BODY_BYTES (1 MiB)
+are refused with 413 before they are read.
+
+Every response carries `X-Correlation-Id` (yours, from `X-Correlation-Id` /
+`X-Request-Id`, or a new one).
 """
 
 
@@ -140,6 +155,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 
 
 def create_app(settings: ApiSettings | None = None) -> FastAPI:
+    settings = settings or ApiSettings()
     # Swagger UI and ReDoc from the assets in the fastapi-offline wheel, not a CDN:
     # /docs must render on a host with no internet.
     app = FastAPIOffline(
@@ -148,7 +164,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
         description=DESCRIPTION,
         lifespan=lifespan,
     )
-    app.state.settings = settings = settings or ApiSettings()
+    app.state.settings = settings
     if settings.metrics_enabled:
         metrics.install(app)
     api = APIRouter(prefix="/api/v1")
@@ -167,5 +183,14 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     errors.install(app)
     docs.install(app)
     console.install(app)
+    # Added before the correlation layer, so they run inside it (their refusals get an
+    # id and a log line) and in front of routing, the key check and body parsing. The
+    # library upload streams to the object store under its own limit.
+    app.add_middleware(
+        BodySizeMiddleware,
+        limit=settings.api_max_body_bytes,
+        streamed=frozenset({("POST", "/api/v1/material")}),
+    )
+    app.add_middleware(SameOriginMiddleware)
     app.add_middleware(CorrelationMiddleware)
     return app

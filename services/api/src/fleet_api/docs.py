@@ -1,13 +1,24 @@
-"""OpenAPI: the error envelope documented per status, with an example each, and the
-framework's 422 (never sent: validation answers 400) taken out of the schema."""
+"""OpenAPI: the error envelope documented per status, with an example each, the
+framework's 422 (never sent: validation answers 400) taken out of the schema, and the
+security requirement that matches how this gateway is running.
+
+Which requests need a key depends on the gateway, not on the route: a keyless gateway
+(loopback, no key configured, or FLEET_API_REQUIRE_KEYS=false) needs none, so every
+operation's `security` also lists `{}` (anonymous) there; with keys, a key is required
+everywhere but on the probes and the docs. The served document is therefore made per
+request from two cached variants, and says what this very server does.
+"""
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 from pydantic import BaseModel, ConfigDict, Field
+
+from fleet_api.auth import open_access
 
 
 class ErrorEnvelope(BaseModel):
@@ -44,6 +55,16 @@ _EXAMPLES: dict[int, tuple[str, int, str]] = {
         40901,
         "task 7 is completed; only failed tasks can be retried",
     ),
+    413: (
+        "the body is larger than FLEET_API_MAX_BODY_BYTES (1 MiB by default)",
+        41301,
+        "body: larger than the gateway's limit of 1048576 bytes (FLEET_API_MAX_BODY_BYTES)",
+    ),
+    429: (
+        "the caller has FLEET_API_SSE_MAX_STREAMS_PER_CALLER live streams open",
+        42901,
+        "'ops' already has 20 live event streams open, the limit",
+    ),
     500: (
         "internal error (quote the correlation id)",
         50001,
@@ -75,9 +96,16 @@ def errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
 
 
 def install(app: FastAPI) -> None:
+    variants: dict[bool, dict[str, Any]] = {}
+
     def openapi() -> dict[str, Any]:
-        if app.openapi_schema:
-            return app.openapi_schema
+        keyless = _keyless(app)
+        if keyless not in variants:
+            variants[keyless] = _anonymous_allowed(_base()) if keyless else _base()
+        app.openapi_schema = variants[keyless]
+        return app.openapi_schema
+
+    def _base() -> dict[str, Any]:
         schema = get_openapi(
             title=app.title,
             version=app.version,
@@ -91,7 +119,23 @@ def install(app: FastAPI) -> None:
         components = schema.get("components", {}).get("schemas", {})
         components.pop("HTTPValidationError", None)
         components.pop("ValidationError", None)
-        app.openapi_schema = schema
         return schema
 
     app.openapi = openapi  # type: ignore[method-assign]
+
+
+def _keyless(app: FastAPI) -> bool:
+    settings = app.state.settings
+    gw = getattr(app.state, "gateway", None)
+    return open_access(settings, gw.keys.entries if gw is not None else {})
+
+
+def _anonymous_allowed(schema: dict[str, Any]) -> dict[str, Any]:
+    """`schema` with every secured operation open to anonymous callers too."""
+    out = copy.deepcopy(schema)
+    for path in out.get("paths", {}).values():
+        for operation in path.values():
+            security = operation.get("security")
+            if security and {} not in security:
+                operation["security"] = [*security, {}]
+    return out

@@ -6,6 +6,7 @@ replaced here, so a client only ever parses one shape.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import structlog
@@ -14,6 +15,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic_core import ErrorDetails
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
+from starlette.types import Send
 
 from fleet_contracts.codes import ErrorCode
 from fleet_contracts.commands import Reply
@@ -58,6 +61,27 @@ def envelope_response(
     body = error(ErrorCode.OK, message, data)
     body["code"] = int(code)
     return JSONResponse(body, status_code=status or status_for(int(code)))
+
+
+async def send_envelope(
+    send: Send, code: ErrorCode, message: str, *extra: tuple[bytes, bytes]
+) -> None:
+    """An error envelope sent straight from an ASGI middleware, before any routing."""
+    body = json.dumps({"code": int(code), "message": message, "data": None}).encode()
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+        *extra,
+    ]
+    await send({"type": "http.response.start", "status": code.http_status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+def too_large_message(limit: int) -> str:
+    return (
+        f"body: larger than the gateway's limit of {limit} bytes "
+        "(FLEET_API_MAX_BODY_BYTES); send fewer items per request"
+    )
 
 
 def unavailable(message: str) -> ApiError:
@@ -120,15 +144,35 @@ async def _http(request: Request, exc: Exception) -> JSONResponse:
     if exc.status_code == 404:
         message = f"no such endpoint: {method} {path} (see /docs)"
     elif exc.status_code == 405:
-        allowed = headers.get("allow") or headers.get("Allow") or ""
+        headers.pop("allow", None)
+        allowed = allowed_methods(request)
+        headers["Allow"] = allowed
         message = f"method {method} is not allowed on {path}" + (
             f" (allowed: {allowed})" if allowed else ""
         )
+    elif exc.status_code == 413:
+        # FastAPI's limiter stopped reading a body sent without a length.
+        message = too_large_message(request.app.state.settings.api_max_body_bytes)
+        headers["Connection"] = "close"
     else:
         message = str(exc.detail)
     response = envelope_response(exc.status_code * 100 + 1, message, None, exc.status_code)
     response.headers.update(headers)
     return response
+
+
+_METHODS = ("DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT")
+
+
+def allowed_methods(request: Request) -> str:
+    """Every method some route serves on this path; Starlette's own `Allow` names only
+    the first route that matched the path (`POST` on `/task`, never `GET` too)."""
+    methods = []
+    for method in _METHODS:
+        scope = {**request.scope, "method": method}
+        if any(route.matches(scope)[0] is Match.FULL for route in request.app.router.routes):
+            methods.append(method)
+    return ", ".join(methods)
 
 
 def install(app: FastAPI) -> None:

@@ -20,9 +20,16 @@ from pydantic import ValidationError
 from fleet_api.errors import ApiError, unavailable
 from fleet_api.state import Gateway
 from fleet_contracts.codes import ErrorCode
-from fleet_contracts.commands import AnyCommand, CommandResult, Reply, subject_for
+from fleet_contracts.commands import (
+    AnyCommand,
+    CommandResult,
+    Reply,
+    request_digest,
+    subject_for,
+)
 from fleet_contracts.queries import QUERY_SUBJECTS, GetCommandResult, Ping, Query
 from fleet_contracts.subjects import HDR_REPLY_TO
+from fleet_runtime import replies
 from fleet_runtime.bus import ensure_streams, headers_for
 
 log = structlog.get_logger(__name__)
@@ -42,17 +49,21 @@ async def ask(gw: Gateway, query: Query, within: float | None = None) -> Any:
     limit = within if within is not None else gw.settings.api_query_timeout_seconds
     _require_bus(gw)
     try:
-        msg = await gw.nc.request(subject, query.to_bytes(), timeout=limit)
+        raw = await replies.request(gw.nc, subject, query.to_bytes(), limit)
     except nats.errors.NoRespondersError as exc:
         raise unavailable(
             f"no scheduler is running (nobody answers {subject}); start fleet_scheduler"
+        ) from exc
+    except replies.IncompleteReply as exc:
+        raise unavailable(
+            f"the scheduler's answer to {subject} arrived incomplete within {limit:g}s ({exc})"
         ) from exc
     except (nats.errors.TimeoutError, TimeoutError) as exc:
         raise unavailable(f"no scheduler answered {subject} within {limit:g}s") from exc
     except nats.errors.Error as exc:
         raise unavailable(f"the message bus (NATS) failed: {exc}") from exc
     try:
-        reply = Reply.model_validate_json(msg.data)
+        reply = Reply.model_validate_json(raw)
     except ValidationError as exc:
         raise ApiError(
             ErrorCode.INTERNAL, f"the scheduler sent an unreadable reply to {subject}"
@@ -112,13 +123,28 @@ def _still_pending(command: AnyCommand, keyed: bool, timeout: float) -> ApiError
     )
 
 
-async def run_command(gw: Gateway, command: AnyCommand, *, keyed: bool = False) -> Any:
+async def run_command(gw: Gateway, command: AnyCommand, *, key: str | None = None) -> Any:
     """Send `command`, wait for its result, return the result's `data`.
 
-    `keyed` (an Idempotency-Key was given): a result recorded for the id earlier is
-    returned without sending anything; a publish JetStream reports as a duplicate means
-    the first one is in flight, so its result is polled for until the deadline.
+    `key` (the Idempotency-Key the command's id was derived from): a result recorded for
+    the id earlier is returned without sending anything - unless it answered a different
+    request body, which is a 409 naming the key; a publish JetStream reports as a
+    duplicate means the first one is in flight, so its result is polled for until the
+    deadline.
     """
+    keyed = key is not None
+
+    def _unwrap(result: CommandResult) -> Any:
+        if key is not None and result.request_digest not in ("", request_digest(command)):
+            raise ApiError(
+                ErrorCode.WRONG_STATE,
+                f"Idempotency-Key {key!r} was already used for a different request body; "
+                "send a new key for a new request (the same body with the same key "
+                "returns the first result)",
+                {"idempotency_key": key, "command_id": command.message_id},
+            )
+        return _result_data(result)
+
     timeout = gw.settings.api_command_timeout_seconds
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
@@ -171,7 +197,7 @@ async def run_command(gw: Gateway, command: AnyCommand, *, keyed: bool = False) 
     raise _still_pending(command, keyed, timeout)
 
 
-def _unwrap(result: CommandResult) -> Any:
+def _result_data(result: CommandResult) -> Any:
     if not result.ok:
         raise ApiError.from_reply(result)
     return result.data

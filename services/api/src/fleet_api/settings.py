@@ -21,6 +21,13 @@ class ApiSettings(NatsLinkSettings):  # + NATS identity, TLS, stream limits
     api_command_timeout_seconds: float = Field(10.0, gt=0)
     api_query_timeout_seconds: float = Field(5.0, gt=0)
     api_require_keys: Literal["auto", "true", "false"] = "auto"
+    # Request bodies above this are refused with 413 before a byte of them is parsed.
+    api_max_body_bytes: int = Field(1_048_576, ge=1024)
+    # Host names (comma-separated) a keyless gateway answers to besides loopback ones.
+    api_allowed_hosts: str = ""
+    # An SSE client that takes longer than this to accept one event is cut off.
+    api_sse_send_timeout_seconds: float = Field(10.0, gt=0)
+    api_sse_max_streams_per_caller: int = Field(20, ge=1)
     # A library upload streams to the object store; this bounds one file, not memory.
     api_material_max_bytes: int = Field(2 * 1024**3, ge=1)
     artifact_retention_hours: float = Field(DEFAULT_ARTIFACT_RETENTION_HOURS, gt=0)
@@ -36,6 +43,11 @@ class ApiSettings(NatsLinkSettings):  # + NATS identity, TLS, stream limits
             return ipaddress.ip_address(self.api_host).is_loopback
         except ValueError:
             return False
+
+    @property
+    def allowed_hosts(self) -> frozenset[str]:
+        """Host names configured in `FLEET_API_ALLOWED_HOSTS`, lower-cased."""
+        return frozenset(h.strip().lower() for h in self.api_allowed_hosts.split(",") if h.strip())
 
     @property
     def keys_required(self) -> bool:

@@ -3,7 +3,7 @@ KV mirrors. Built by the app's lifespan, read by the routes through `gateway()`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from fastapi import Request
 from nats.aio.client import Client
@@ -22,6 +22,8 @@ class Gateway:
     js: JetStreamContext
     keys: Mirror[KeyRecord]
     scripts: Mirror[ScriptSpec]
+    # Live SSE streams per caller (API key name, or "local"), for the per-caller cap.
+    streams: dict[str, int] = field(default_factory=dict)
 
 
 def gateway(request: Request) -> Gateway:

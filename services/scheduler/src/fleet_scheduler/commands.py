@@ -40,6 +40,7 @@ from fleet_contracts.commands import (
     StopTask,
     TagMaterial,
     parse_command,
+    request_digest,
 )
 from fleet_contracts.scripts import BUILTIN_CONFIGS
 from fleet_contracts.subjects import (
@@ -54,6 +55,7 @@ from fleet_runtime.logs import bind_correlation
 from fleet_scheduler import handlers, library, library_reads, metrics, session_commands
 from fleet_scheduler.consumer import pull_loop
 from fleet_scheduler.context import Context
+from fleet_scheduler.device_limit import check_device_limit, devices_in_use
 from fleet_scheduler.errors import Rejected, database_unavailable, failure_code
 from fleet_scheduler.handlers import Outcome
 from fleet_scheduler.projections import load_tasks, task_state
@@ -112,6 +114,11 @@ async def _decide(
                         by_serial.setdefault(r["serial"], []).append(r["username"])
                 targets = handlers.plan_targets(cmd, known, by_serial, {})
             await session_commands.check_custom_targets(conn, cmd, targets)
+            if cmd.device_limit is not None:
+                # Appends are serialized by the events table lock this transaction
+                # holds, so two creates of one key cannot both pass on the same count.
+                in_use = await devices_in_use(conn, cmd.actor)
+                check_device_limit(cmd.device_limit, in_use, (t.serial for t in targets))
             ids = [
                 r[0]
                 for r in await conn.fetch(
@@ -196,9 +203,17 @@ async def _apply(
         outcome = await _decide(uow.conn, ctx, cmd, plugins)
         await uow.append(outcome.events, metadata_for(cmd))
     except Rejected as exc:
-        failure = CommandResult(code=int(exc.code), message=exc.message, command_id=cmd.message_id)
+        failure = CommandResult(
+            code=int(exc.code),
+            message=exc.message,
+            command_id=cmd.message_id,
+            request_digest=request_digest(cmd),
+        )
         return failure, []
-    return CommandResult(data=outcome.data, command_id=cmd.message_id), outcome.effects
+    result = CommandResult(
+        data=outcome.data, command_id=cmd.message_id, request_digest=request_digest(cmd)
+    )
+    return result, outcome.effects
 
 
 async def _apply_once(
@@ -287,7 +302,12 @@ async def record_failure(ctx: Context, cmd: AnyCommand, exc: Exception) -> Comma
         if code is ErrorCode.INVALID_PARAMETERS
         else f"{cmd.type} failed inside the scheduler (command id {cmd.message_id})"
     )
-    result = CommandResult(code=int(code), message=message, command_id=cmd.message_id)
+    result = CommandResult(
+        code=int(code),
+        message=message,
+        command_id=cmd.message_id,
+        request_digest=request_digest(cmd),
+    )
     async with ctx.pool.acquire() as conn:
         await conn.execute(
             "INSERT INTO command_results (command_id, result) VALUES ($1, $2::jsonb)"

@@ -128,6 +128,7 @@ def create_tasks(
             due_at=due_at,
             wait_reason=reason,
             batch_id=cmd.message_id,
+            created_by=cmd.actor,
         )
         outcome.events.append(NewEvent(task_stream_id(task_id), event, expected_version=0))
     outcome.data = outcome.data.model_dump()

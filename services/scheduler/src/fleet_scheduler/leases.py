@@ -95,7 +95,7 @@ def grant(
         raise Rejected(
             ErrorCode.WRONG_STATE,
             f"no free device slot: the plan allows {cmd.device_limit} devices at once and "
-            f"{slots_in_use} are busy with tasks or leases",
+            f"this key's tasks and leases occupy {slots_in_use}",
         )
     ttl = min(cmd.ttl_secs, MAX_TTL_SECS)
     events.append(

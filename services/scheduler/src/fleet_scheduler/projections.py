@@ -133,15 +133,15 @@ async def _insert_created(
     await conn.execute(
         "INSERT INTO tasks (id, serial, username, script_name, script_config, source,"
         " state, status, wait_reason, min_interval, max_interval, start_time,"
-        " created_at, due_at, version, correlation_id)"
+        " created_at, due_at, version, correlation_id, created_by)"
         " SELECT id, serial, username, script_name, script_config, source, 'pending', 0,"
         " wait_reason, min_interval, max_interval, start_time, created_at, due_at, version,"
-        " correlation_id"
+        " correlation_id, created_by"
         " FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::jsonb[],"
         " $6::text[], $7::text[], $8::int[], $9::int[], $10::text[], $11::timestamptz[],"
-        " $12::timestamptz[], $13::int[], $14::text[]) AS x(id, serial, username, script_name,"
-        " script_config, source, wait_reason, min_interval, max_interval, start_time,"
-        " created_at, due_at, version, correlation_id)",
+        " $12::timestamptz[], $13::int[], $14::text[], $15::text[]) AS x(id, serial, username,"
+        " script_name, script_config, source, wait_reason, min_interval, max_interval,"
+        " start_time, created_at, due_at, version, correlation_id, created_by)",
         [e.task_id for e in created],
         [e.serial for e in created],
         [e.username for e in created],
@@ -156,6 +156,7 @@ async def _insert_created(
         [e.due_at for e in created],
         [rec.version for rec in recs],
         [rec.metadata.get("correlation_id") for rec in recs],
+        [e.created_by for e in created],
     )
     deltas[int(TaskStatus.PENDING)] += len(created)
 

@@ -31,7 +31,9 @@ from fleet_contracts.queries import (
     TaskEvents,
 )
 from fleet_contracts.rest import (
+    AccountPage,
     AccountView,
+    DevicePage,
     DeviceView,
     TaskEventView,
     TaskPage,
@@ -40,6 +42,7 @@ from fleet_contracts.rest import (
 )
 from fleet_contracts.subjects import SCHEDULER_QUEUE, task_stream_id
 from fleet_contracts.validation import describe
+from fleet_runtime import replies
 from fleet_runtime.logs import bind_correlation
 from fleet_scheduler.commands import recorded_result
 from fleet_scheduler.context import Context
@@ -179,28 +182,46 @@ async def task_events(ctx: Context, q: TaskEvents) -> Reply:
 
 
 async def list_devices(ctx: Context, q: ListDevices) -> Reply:
+    offset = (q.page - 1) * q.page_size
     async with ctx.pool.acquire() as conn:
+        total = await conn.fetchval(
+            "SELECT count(*) FROM devices WHERE ($1::boolean IS NULL OR online = $1)", q.online
+        )
         # A phone is last seen when its agent last was (heartbeats are per agent).
         rows = await conn.fetch(
             "SELECT d.*, GREATEST(d.last_seen, a.last_seen) AS seen FROM devices d"
             " LEFT JOIN agents a ON a.agent_id = d.agent_id"
-            " WHERE ($1::boolean IS NULL OR d.online = $1) ORDER BY d.serial",
+            " WHERE ($1::boolean IS NULL OR d.online = $1) ORDER BY d.serial"
+            f" LIMIT {q.page_size} OFFSET {offset}",
             q.online,
         )
-    views = [
-        DeviceView.model_validate({**dict(r), "last_seen": r["seen"]}).model_dump(mode="json")
-        for r in rows
-    ]
-    return Reply(data=views)
+    page = DevicePage(
+        devices=[DeviceView.model_validate({**dict(r), "last_seen": r["seen"]}) for r in rows],
+        total=total,
+        page=q.page,
+        page_size=q.page_size,
+    )
+    return Reply(data=page.model_dump(mode="json"))
 
 
 async def list_accounts(ctx: Context, q: ListAccounts) -> Reply:
+    offset = (q.page - 1) * q.page_size
     async with ctx.pool.acquire() as conn:
+        total = await conn.fetchval(
+            "SELECT count(*) FROM accounts WHERE ($1::text IS NULL OR serial = $1)", q.serial
+        )
         rows = await conn.fetch(
-            "SELECT * FROM accounts WHERE ($1::text IS NULL OR serial = $1) ORDER BY username",
+            "SELECT * FROM accounts WHERE ($1::text IS NULL OR serial = $1) ORDER BY username"
+            f" LIMIT {q.page_size} OFFSET {offset}",
             q.serial,
         )
-    return Reply(data=[AccountView.model_validate(dict(r)).model_dump(mode="json") for r in rows])
+    page = AccountPage(
+        accounts=[AccountView.model_validate(dict(r)) for r in rows],
+        total=total,
+        page=q.page,
+        page_size=q.page_size,
+    )
+    return Reply(data=page.model_dump(mode="json"))
 
 
 async def command_result(ctx: Context, q: GetCommandResult) -> Reply:
@@ -253,6 +274,23 @@ def _responder(ctx: Context, model: type[BaseModel], answer: Answer) -> Callable
                     log.exception("query.failed", error=str(exc))
                     reply = Reply.failure(ErrorCode.UNAVAILABLE, "scheduler database unavailable")
         if msg.reply:
-            await msg.respond(reply.model_dump_json().encode())
+            await _send(ctx, msg.reply, reply)
 
     return respond
+
+
+async def _send(ctx: Context, reply_to: str, reply: Reply) -> None:
+    """Send the answer, in parts when it is larger than one NATS message; an answer
+    that cannot be sent at all becomes an error the caller reads at once, not a wait
+    for a timeout."""
+    try:
+        await replies.respond(ctx.nc, reply_to, reply.model_dump_json().encode())
+    except replies.ReplyTooLarge as exc:
+        log.error("query.reply_too_large", size=exc.size, limit=exc.limit)
+        failure = Reply.failure(
+            ErrorCode.INTERNAL,
+            f"the answer is too large to send ({exc}); ask for a smaller page",
+        )
+        await ctx.nc.publish(reply_to, failure.model_dump_json().encode())
+    except Exception as exc:
+        log.warning("query.reply_not_sent", error=str(exc))

@@ -28,9 +28,9 @@ from fleet_contracts.events import CustomScriptRegistered, CustomScriptRemoved, 
 from fleet_contracts.scripts import BUILTIN_CONFIGS
 from fleet_contracts.sessions import MAX_SCRIPT_CONFIG_BYTES, json_size
 from fleet_scheduler import leases
+from fleet_scheduler.device_limit import devices_in_use
 from fleet_scheduler.errors import Rejected
 from fleet_scheduler.handlers import Outcome, Target
-from fleet_scheduler.slots import slots_in_use
 from fleet_scheduler.store import NewEvent
 
 SessionCommand = (
@@ -86,7 +86,10 @@ async def _grant(conn: asyncpg.Connection, cmd: LeaseDevice) -> Outcome:
             "SELECT * FROM leases WHERE serial = $1 AND task_id IS NULL", cmd.serial
         )
     )
-    events = leases.grant(cmd, phone, current, await slots_in_use(conn), now)
+    # The same count a create is held to: the phones this key's work occupies, where a
+    # phone it already holds costs no new slot.
+    held = await devices_in_use(conn, cmd.actor)
+    events = leases.grant(cmd, phone, current, len(held - {cmd.serial}), now)
     granted = events[-1].event
     return Outcome(events=events, data=granted.model_dump(mode="json", exclude={"type"}))
 

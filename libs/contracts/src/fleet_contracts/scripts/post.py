@@ -18,6 +18,10 @@ VIDEO_SUFFIXES = frozenset({".mp4", ".mov", ".m4v", ".webm", ".avi", ".mkv", ".3
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".heic", ".gif", ".bmp"})
 
 Volume = Annotated[int, Field(ge=0, le=100)]
+# Linux's PATH_MAX; Windows paths are shorter still.
+MAX_PATH_LENGTH = 4096
+MAX_TEXT_LENGTH = 2000
+Path = Annotated[str, Field(min_length=1, max_length=MAX_PATH_LENGTH)]
 
 
 def media_suffix(path: str) -> str:
@@ -43,20 +47,28 @@ class PostConfig(BaseModel):
     material_source: Literal["materialLibrary", "localFolder"] = Field(
         "materialLibrary", description="ignored when material_list is given"
     )
-    material_path: str = Field("", description="folder on the agent host, for localFolder")
-    material_list: list[Annotated[str, Field(min_length=1)]] = Field(
+    material_path: str = Field(
+        "", max_length=MAX_PATH_LENGTH, description="folder on the agent host, for localFolder"
+    )
+    material_list: list[Path] = Field(
         default_factory=list,
         max_length=35,
         description="exact files on the agent host, or library:<id> / library:<sha256>",
     )
-    materials_tags: str = Field("", description="comma-separated library tags")
+    materials_tags: str = Field(
+        "", max_length=MAX_TEXT_LENGTH, description="comma-separated library tags"
+    )
     upload_wait_time: int = Field(30, ge=0, le=3600, description="seconds to wait for upload")
     sound_wait_time: int = Field(10, ge=0, le=600, description="seconds to wait for a sound")
     add_sound: Literal["-1", "0", "1", "custom"] = Field(
         "-1", description="-1 default, 0 off, 1 on, custom"
     )
-    sound_name: str = Field("", description="sound name or URL, required for useSound")
-    custom_sound_keyword: str = Field("", description="required when add_sound is custom")
+    sound_name: str = Field(
+        "", max_length=MAX_TEXT_LENGTH, description="sound name or URL, required for useSound"
+    )
+    custom_sound_keyword: str = Field(
+        "", max_length=MAX_TEXT_LENGTH, description="required when add_sound is custom"
+    )
     origin_sound_volume: Volume = 50
     add_sound_volume: Volume = 50
     add_product_link: Literal[0, 1] = Field(0, description="TikTok only")

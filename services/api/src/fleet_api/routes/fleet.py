@@ -20,7 +20,13 @@ from fleet_contracts.codes import ErrorCode
 from fleet_contracts.commands import RegisterAccount, RemoveAccount
 from fleet_contracts.envelope import Envelope
 from fleet_contracts.queries import ListAccounts, ListDevices
-from fleet_contracts.rest import AccountRequest, AccountView, DeviceView
+from fleet_contracts.rest import (
+    FLEET_PAGE_DEFAULT,
+    FLEET_PAGE_MAX,
+    AccountPage,
+    AccountRequest,
+    DevicePage,
+)
 from fleet_contracts.scripts import ScriptSpec
 from fleet_contracts.sessions import CustomScriptSpec
 
@@ -28,11 +34,18 @@ router = APIRouter()
 log = structlog.get_logger(__name__)
 
 
+Page = Annotated[int, Query(ge=1, le=1_000_000, description="page number")]
+PageSize = Annotated[
+    int,
+    Query(ge=1, le=FLEET_PAGE_MAX, description=f"items per page (1..{FLEET_PAGE_MAX})"),
+]
+
+
 @router.get(
     "/device",
     tags=["devices"],
-    summary="Devices: serial, agent/host, model, online, busy, current task",
-    response_model=Envelope[list[DeviceView]],
+    summary="Devices, paged by serial: agent/host, model, online, busy, current task",
+    response_model=Envelope[DevicePage],
     responses=errors(),
 )
 async def list_devices(
@@ -42,23 +55,32 @@ async def list_devices(
     online: Annotated[
         bool | None, Query(description="only online (true) or offline (false)")
     ] = None,
-) -> Envelope[list[DeviceView]]:
-    data = await ask(gateway(request), ListDevices(online=online, correlation_id=cid))
-    return Envelope(data=[DeviceView.model_validate(item) for item in data or []])
+    page: Page = 1,
+    page_size: PageSize = FLEET_PAGE_DEFAULT,
+) -> Envelope[DevicePage]:
+    query = ListDevices(online=online, page=page, page_size=page_size, correlation_id=cid)
+    data = await ask(gateway(request), query)
+    return Envelope(data=DevicePage.model_validate(data))
 
 
 @router.get(
     "/account",
     tags=["accounts"],
-    summary="Accounts and the device each is signed in on",
-    response_model=Envelope[list[AccountView]],
+    summary="Accounts, paged by username, and the device each is signed in on",
+    response_model=Envelope[AccountPage],
     responses=errors(),
 )
 async def list_accounts(
-    request: Request, caller: ApiCaller, cid: CorrelationId, serial: Text = None
-) -> Envelope[list[AccountView]]:
-    data = await ask(gateway(request), ListAccounts(serial=serial, correlation_id=cid))
-    return Envelope(data=[AccountView.model_validate(item) for item in data or []])
+    request: Request,
+    caller: ApiCaller,
+    cid: CorrelationId,
+    serial: Text = None,
+    page: Page = 1,
+    page_size: PageSize = FLEET_PAGE_DEFAULT,
+) -> Envelope[AccountPage]:
+    query = ListAccounts(serial=serial, page=page, page_size=page_size, correlation_id=cid)
+    data = await ask(gateway(request), query)
+    return Envelope(data=AccountPage.model_validate(data))
 
 
 @router.post(
@@ -66,7 +88,7 @@ async def list_accounts(
     tags=["accounts"],
     summary="Tie a username to the device that holds it (for username mode)",
     response_model=Envelope[dict[str, Any]],
-    responses=errors(),
+    responses=errors(413),
 )
 async def register_account(
     request: Request,

@@ -211,14 +211,14 @@ async def material_content(
 
 
 @router.patch(
-    "/{material_id}",
+    "/{material}",
     summary="Replace an item's tags",
     response_model=Envelope[MaterialView],
     responses=errors(404),
 )
 async def tag_material(
     request: Request,
-    material_id: Annotated[int, Path(ge=1, le=MAX_ID)],
+    material_id: Annotated[int, Path(alias="material", ge=1, le=MAX_ID)],
     body: Annotated[MaterialTagsRequest, Body(examples=[{"tags": ["cats", "summer"]}])],
     caller: ApiCaller,
     cid: CorrelationId,
@@ -231,14 +231,14 @@ async def tag_material(
 
 
 @router.delete(
-    "/{material_id}",
+    "/{material}",
     summary="Delete an item and its bytes; tasks that still need it fail saying so",
     response_model=Envelope[dict[str, Any]],
     responses=errors(404),
 )
 async def delete_material(
     request: Request,
-    material_id: Annotated[int, Path(ge=1, le=MAX_ID)],
+    material_id: Annotated[int, Path(alias="material", ge=1, le=MAX_ID)],
     caller: ApiCaller,
     cid: CorrelationId,
 ) -> Envelope[dict[str, Any]]:

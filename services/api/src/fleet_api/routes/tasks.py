@@ -1,8 +1,9 @@
 """The seeds' task endpoints: create, list, get, delete, batch delete, stop, retry,
 retry-all, stats, plus a task's own event history.
 
-Fixed paths (`/task/batch`, `/task/stats`, `/task/retry-all`) are declared before
-`/task/{task_id}` so they are never read as an id.
+Ids are matched as digits only (`{task_id:task_id}`), so the fixed paths (`/task/batch`,
+`/task/stats`, `/task/retry-all`) are never read as an id and a method they do not
+serve is a 405 whose `Allow` names exactly the methods they do.
 """
 
 from __future__ import annotations
@@ -55,7 +56,11 @@ def idempotent_id(actor: str, key: str) -> str:
     "",
     summary="Create tasks for devices (serials) or accounts (usernames)",
     response_model=Envelope[CreateTaskResult],
-    responses=errors(),
+    responses=errors(409, 413),
+    description="Exactly one of `serials` (device mode) or `usernames` (username mode). "
+    "A key's plan limits the phones its unfinished tasks may occupy (`device_limit` of "
+    "`/license/check`): a create that would exceed it is refused with 40301 naming the "
+    "limit. Keyless local mode has no limit.",
 )
 async def create_task(
     request: Request,
@@ -68,7 +73,8 @@ async def create_task(
             alias="Idempotency-Key",
             min_length=1,
             max_length=200,
-            description="the same key returns the first create's result instead of creating twice",
+            description="the same key with the same body returns the first create's result "
+            "instead of creating twice; the same key with another body is a 409 (40901)",
         ),
     ] = None,
 ) -> Envelope[CreateTaskResult]:
@@ -83,9 +89,10 @@ async def create_task(
         request=body.model_copy(update={"script_config": config}),
         source=TaskSource.API,
         actor=caller.actor,
+        device_limit=caller.license.device_limit,
         **ids,
     )
-    data = await run_command(gw, command, keyed=bool(idempotency_key))
+    data = await run_command(gw, command, key=idempotency_key or None)
     return Envelope(data=CreateTaskResult.model_validate(data))
 
 
@@ -125,7 +132,7 @@ async def list_tasks(
     "/batch",
     summary="Delete several tasks (running ones are stopped first)",
     response_model=Envelope[BatchDeleteResult],
-    responses=errors(),
+    responses=errors(413),
 )
 async def batch_delete(
     request: Request,
@@ -170,7 +177,7 @@ async def retry_all(
 
 
 @router.get(
-    "/{task_id}",
+    "/{task_id:task_id}",
     summary="One task",
     response_model=Envelope[TaskView],
     responses=errors(404),
@@ -183,7 +190,7 @@ async def get_task(
 
 
 @router.delete(
-    "/{task_id}",
+    "/{task_id:task_id}",
     summary="Delete a task (a running one is stopped first)",
     response_model=Envelope[dict[str, Any]],
     responses=errors(404),
@@ -196,7 +203,7 @@ async def delete_task(
 
 
 @router.post(
-    "/{task_id}/stop",
+    "/{task_id:task_id}/stop",
     summary="Stop a task; it ends failed with reason 'stopped'",
     response_model=Envelope[dict[str, Any]],
     responses=errors(404, 409),
@@ -209,7 +216,7 @@ async def stop_task(
 
 
 @router.post(
-    "/{task_id}/retry",
+    "/{task_id:task_id}/retry",
     summary="Move a failed task back to pending",
     response_model=Envelope[dict[str, Any]],
     responses=errors(404, 409),
@@ -222,7 +229,7 @@ async def retry_task(
 
 
 @router.get(
-    "/{task_id}/events",
+    "/{task_id:task_id}/events",
     summary="The task's whole history from the event log",
     response_model=Envelope[list[TaskEventView]],
     responses=errors(404),

@@ -1,0 +1,122 @@
+"""Request/reply whose answer may be larger than one NATS message.
+
+A NATS server refuses any message above its `max_payload` (1 MiB by default). A query
+answer can be larger: a page of 100 tasks whose 4,000-character CJK captions are
+12 kB each in UTF-8 is 1.2 MB. Rather than raise `max_payload` on every server (the
+embedded one, the compose cluster, every leaf node an operator deploys - and NATS
+advises against large messages), an answer that does not fit is sent as numbered
+parts over the same reply inbox, each part carrying `Fleet-Chunk: <i>/<n>`; the
+requester joins them. An answer that fits goes out as one plain message, exactly as
+before, so a requester that predates this still reads every small answer.
+
+Both sides are here so the gateway and every query responder share one definition:
+`respond` for responders, `request` for requesters. Nothing waits without a deadline:
+`request` raises `TimeoutError` (or `IncompleteReply` when some parts came) at the end
+at its deadline, and `respond` refuses answers above `MAX_REPLY_BYTES` with
+`ReplyTooLarge`, which a responder turns into a short error answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+import nats.errors
+from nats.aio.client import Client
+
+HDR_CHUNK = "Fleet-Chunk"
+HDR_STATUS = "Status"
+NO_RESPONDERS = "503"
+# Room for the part's headers inside the server's max_payload.
+_HEADROOM = 1024
+# No answer a person can use is this large; beyond it the responder says so instead.
+MAX_REPLY_BYTES = 64 * 1024 * 1024
+
+
+class ReplyTooLarge(ValueError):
+    def __init__(self, size: int, limit: int) -> None:
+        super().__init__(f"the answer is {size} bytes, above the {limit}-byte limit")
+        self.size = size
+        self.limit = limit
+
+
+class IncompleteReply(TimeoutError):
+    def __init__(self, subject: str, got: int, expected: int) -> None:
+        super().__init__(f"{got} of {expected} parts of the answer to {subject} arrived")
+        self.got = got
+        self.expected = expected
+
+
+def part_size(nc: Client) -> int:
+    return max(1024, nc.max_payload - _HEADROOM)
+
+
+async def respond(
+    nc: Client, reply_to: str, payload: bytes, *, max_bytes: int | None = None
+) -> int:
+    """Send `payload` to `reply_to`, in parts when it exceeds one message; returns the
+    number of messages sent. `max_bytes` defaults to `MAX_REPLY_BYTES`."""
+    if max_bytes is None:
+        max_bytes = MAX_REPLY_BYTES
+    size = part_size(nc)
+    if len(payload) <= size:
+        await nc.publish(reply_to, payload)
+        return 1
+    if len(payload) > max_bytes:
+        raise ReplyTooLarge(len(payload), max_bytes)
+    count = -(-len(payload) // size)
+    for i in range(count):
+        await nc.publish(
+            reply_to,
+            payload[i * size : (i + 1) * size],
+            headers={HDR_CHUNK: f"{i + 1}/{count}"},
+        )
+    return count
+
+
+def _part(header: str) -> tuple[int, int] | None:
+    index, _, total = header.partition("/")
+    if not (index.isdigit() and total.isdigit()):
+        return None
+    i, n = int(index), int(total)
+    return (i, n) if 1 <= i <= n else None
+
+
+async def request(nc: Client, subject: str, payload: bytes, within: float) -> bytes:
+    """The whole answer to `payload` on `subject`, joined from its parts.
+
+    Raises `nats.errors.NoRespondersError` when nobody listens on `subject`,
+    `IncompleteReply` when only some parts came within `within` seconds, and `TimeoutError`
+    when nothing came.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    inbox = nc.new_inbox()
+    sub = await nc.subscribe(inbox)
+    try:
+        await nc.publish(subject, payload, reply=inbox)
+        parts: dict[int, bytes] = {}
+        expected = 0
+        while True:
+            remaining = deadline - loop.time()
+            try:
+                if remaining <= 0:
+                    raise nats.errors.TimeoutError
+                msg = await sub.next_msg(timeout=remaining)
+            except nats.errors.TimeoutError:
+                if parts:
+                    raise IncompleteReply(subject, len(parts), expected) from None
+                raise TimeoutError(f"no answer to {subject} within {within:g}s") from None
+            headers = msg.headers or {}
+            if headers.get(HDR_STATUS) == NO_RESPONDERS and not msg.data:
+                raise nats.errors.NoRespondersError
+            found = _part(headers.get(HDR_CHUNK, ""))
+            if found is None:
+                return msg.data
+            index, expected = found
+            parts[index] = msg.data
+            if len(parts) == expected:
+                return b"".join(parts[i] for i in range(1, expected + 1))
+    finally:
+        with contextlib.suppress(nats.errors.Error):
+            await sub.unsubscribe()

@@ -1,0 +1,69 @@
+"""Answers larger than one NATS message travel in parts and arrive whole; what cannot
+be sent or did not fully arrive is an error at once, never a silent wait."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import nats.errors
+import pytest
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+
+from fleet_runtime import replies
+from fleet_runtime.bus import connect
+
+
+@pytest.fixture
+async def nc(nats_url: str) -> AsyncIterator[Client]:
+    client = await connect(nats_url, "test-replies")
+    yield client
+    await client.close()
+
+
+async def serve(nc: Client, subject: str, answer: bytes, sent: list[int]) -> None:
+    async def cb(msg: Msg) -> None:
+        sent.append(await replies.respond(nc, msg.reply, answer))
+
+    await nc.subscribe(subject, cb=cb)
+
+
+async def test_an_answer_over_max_payload_arrives_whole(nc: Client) -> None:
+    answer = "字".encode() * (nc.max_payload // 3 * 3)  # ~3 MiB of CJK text
+    assert len(answer) > 2 * nc.max_payload
+    sent: list[int] = []
+    await serve(nc, "q.big", answer, sent)
+    got = await replies.request(nc, "q.big", b"{}", 5)
+    assert got == answer
+    assert sent == [-(-len(answer) // replies.part_size(nc))]  # it did go in parts
+
+
+async def test_a_small_answer_is_one_plain_message(nc: Client) -> None:
+    sent: list[int] = []
+    await serve(nc, "q.small", b'{"code":0}', sent)
+    assert await replies.request(nc, "q.small", b"{}", 5) == b'{"code":0}'
+    # Old requesters read it as before: nc.request gets the same bytes.
+    assert (await nc.request("q.small", b"{}", timeout=5)).data == b'{"code":0}'
+    assert sent == [1, 1]
+
+
+async def test_an_answer_above_the_cap_is_refused_before_anything_is_sent(nc: Client) -> None:
+    with pytest.raises(replies.ReplyTooLarge) as err:
+        await replies.respond(nc, "_INBOX.x", b"x" * (2 * nc.max_payload), max_bytes=nc.max_payload)
+    assert err.value.size == 2 * nc.max_payload
+
+
+async def test_nobody_listening_is_said_at_once(nc: Client) -> None:
+    with pytest.raises(nats.errors.NoRespondersError):
+        await asyncio.wait_for(replies.request(nc, "q.nobody", b"{}", 30), 5)
+
+
+async def test_a_lost_part_is_an_incomplete_answer_not_a_hang(nc: Client) -> None:
+    async def cb(msg: Msg) -> None:
+        await nc.publish(msg.reply, b"first", headers={replies.HDR_CHUNK: "1/2"})
+
+    await nc.subscribe("q.lossy", cb=cb)
+    with pytest.raises(replies.IncompleteReply) as err:
+        await replies.request(nc, "q.lossy", b"{}", 0.5)
+    assert (err.value.got, err.value.expected) == (1, 2)
