@@ -1,7 +1,7 @@
 """Every metric the gateway exports, served at `/metrics` on the API's own port.
 
 Requests are counted and timed by prometheus-fastapi-instrumentator, labelled by the
-route's template (`/api/v1/task/{task_id}`, never the raw path; paths that match no
+route's template (`/api/v1/task/{task_id:task_id}`, never the raw path; paths that match no
 route are `none`), the method and the exact HTTP status. The NATS connection counters
 and process metrics come from `fleet_runtime.metrics`. `/metrics` needs no API key, like
 `/healthz`: it says how busy the gateway is, nothing about any task.
