@@ -146,7 +146,7 @@ async def one_round(scale: CostScale, metrics: bool, root: Path) -> Round:
             client = Client(session, stack.api_url)
             for _ in range(600):
                 devices = await client.call("GET", "/device", params={"online": "true"})
-                if len(devices) >= scale.devices:
+                if devices["total"] >= scale.devices:
                     break
                 await asyncio.sleep(0.1)
             stop = asyncio.Event()

@@ -27,7 +27,7 @@ def test_each_service_counts_the_same_tasks(stack_factory: StackFactory, video: 
     api = Api(stack.api_url)
     try:
         wait_until(
-            lambda: len(api.ok("GET", "/device", params={"online": "true"})) == 3,
+            lambda: api.ok("GET", "/device", params={"online": "true"})["total"] == 3,
             what="3 phones online",
         )
         serials = [f"device_serial_{n}" for n in (1, 2, 3)]
