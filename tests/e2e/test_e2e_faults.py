@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections import Counter
+from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 
-from fleet_devstack.stack import AgentSpec, Stack
+from fleet_devstack.stack import AgentSpec, ServiceProcess, Stack
 from tests.e2e.conftest import StackFactory
 from tests.e2e.harness import Api, post, wait_until
 
@@ -150,3 +153,150 @@ def test_same_create_twice_under_a_timeout_creates_once(stack: Stack, api: Api, 
     created = api.ok("GET", f"/task/{first['task_ids'][0]}/events")[0]
     assert created["type"] == "task.created"
     assert created["correlation_id"] == "first-attempt"
+
+
+# --- Judged against the agent's own record of what its phones ran -------------------
+
+
+def agent_record(path: Path) -> tuple[Counter[int], set[int], set[int]]:
+    """(runs begun per task, tasks its phones ran to completion, tasks whose outcome
+    the agent got stored on REPORTS) from its run log (FLEET_AGENT_RUN_LOG), across all
+    its processes."""
+    begun: Counter[int] = Counter()
+    completed: set[int] = set()
+    reported: set[int] = set()
+    if not path.exists():
+        return begun, completed, reported
+    for line in path.read_text().splitlines():
+        entry = json.loads(line)
+        if entry["event"] == "run.begun":
+            begun[entry["task_id"]] += 1
+        elif entry["event"] == "task.completed":
+            completed.add(entry["task_id"])
+        elif entry["event"] == "reported":
+            reported.add(entry["task_id"])
+    return begun, completed, reported
+
+
+def assert_record_matches_the_phones(api: Api, ids: list[int], log: Path) -> list[dict[str, Any]]:
+    """Every task ended; none ran twice; recorded completed only if its phone ran it to
+    the end, and always when the agent got that outcome to REPORTS (a process killed
+    between a script's end and its report's ack takes that knowledge with it); a failed
+    task names why."""
+    tasks = api.wait_all_done(ids, timeout=90)
+    begun, completed, reported = agent_record(log)
+    twice = {t: n for t, n in begun.items() if n > 1}
+    assert not twice, f"ran more than once: {twice}"
+    recorded = {t["id"] for t in tasks if t["status"] == 2}
+    assert recorded <= completed, f"recorded completed, never ran: {sorted(recorded - completed)}"
+    missing = (completed & reported & set(ids)) - recorded
+    assert not missing, f"the phone completed and the agent reported it: {sorted(missing)}"
+    assert all(t["reason"] for t in tasks if t["status"] == 3)
+    return tasks
+
+
+def logged_agent(log: Path, devices: int = 4) -> AgentSpec:
+    return AgentSpec(
+        agent_id="host-1",
+        sim_devices=devices,
+        sim_speed=0.02,
+        env={"FLEET_AGENT_RUN_LOG": str(log)},
+    )
+
+
+def restart_armed(service: ServiceProcess, failpoint: str | None) -> None:
+    """Once `service` has killed itself at its failpoint, start it again with another
+    failpoint armed (or none)."""
+    wait_until(lambda: not service.running, timeout=30, what=f"{service.name} killed itself")
+    service.env.pop("FLEET_FAILPOINT", None)
+    if failpoint:
+        service.env["FLEET_FAILPOINT"] = failpoint
+    service.start()
+
+
+def test_scheduler_killed_between_commit_and_ack_then_between_claim_and_send(
+    stack_factory: StackFactory, video: str, tmp_path: Path
+) -> None:
+    log = tmp_path / "runs.jsonl"
+    stack = stack_factory(agents=[logged_agent(log)])
+    [scheduler] = stack.schedulers
+    # Armed once the stack is up, so the first command it meets is the test's create.
+    scheduler.stop()
+    scheduler.env["FLEET_FAILPOINT"] = "commands.after_commit:1"
+    scheduler.start()
+    stack.wait_ready()
+    api = Api(stack.api_url)
+    key = str(uuid.uuid4())
+    body = {
+        "serials": [f"device_serial_{i}" for i in range(1, 5)],
+        "script_name": "post",
+        "script_config": post(video),
+    }
+    # The create is committed, then the scheduler dies before the ack and the reply.
+    status, _ = api.call("POST", "/task", json=body, headers={"Idempotency-Key": key})
+    assert status != 200
+    # The next process finds the redelivered create already applied, claims its tasks
+    # (dispatched, phones busy) and dies before any RunTask leaves.
+    restart_armed(scheduler, "dispatch.after_claim:1")
+    # The one after that sends the unconfirmed runs as it starts.
+    restart_armed(scheduler, None)
+    first = wait_until(
+        lambda: (
+            (r := api.http.post("/task", json=body, headers={"Idempotency-Key": key})).status_code
+            == 200
+            and r.json()["data"]
+        ),
+        timeout=40,
+        interval=0.5,
+        what="the retried create to answer",
+    )
+    assert first["created_count"] == 4
+    assert api.ok("GET", "/task/stats")["total"] == 4
+    tasks = assert_record_matches_the_phones(api, first["task_ids"], log)
+    # Sent again in time they run; one sent too late fails as never started, unrun.
+    assert any(t["status"] == 2 for t in tasks)
+    for t in tasks:
+        if t["status"] == 3:
+            assert t["reason"] == "agent host-1 never confirmed start", t
+
+
+def test_agent_killed_in_a_flood_or_silent_past_its_lease_the_record_says_what_phones_did(
+    stack_factory: StackFactory, video: str, tmp_path: Path
+) -> None:
+    log = tmp_path / "runs.jsonl"
+    stack = stack_factory(agents=[logged_agent(log, devices=8)])
+    api = Api(stack.api_url)
+    serials = [f"device_serial_{i}" for i in range(1, 9)]
+    ids: list[int] = []
+    for _ in range(5):
+        ids += api.create(serials=serials, script_config=post(video, 10))
+    wait_until(
+        lambda: api.ok("GET", "/task/stats")["completed"] >= 8, timeout=60, what="a first wave"
+    )
+    agent = stack.agents["host-1"]
+    agent.kill()
+    agent.start()
+    tasks = assert_record_matches_the_phones(api, ids, log)
+    begun, completed, _ = agent_record(log)
+    assert len(completed) >= 8
+    # The runs the killed process had in hand failed with the restart, and said so.
+    lost = [t for t in tasks if t["status"] == 3]
+    assert all(t["reason"].startswith("agent lost") for t in lost if begun[t["id"]]), lost
+
+    # A task failed by the lease whose phone goes on and completes it ends completed.
+    [tid] = api.create(serials=["device_serial_1"], script_config=post(video, 250))
+    api.wait_status(tid, 1)
+    agent.pause()  # silent past the 3 s lease, the script frozen mid-run
+    try:
+        failed = api.wait_status(tid, 3, timeout=20)
+        assert failed["reason"].startswith("agent lost: host-1 sent no heartbeat")
+    finally:
+        agent.resume()
+    assert api.wait_status(tid, 2, timeout=30)["status"] == 2
+    assert_record_matches_the_phones(api, [tid], log)
+    history = api.ok("GET", f"/task/{tid}/events")
+    kinds = [(e["type"], e["actor"]) for e in history]
+    assert kinds[0] == ("task.created", "local")
+    assert ("task.failed", "scheduler") in kinds
+    assert "task.report_late" in [k for k, _ in kinds]
+    assert kinds[-1] == ("task.completed", "agent:host-1")

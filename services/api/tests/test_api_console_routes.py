@@ -109,7 +109,9 @@ async def test_heartbeats_stream_as_server_sent_events(api: Served, bus: Client)
             await sender
     assert event == "agent.heartbeat"
     assert received[0]["agent_id"] == "host-9" and received[0]["host"] == "rack-9"
-    assert received[0]["devices"] == [{"serial": "p1", "busy": True, "task_id": 7, "battery": 55}]
+    assert received[0]["devices"] == [
+        {"serial": "p1", "busy": True, "task_id": 7, "battery": 55, "dispatch_id": None}
+    ]
 
 
 async def test_console_pages_and_assets_are_served_without_a_key(

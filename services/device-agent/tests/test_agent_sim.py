@@ -214,7 +214,8 @@ async def test_heartbeats_carry_busy_state(agent: Agent, bus: Bus, video: Path) 
         return None
 
     beat = await eventually(busy_beat, what="a heartbeat showing the busy phone")
-    assert beat.host == "rack-1"
+    assert beat.host == "rack-1" and beat.incarnation == agent.incarnation
+    assert {d.serial: d for d in beat.devices}["device_serial_1"].dispatch_id == "d13"
     others = [d for d in beat.devices if d.serial != "device_serial_1"]
     assert others
     assert not any(d.busy for d in others)
@@ -363,3 +364,42 @@ async def test_malformed_run_request_is_refused_naming_the_field(agent: Agent, b
     assert not reply.accepted
     assert "task_id:" in reply.reason
     assert "serial: required" in reply.reason
+
+
+async def test_a_run_for_an_earlier_process_is_refused_and_runs_are_logged(
+    settings_for: Callable[..., AgentSettings], bus: Bus, video: Path, tmp_path: Path
+) -> None:
+    log_file = tmp_path / "runs.jsonl"
+    async with Agent(settings_for(agent_run_log=log_file)) as first:
+        old = first.incarnation
+        await bus.run(
+            AGENT, post(21, "device_serial_1", video).model_copy(update={"incarnation": old})
+        )
+        await bus.outcome(21)
+    async with Agent(settings_for(agent_run_log=log_file)) as second:
+        assert second.incarnation != old
+        starts = await eventually(
+            lambda: len(bus.of("agent.started")) == 2 and bus.of("agent.started"),
+            what="both processes announced",
+        )
+        assert [s.incarnation for s in starts] == [old, second.incarnation]
+        stale = post(22, "device_serial_1", video).model_copy(update={"incarnation": old})
+        assert await bus.run(AGENT, stale) == AgentReply(
+            accepted=False, reason=f"run was sent to an earlier process of agent {AGENT}"
+        )
+        current = post(23, "device_serial_2", video).model_copy(
+            update={"incarnation": second.incarnation}
+        )
+        assert (await bus.run(AGENT, current)).accepted
+        await bus.outcome(23)
+    lines = [json.loads(line) for line in log_file.read_text().splitlines()]
+    assert [(r["task_id"], r["event"]) for r in lines] == [
+        (21, "run.begun"),
+        (21, "task.completed"),
+        (21, "reported"),
+        (23, "run.begun"),
+        (23, "task.completed"),
+        (23, "reported"),
+    ]
+    assert {r["incarnation"] for r in lines if r["task_id"] == 23} == {second.incarnation}
+    assert not bus.for_task(22)

@@ -77,14 +77,16 @@ class Bus:
         self.nc = nc
         self.js = nc.jetstream()
 
-    async def command(self, cmd: AnyCommand, msg_id: str | None = None) -> CommandResult:
+    async def command(
+        self, cmd: AnyCommand, msg_id: str | None = None, within: float = 10
+    ) -> CommandResult:
         inbox = self.nc.new_inbox()
         sub = await self.nc.subscribe(inbox)
         headers = headers_for(cmd, **{HDR_REPLY_TO: inbox})
         if msg_id is not None:
             headers["Nats-Msg-Id"] = msg_id
         await self.js.publish(subject_for(cmd), cmd.to_bytes(), headers=headers)
-        msg = await sub.next_msg(timeout=10)
+        msg = await sub.next_msg(timeout=within)
         await sub.unsubscribe()
         return CommandResult.model_validate_json(msg.data)
 
@@ -114,6 +116,10 @@ class FakeAgent:
         self.auto_start = True
         self.auto_complete = False
         self.beating = True
+        self.incarnation = ""
+        self.holds_runs = True
+        """Heartbeats name the runs accepted and not yet reported ended, as an agent's do."""
+        self.holding: dict[str, RunTask] = {}
         self._tasks: list[asyncio.Task[None]] = []
 
     async def start(self, accounts: bool = False) -> None:
@@ -124,6 +130,7 @@ class FakeAgent:
                 agent_id=self.agent_id,
                 host=f"host-{self.agent_id}",
                 devices=[DeviceInfo(serial=s, model="Pixel") for s in self.serials],
+                incarnation=self.incarnation,
             )
         )
         if accounts:
@@ -147,10 +154,20 @@ class FakeAgent:
                 beat = Heartbeat(
                     agent_id=self.agent_id,
                     host=f"host-{self.agent_id}",
-                    devices=[DeviceStatus(serial=s) for s in self.serials],
+                    devices=[self._status(s) for s in self.serials],
+                    interval_seconds=0.1,
+                    incarnation=self.incarnation,
                 )
                 await self.bus.nc.publish(heartbeat_subject(self.agent_id), beat.to_bytes())
             await asyncio.sleep(0.1)
+
+    def _status(self, serial: str) -> DeviceStatus:
+        run = self.holding.get(serial) if self.holds_runs else None
+        if run is None:
+            return DeviceStatus(serial=serial)
+        return DeviceStatus(
+            serial=serial, busy=True, task_id=run.task_id, dispatch_id=run.dispatch_id
+        )
 
     async def _on_run(self, msg: Msg) -> None:
         run = RunTask.from_bytes(msg.data)
@@ -162,6 +179,7 @@ class FakeAgent:
                 AgentReply(accepted=False, reason=self.refuse).model_dump_json().encode()
             )
             return
+        self.holding[run.serial] = run
         await msg.respond(AgentReply(accepted=True).model_dump_json().encode())
         if self.auto_start:
             await self.started(run)
@@ -183,7 +201,12 @@ class FakeAgent:
             )
         )
 
+    def _ended(self, run: RunTask) -> None:
+        if self.holding.get(run.serial) == run:
+            del self.holding[run.serial]
+
     async def complete(self, run: RunTask) -> None:
+        self._ended(run)
         await self.bus.report(
             TaskCompletedReport(
                 agent_id=self.agent_id, task_id=run.task_id, dispatch_id=run.dispatch_id
@@ -191,6 +214,7 @@ class FakeAgent:
         )
 
     async def fail(self, run: RunTask, reason: str, stopped: bool = False) -> None:
+        self._ended(run)
         await self.bus.report(
             TaskFailedReport(
                 agent_id=self.agent_id,

@@ -241,3 +241,21 @@ async def test_a_command_that_cannot_be_stored_is_answered_not_redelivered_forev
     assert await bus.command(poison, msg_id="past-the-dedup-window") == huge
     ok = await bus.command(create(serials=["device_serial_1"]))
     assert ok.code == 0, ok.message
+
+
+async def test_results_and_report_ids_past_the_horizon_are_pruned(
+    scheduler: Scheduler, db: asyncpg.Connection
+) -> None:
+    from fleet_scheduler.liveness import prune_results
+
+    for table, key in (("command_results", "command_id"), ("processed_reports", "message_id")):
+        extra = ", result" if table == "command_results" else ""
+        value = ", '{}'::jsonb" if extra else ""
+        await db.execute(
+            f"INSERT INTO {table} ({key}{extra}, recorded_at) VALUES"
+            f" ('old'{value}, now() - interval '9 days'), ('new'{value}, now() - interval '1 hour')"
+        )
+    assert scheduler.ctx is not None
+    await prune_results(scheduler.ctx)
+    assert [r[0] for r in await db.fetch("SELECT command_id FROM command_results")] == ["new"]
+    assert [r[0] for r in await db.fetch("SELECT message_id FROM processed_reports")] == ["new"]

@@ -33,6 +33,7 @@ class DeviceStatus(BaseModel):
     busy: bool = False
     task_id: int | None = None
     battery: int | None = None
+    dispatch_id: str | None = Field(None, description="the run holding the phone, when busy")
 
 
 # Requests to one agent
@@ -43,6 +44,11 @@ class RunTask(Message):
     username: str | None = None
     script_name: str
     script_config: dict[str, Any]
+    incarnation: str = Field(
+        "",
+        description="the agent process this run was dispatched to; another one refuses it"
+        " (empty: any, as sent by schedulers that predate fencing)",
+    )
     program: CustomProgram | None = None
     """Set for a custom script: the registered program to run (without a shell)."""
     session_id: str | None = None
@@ -67,6 +73,7 @@ class Heartbeat(Message):
     host: str
     devices: list[DeviceStatus] = Field(default_factory=list)
     interval_seconds: float = 5.0
+    incarnation: str = Field("", description="this agent process (new at every start)")
     material_cache: dict[str, int] | None = Field(
         None, description="the host's library cache: hits, misses, fetched_bytes, bytes, items"
     )
@@ -83,6 +90,7 @@ class AgentStartedReport(Report):
 
     type: Literal["agent.started"] = "agent.started"
     host: str
+    incarnation: str = Field("", description="this agent process (new at every start)")
     devices: list[DeviceInfo] = Field(default_factory=list)
     scripts: list[ScriptSpec] = Field(default_factory=list)
 

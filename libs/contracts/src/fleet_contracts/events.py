@@ -59,6 +59,7 @@ class TaskDispatched(DomainEvent):
     agent_id: str
     dispatch_id: str
     lease_until: datetime
+    incarnation: str = Field("", description="the agent process the run is addressed to")
 
 
 class TaskStarted(DomainEvent):
@@ -91,6 +92,21 @@ class TaskFailed(DomainEvent):
     dispatch_id: str = ""
     reason: str
     screenshot: str | None = None
+    lost: bool = Field(
+        False, description="the scheduler gave up on the run; the phone may still end it"
+    )
+
+
+class TaskReportLate(DomainEvent):
+    """An agent's report that came after the task had ended or moved on, and what the
+    scheduler's rule (scheduler README, "Late reports") made of it."""
+
+    type: Literal["task.report_late"] = "task.report_late"
+    task_id: int
+    dispatch_id: str = ""
+    report: str = Field(description="the report's type, e.g. task.completed")
+    ended_by: str = Field(description="how the task had ended: completed, failed, stopped, ...")
+    verdict: str = Field(description="what the report did: recorded only, reopened, ...")
 
 
 class TaskStopped(DomainEvent):
@@ -285,6 +301,7 @@ AnyEvent = Annotated[
     | TaskRequeued
     | TaskRetried
     | TaskDeleted
+    | TaskReportLate
     | DeviceConnected
     | DeviceDisconnected
     | AccountsReported

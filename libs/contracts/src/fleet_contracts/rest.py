@@ -155,8 +155,16 @@ class BatchDeleteResult(BaseModel):
     not_found_ids: list[int] = Field(default_factory=list)
 
 
+RETRY_ALL_LISTED = 1000
+"""retry-all names the tasks it moved only up to this many; the count is always there."""
+
+
 class RetryAllResult(BaseModel):
-    task_ids: list[int]
+    task_ids: list[int] = Field(
+        default_factory=list,
+        description=f"the retried tasks' ids when at most {RETRY_ALL_LISTED}, else empty"
+        " (a reply must stay small whatever the number of failed tasks)",
+    )
     retried_count: int
 
 
@@ -266,6 +274,9 @@ class TaskEventView(BaseModel):
     recorded_at: datetime
     correlation_id: str | None = None
     causation_id: str | None = None
+    actor: str | None = Field(
+        None, description='who caused it: an API key\'s name, "scheduler" or "agent:<id>"'
+    )
 
 
 PLAN_NAMES = [p.value for p in Plan]

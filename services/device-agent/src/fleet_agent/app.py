@@ -46,6 +46,7 @@ from fleet_contracts.agent import (
     RunTask,
     StopRun,
 )
+from fleet_contracts.messages import new_id
 from fleet_contracts.permissions import inbox_prefix
 from fleet_contracts.subjects import (
     KV_SCRIPTS,
@@ -95,6 +96,8 @@ class Agent:
     ) -> None:
         self.settings = settings
         self.agent_id = settings.agent_id
+        self.incarnation = new_id()
+        """This process: runs sent to an earlier one are refused (fencing)."""
         self._driver_override = driver
         self._scripts_override = scripts
         self._driver: Driver | None = None
@@ -151,6 +154,7 @@ class Agent:
 
     async def start(self) -> None:
         s = self.settings
+        self.incarnation = new_id()
         with bind_correlation(None, agent_id=self.agent_id):
             self._nc = await connect(
                 s.nats_url,
@@ -187,6 +191,8 @@ class Agent:
                 platform_of=self._platform_of,
                 screenshot_dir=s.agent_screenshot_dir,
                 max_parallel=s.agent_max_parallel,
+                incarnation=self.incarnation,
+                run_log=s.agent_run_log,
                 programs=self._program_for,
                 evidence=Evidence(self._js, s.artifact_retention_hours),
             )
@@ -213,6 +219,7 @@ class Agent:
                 AgentStartedReport(
                     agent_id=self.agent_id,
                     host=s.agent_host,
+                    incarnation=self.incarnation,
                     devices=devices,
                     scripts=[
                         spec_of(script, builtin=name == "post")
@@ -381,6 +388,7 @@ class Agent:
                     for serial, info in self._devices.items()
                 ],
                 interval_seconds=interval,
+                incarnation=self.incarnation,
                 material_cache=self.cache.status(),
             )
             try:

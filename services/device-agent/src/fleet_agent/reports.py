@@ -82,6 +82,17 @@ async def publish_progress(js: JetStreamContext, report: Report) -> None:
             log.warning("report.progress_unacked", error=str(done.exception()))
 
     ack.add_done_callback(_check)
+    # nats-py never times these futures out (an error reply even leaves one pending), and
+    # each holds one of its pending-publish slots: give up on the ack after a while.
+    asyncio.get_running_loop().call_later(PROGRESS_ACK_DEADLINE, _give_up, ack)
+
+
+PROGRESS_ACK_DEADLINE = 30.0
+
+
+def _give_up(ack: asyncio.Future[PubAck]) -> None:
+    if not ack.done():
+        ack.cancel()
 
 
 async def publish_many(js: JetStreamContext, reports: list[Report]) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -69,11 +70,15 @@ class Runner:
         platform_of: Callable[[str, str | None], str | None],
         screenshot_dir: Path,
         max_parallel: int | None = None,
+        incarnation: str = "",
+        run_log: Path | None = None,
         programs: Callable[[RunTask], Script | str] | None = None,
         evidence: Evidence | None = None,
     ) -> None:
         self._evidence_sink = evidence
         self._agent_id = agent_id
+        self._incarnation = incarnation
+        self._run_log = run_log
         self._js = js
         self._scripts = scripts
         self._phone_of = phone_of
@@ -90,6 +95,7 @@ class Runner:
             serial=serial,
             busy=run is not None,
             task_id=run.request.task_id if run is not None else None,
+            dispatch_id=run.request.dispatch_id if run is not None else None,
             battery=battery,
         )
 
@@ -98,6 +104,13 @@ class Runner:
 
     def accept(self, request: RunTask) -> AgentReply:
         """Decide at once whether this agent takes the run; start it if so."""
+        if request.incarnation and request.incarnation != self._incarnation:
+            # Sent to a process of this agent that is gone: the scheduler has (or will
+            # have) failed that run, so running it here would do what the record denies.
+            return AgentReply(
+                accepted=False,
+                reason=f"run was sent to an earlier process of agent {self._agent_id}",
+            )
         current = self._runs.get(request.serial)
         if current is not None:
             same = (current.request.task_id, current.request.dispatch_id)
@@ -195,7 +208,27 @@ class Runner:
                 log.info("run.completed")
             # While running: until it lands. Once stopping: a few tries, then go; the
             # scheduler fails these runs itself when this agent restarts or goes silent.
-            await publish_report(self._js, outcome, until=self._stopping, attempts=3)
+            self._record(request, outcome.type)  # type: ignore[attr-defined]
+            if await publish_report(self._js, outcome, until=self._stopping, attempts=3):
+                self._record(request, "reported")
+
+    def _record(self, request: RunTask, what: str) -> None:
+        """Append to this agent's own record of what its phones ran (tests judge the
+        scheduler's record against it): a line when a run begins, one with its outcome
+        when the script has ended, and one when that outcome is stored on REPORTS."""
+        if self._run_log is None:
+            return
+        line = json.dumps(
+            {
+                "incarnation": self._incarnation,
+                "task_id": request.task_id,
+                "dispatch_id": request.dispatch_id,
+                "serial": request.serial,
+                "event": what,
+            }
+        )
+        with self._run_log.open("a") as out:
+            out.write(line + "\n")
 
     def _ended_by_cancel(self, run: Run) -> TaskFailedReport:
         reason = run.token.reason or STOPPED
@@ -219,6 +252,7 @@ class Runner:
         ids = request.caused()
         script = run.script or self._scripts[request.script_name]
         log.info("run.accepted", script=request.script_name, dispatch_id=request.dispatch_id)
+        self._record(request, "run.begun")
         await publish_report(
             self._js,
             TaskStartedReport(

@@ -42,6 +42,9 @@ class AgentSettings(NatsLinkSettings):  # + NATS identity, TLS, stream limits
     # Used only if this agent is the first to create the artifacts bucket.
     artifact_retention_hours: float = Field(DEFAULT_ARTIFACT_RETENTION_HOURS, gt=0)
     agent_ui_timeout_seconds: float = Field(15.0, gt=0)
+    # A JSON-lines file this agent appends each run it begins and ends to (tests judge
+    # the scheduler's record against it); unset: none kept.
+    agent_run_log: Path | None = None
     # Where custom scripts reach the gateway (their TIKMATRIX_API_BASE).
     agent_api_base: str = "http://127.0.0.1:50809"
     log_level: str = "INFO"
@@ -58,7 +61,11 @@ class AgentSettings(NatsLinkSettings):  # + NATS identity, TLS, stream limits
         return value
 
     @field_validator(
-        "agent_material_library", "agent_max_parallel", "agent_metrics_port", mode="before"
+        "agent_material_library",
+        "agent_max_parallel",
+        "agent_run_log",
+        "agent_metrics_port",
+        mode="before",
     )
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:

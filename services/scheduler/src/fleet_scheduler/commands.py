@@ -52,13 +52,13 @@ from fleet_contracts.subjects import (
 )
 from fleet_contracts.validation import describe
 from fleet_runtime.logs import bind_correlation
-from fleet_scheduler import handlers, library, library_reads, metrics, session_commands
+from fleet_scheduler import bulk, handlers, library, library_reads, metrics, session_commands
 from fleet_scheduler.consumer import pull_loop
 from fleet_scheduler.context import Context
 from fleet_scheduler.device_limit import check_device_limit, devices_in_use
 from fleet_scheduler.errors import Rejected, database_unavailable, failure_code
 from fleet_scheduler.handlers import Outcome
-from fleet_scheduler.projections import load_tasks, task_state
+from fleet_scheduler.projections import load_tasks
 from fleet_scheduler.store import ConcurrencyError, Metadata
 from fleet_scheduler.task import StopOnAgent
 from fleet_scheduler.uow import UnitOfWork, unit_of_work
@@ -144,11 +144,6 @@ async def _decide(
         case RetryTask():
             states = await load_tasks(conn, [cmd.task_id])
             return handlers.retry_task(cmd.task_id, states.get(cmd.task_id), now)
-        case RetryAllTasks():
-            rows = await conn.fetch(
-                "SELECT * FROM tasks WHERE state = 'failed' AND NOT deleted ORDER BY id FOR UPDATE"
-            )
-            return handlers.retry_all([task_state(r) for r in rows], now)
         case RegisterAccount():
             known = await conn.fetchval(
                 "SELECT count(*) FROM devices WHERE serial = $1", cmd.account.serial
@@ -192,13 +187,16 @@ async def recorded_result(conn: asyncpg.Connection, command_id: str) -> CommandR
 
 
 def metadata_for(cmd: AnyCommand) -> Metadata:
-    return Metadata(correlation_id=cmd.correlation_id, causation_id=cmd.message_id)
+    return Metadata(correlation_id=cmd.correlation_id, causation_id=cmd.message_id, actor=cmd.actor)
 
 
 async def _apply(
     uow: UnitOfWork, ctx: Context, cmd: AnyCommand, plugins: dict[str, Any]
 ) -> tuple[CommandResult, list[StopOnAgent]]:
     """Decide and append one command; its result is for the caller to record."""
+    if isinstance(cmd, RetryAllTasks):
+        data = await bulk.retry_all(uow, metadata_for(cmd), ctx.clock())
+        return CommandResult(data=data, command_id=cmd.message_id), []
     try:
         outcome = await _decide(uow.conn, ctx, cmd, plugins)
         await uow.append(outcome.events, metadata_for(cmd))

@@ -20,6 +20,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from fleet_contracts.subjects import ALL_STREAMS, StreamSpec
 from fleet_runtime.bus import ensure_durable, ensure_streams
+from fleet_runtime.failpoints import failpoint
 
 log = structlog.get_logger(__name__)
 
@@ -67,6 +68,7 @@ async def pull_loop(
                     for msg in msgs:
                         await msg.nak(delay=1.0)
                     continue
+                failpoint(f"{stream.lower()}.after_commit")
                 for msg in msgs:
                     await msg.ack()
         except asyncio.CancelledError:

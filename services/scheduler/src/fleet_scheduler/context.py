@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -20,8 +21,11 @@ from fleet_scheduler.settings import SchedulerSettings
 @dataclass
 class AgentSeen:
     last_seen: datetime
+    """This scheduler's clock, for logs only: leases are read on the database's."""
     host: str
     devices: list[DeviceStatus]
+    incarnation: str = ""
+    interval_seconds: float = 5.0
 
 
 @dataclass
@@ -33,6 +37,7 @@ class Context:
     clock: Callable[[], datetime]
     rng: random.Random
     started_at: datetime
+    started_monotonic: float = field(default_factory=time.monotonic)
     dispatch_wake: asyncio.Event = field(default_factory=asyncio.Event)
     relay_wake: asyncio.Event = field(default_factory=asyncio.Event)
     heartbeats: dict[str, AgentSeen] = field(default_factory=dict)

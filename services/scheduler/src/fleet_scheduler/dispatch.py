@@ -21,6 +21,7 @@ import structlog
 from fleet_contracts.agent import AgentReply, RunTask
 from fleet_contracts.messages import new_id
 from fleet_contracts.subjects import agent_run_subject
+from fleet_runtime.failpoints import failpoint
 from fleet_scheduler import task_leases
 from fleet_scheduler.context import Context
 from fleet_scheduler.handlers import Outcome
@@ -43,16 +44,19 @@ NOT_LEASED = "NOT EXISTS (SELECT 1 FROM leases l WHERE l.serial = t.serial AND l
 
 DUE_ON_IDLE_DEVICES = (
     "SELECT DISTINCT ON (t.serial) t.id, t.serial, t.due_at, t.min_interval,"
-    " t.max_interval, t.interval_anchor, d.agent_id, d.last_task_id, d.last_finished_at"
+    " t.max_interval, t.interval_anchor, d.agent_id, d.last_task_id, d.last_finished_at,"
+    " a.incarnation"
     " FROM tasks t JOIN devices d ON d.serial = t.serial"
     " JOIN agents a ON a.agent_id = d.agent_id"
     " WHERE t.state = 'pending' AND NOT t.deleted AND t.due_at <= $1"
-    " AND d.online AND NOT d.busy AND NOT a.lost AND a.last_seen >= $2"
+    " AND d.online AND NOT d.busy AND NOT a.lost"
+    " AND a.last_seen >= now() - make_interval(secs => $2)"
     f" AND {NOT_LEASED}"
     " ORDER BY t.serial, t.due_at, t.id"
 )
 """Each idle device's oldest due task, for devices online on a live agent and not lent
-to a program (a lease: `leases.py`)."""
+to a program (a lease: `leases.py`). Due times are the scheduler's clock (`start_time`,
+intervals); the agent's lease is the database's."""
 
 
 @dataclass(frozen=True)
@@ -64,9 +68,8 @@ class Claim:
 async def claim(ctx: Context, cooling: dict[str, datetime]) -> list[Claim]:
     """Decide and record what runs now; return the RunTasks to send."""
     now = ctx.clock()
-    lease = timedelta(seconds=ctx.settings.scheduler_agent_lease_seconds)
     start_timeout = timedelta(seconds=ctx.settings.scheduler_start_timeout_seconds)
-    args = (now, now - lease)
+    args = (now, ctx.settings.scheduler_agent_lease_seconds)
     # A read without the lock first: most wake-ups find nothing to do, and should not
     # queue behind the writers for the events lock to learn that.
     async with ctx.pool.acquire() as conn:
@@ -81,6 +84,9 @@ async def claim(ctx: Context, cooling: dict[str, datetime]) -> list[Claim]:
         ]
         if not rows:
             return []
+        incarnation = {r["agent_id"]: r["incarnation"] for r in rows}
+        # The start timeout runs on the database's clock, like every lease.
+        db_now: datetime = await conn.fetchval("SELECT now()")
         slots = [
             Slot(r["serial"], r["agent_id"], r["last_task_id"], r["last_finished_at"]) for r in rows
         ]
@@ -111,7 +117,8 @@ async def claim(ctx: Context, cooling: dict[str, datetime]) -> list[Claim]:
                 task.schedule(decision.due_at, decision.reason, decision.after_task_id)
             elif isinstance(decision, Dispatch):
                 dispatch_id = new_id()
-                if task.dispatch(decision.agent_id, dispatch_id, now + start_timeout):
+                fence = incarnation[decision.agent_id]
+                if task.dispatch(decision.agent_id, dispatch_id, db_now + start_timeout, fence):
                     state = task.state
                     claims.append(
                         Claim(
@@ -124,6 +131,7 @@ async def claim(ctx: Context, cooling: dict[str, datetime]) -> list[Claim]:
                                 script_config=state.script_config,
                                 # the create request's id, so one id follows the task
                                 correlation_id=state.correlation_id or uow.metadata.correlation_id,
+                                incarnation=fence,
                             ),
                             decision.agent_id,
                         )
@@ -136,7 +144,9 @@ async def claim(ctx: Context, cooling: dict[str, datetime]) -> list[Claim]:
     return claims
 
 
-async def resend_unconfirmed(ctx: Context, in_flight: set[str]) -> list[Claim]:
+async def resend_unconfirmed(
+    ctx: Context, in_flight: set[str], min_age: float = RESEND_AFTER_SECONDS
+) -> list[Claim]:
     """RunTasks committed but not confirmed after a while: sent again.
 
     A scheduler killed between the claim's commit and the send leaves such tasks; the
@@ -145,10 +155,10 @@ async def resend_unconfirmed(ctx: Context, in_flight: set[str]) -> list[Claim]:
     async with ctx.pool.acquire() as conn:
         rows = await conn.fetch(
             "SELECT id, dispatch_id, serial, username, script_name, script_config, agent_id,"
-            " correlation_id"
+            " correlation_id, incarnation"
             " FROM tasks WHERE state = 'dispatched'"
-            " AND dispatched_at < now() - make_interval(secs => $1) ORDER BY id LIMIT 500",
-            RESEND_AFTER_SECONDS,
+            " AND dispatched_at <= now() - make_interval(secs => $1) ORDER BY id LIMIT 500",
+            min_age,
         )
     return [
         Claim(
@@ -160,6 +170,7 @@ async def resend_unconfirmed(ctx: Context, in_flight: set[str]) -> list[Claim]:
                 script_name=r["script_name"],
                 script_config=r["script_config"],
                 correlation_id=r["correlation_id"] or new_id(),
+                incarnation=r["incarnation"],
             ),
             r["agent_id"],
         )
@@ -178,10 +189,26 @@ async def send_run(
         in_flight.discard(item.run.dispatch_id)
 
 
+async def still_current(ctx: Context, run: RunTask) -> bool:
+    """Whether `run` is still the task's dispatch waiting for its start: a run the task
+    has moved on from (failed as lost, stopped, started, requeued) is never sent again."""
+    async with ctx.pool.acquire() as conn:
+        return bool(
+            await conn.fetchval(
+                "SELECT 1 FROM tasks WHERE id = $1 AND dispatch_id = $2 AND state = 'dispatched'",
+                run.task_id,
+                run.dispatch_id,
+            )
+        )
+
+
 async def _send_run(ctx: Context, item: Claim, cooling: dict[str, datetime]) -> None:
     run = item.run
     reply: AgentReply | None = None
     for attempt in range(RUN_REQUEST_ATTEMPTS):
+        if attempt and not await still_current(ctx, run):
+            log.info("run.superseded", task_id=run.task_id, dispatch_id=run.dispatch_id)
+            return
         try:
             msg = await ctx.nc.request(
                 agent_run_subject(item.agent_id), run.to_bytes(), timeout=RUN_REQUEST_TIMEOUT
@@ -222,7 +249,10 @@ async def run(ctx: Context, stopping: asyncio.Event) -> None:
     cooling: dict[str, datetime] = {}
     in_flight: set[str] = set()
     poll = ctx.settings.scheduler_dispatch_poll_seconds
-    next_resend = time.monotonic() + RESEND_AFTER_SECONDS
+    # At start every unconfirmed dispatch is sent again at once: this process sends
+    # nothing yet, and one that died between a claim and its send left them unsent.
+    next_resend = time.monotonic()
+    first_pass = True
     while not stopping.is_set():
         ctx.dispatch_wake.clear()
         try:
@@ -230,13 +260,18 @@ async def run(ctx: Context, stopping: asyncio.Event) -> None:
         except Exception as exc:
             log.warning("dispatch.claim_failed", error=str(exc))
             claims = []
+        if claims:
+            failpoint("dispatch.after_claim")
+        in_flight.update(item.run.dispatch_id for item in claims)
         for item in claims:
             ctx.spawn(send_run(ctx, item, cooling, in_flight))
         if time.monotonic() >= next_resend:
             next_resend = time.monotonic() + RESEND_AFTER_SECONDS
             try:
-                for item in await resend_unconfirmed(ctx, in_flight):
+                age = 0.0 if first_pass else RESEND_AFTER_SECONDS
+                for item in await resend_unconfirmed(ctx, in_flight, age):
                     ctx.spawn(send_run(ctx, item, cooling, in_flight))
+                first_pass = False
             except Exception as exc:
                 log.warning("dispatch.resend_failed", error=str(exc))
         now = ctx.clock()

@@ -22,7 +22,7 @@ from fleet_contracts.commands import (
     RemoveAccount,
 )
 from fleet_contracts.events import AccountRegistered, AccountRemoved, TaskCreated
-from fleet_contracts.rest import BatchDeleteResult, CreateTaskResult, RetryAllResult
+from fleet_contracts.rest import BatchDeleteResult, CreateTaskResult
 from fleet_contracts.scripts import (
     ScriptConfigError,
     UnknownScriptError,
@@ -181,20 +181,6 @@ def retry_task(task_id: int, state: TaskState | None, now: datetime) -> Outcome:
     task.retry(now)
     outcome = Outcome(data={"task_id": task_id})
     outcome.take(task)
-    return outcome
-
-
-def retry_all(failed: Sequence[TaskState], now: datetime) -> Outcome:
-    outcome = Outcome()
-    ids: list[int] = []
-    for state in failed:
-        task = Task(state)
-        if state.deleted or state.state != "failed":
-            continue
-        task.retry(now)
-        outcome.take(task)
-        ids.append(state.id)
-    outcome.data = RetryAllResult(task_ids=ids, retried_count=len(ids)).model_dump()
     return outcome
 
 

@@ -30,12 +30,15 @@ from fleet_contracts.events import (
     TaskFailed,
     TaskMaterialsPicked,
     TaskProgressed,
+    TaskReportLate,
     TaskRequeued,
     TaskRetried,
     TaskScheduled,
     TaskStarted,
     TaskStopped,
 )
+from fleet_scheduler import late
+from fleet_scheduler.late import Verdict
 from fleet_scheduler.session_projections import SESSION_EVENTS, SESSION_TABLES
 from fleet_scheduler.session_projections import project as project_session
 from fleet_scheduler.store import RecordedEvent, recorded_from_row
@@ -86,32 +89,77 @@ async def _end(
     rec: RecordedEvent,
     task_id: int,
     dispatch_id: str,
-    state: str,
+    ended_by: str,
     reason: str | None,
     deltas: Deltas,
 ) -> None:
+    """A run ended. It ends the task when the task was on that run, or had been given up
+    on as lost (or, for a completion, stopped): what the phone did wins (`late`)."""
+    state = "completed" if ended_by == "completed" else "failed"
     status = int(TaskStatus.COMPLETED if state == "completed" else TaskStatus.FAILED)
     old = await conn.fetchrow(
-        "SELECT status, deleted, state, dispatch_id FROM tasks WHERE id = $1 FOR UPDATE", task_id
+        "SELECT status, deleted, state, dispatch_id, ended_by FROM tasks WHERE id = $1 FOR UPDATE",
+        task_id,
     )
-    active = old is not None and old["state"] in ("dispatched", "running")
-    if old is not None and active and old["dispatch_id"] == dispatch_id:
+    reopenable = ("lost", "stopped") if state == "completed" else ("lost",)
+    takes = (
+        old is not None
+        and old["dispatch_id"] == dispatch_id
+        and (
+            old["state"] in ("dispatched", "running")
+            or (old["state"] == "failed" and old["ended_by"] in reopenable and not old["deleted"])
+        )
+    )
+    if old is not None and takes:
         await conn.execute(
             "UPDATE tasks SET state = $2, status = $3, reason = $4, finished_at = $5,"
             " progress = CASE WHEN $2 = 'completed' THEN 100 ELSE progress END,"
-            " version = $6 WHERE id = $1",
+            " version = $6, ended_by = $7 WHERE id = $1",
             task_id,
             state,
             status,
             reason,
             rec.recorded_at,
             rec.version,
+            ended_by,
         )
         if not old["deleted"]:
             _move(deltas, old["status"], status)
     else:
         await conn.execute("UPDATE tasks SET version = $2 WHERE id = $1", task_id, rec.version)
-    await _release(conn, task_id, rec)
+    if ended_by != "lost":
+        # A run given up on keeps its phone until the agent says the phone is free.
+        await _release(conn, task_id, rec)
+
+
+async def _late_report(conn: asyncpg.Connection, rec: RecordedEvent, event: TaskReportLate) -> None:
+    """A run's report after its task moved on: the phone's state follows what the agent
+    says (held again for a reopened run, free after an end); the task's own state is
+    changed by the events that follow, if the rule says so."""
+    if event.verdict == Verdict.REOPEN:
+        await conn.execute(
+            "UPDATE tasks SET ended_by = NULL, finished_at = NULL, reason = NULL,"
+            " unheld_since = NULL, version = $2 WHERE id = $1",
+            event.task_id,
+            rec.version,
+        )
+        await conn.execute(
+            "UPDATE devices d SET busy = true, current_task_id = t.id FROM tasks t"
+            " WHERE t.id = $1 AND d.serial = t.serial",
+            event.task_id,
+        )
+        return
+    await conn.execute("UPDATE tasks SET version = $2 WHERE id = $1", event.task_id, rec.version)
+    if event.report in (late.COMPLETED, late.FAILED, late.HEARTBEAT):
+        # Not when the task is out on a newer run: that run holds the phone now.
+        await conn.execute(
+            "UPDATE devices SET busy = false, current_task_id = NULL,"
+            " last_task_id = $1, last_finished_at = $2 WHERE current_task_id = $1"
+            " AND NOT EXISTS (SELECT 1 FROM tasks WHERE id = $1"
+            " AND state IN ('dispatched', 'running'))",
+            event.task_id,
+            rec.recorded_at,
+        )
 
 
 async def _set_status(
@@ -161,19 +209,52 @@ async def _insert_created(
     deltas[int(TaskStatus.PENDING)] += len(created)
 
 
+async def _update_retried(
+    conn: asyncpg.Connection, recs: list[RecordedEvent], deltas: Deltas
+) -> None:
+    """Move many retried tasks back to pending in one statement (retry-all)."""
+    # The recorded data, not parsed events: parsing is most of the time at retry-all scale.
+    rows = await conn.fetch(
+        "WITH r AS (SELECT id, retry_count, due_at::timestamptz, version"
+        " FROM unnest($1::bigint[], $2::int[], $3::text[], $4::int[])"
+        " AS x(id, retry_count, due_at, version)),"
+        " old AS (SELECT t.id, t.status, t.deleted FROM tasks t JOIN r USING (id) FOR UPDATE OF t)"
+        " UPDATE tasks t SET state = 'pending', status = 0, reason = NULL, wait_reason = '',"
+        " retry_count = r.retry_count, due_at = r.due_at, started_at = NULL,"
+        " finished_at = NULL, progress = NULL, version = r.version, ended_by = NULL"
+        " FROM r, old WHERE t.id = r.id AND old.id = r.id RETURNING old.status, old.deleted",
+        [rec.data["task_id"] for rec in recs],
+        [rec.data["retry_count"] for rec in recs],
+        [rec.data["due_at"] for rec in recs],
+        [rec.version for rec in recs],
+    )
+    for row in rows:
+        if not row["deleted"]:
+            _move(deltas, row["status"], int(TaskStatus.PENDING))
+
+
+BATCHED = {"task.created": _insert_created, "task.retried": _update_retried}
+"""Event types whose runs are projected with one statement each."""
+
+
 async def project_all(conn: asyncpg.Connection, recs: list[RecordedEvent], deltas: Deltas) -> None:
-    """Project events in order; runs of TaskCreated go in as one insert."""
+    """Project events in order; runs of TaskCreated (or TaskRetried) go in as one statement.
+
+    A run never holds two events of one task, so one statement per run is the same as
+    projecting them one by one."""
     run: list[RecordedEvent] = []
+    streams: set[str] = set()
     for rec in recs:
-        if rec.type == "task.created":
+        if run and (rec.type != run[0].type or rec.stream_id in streams):
+            await BATCHED[run[0].type](conn, run, deltas)
+            run, streams = [], set()
+        if rec.type in BATCHED:
             run.append(rec)
+            streams.add(rec.stream_id)
             continue
-        if run:
-            await _insert_created(conn, run, deltas)
-            run = []
         await project(conn, rec, deltas)
     if run:
-        await _insert_created(conn, run, deltas)
+        await BATCHED[run[0].type](conn, run, deltas)
 
 
 async def project(conn: asyncpg.Connection, rec: RecordedEvent, deltas: Deltas) -> None:
@@ -194,13 +275,15 @@ async def project(conn: asyncpg.Connection, rec: RecordedEvent, deltas: Deltas) 
         case TaskDispatched():
             await conn.execute(
                 "UPDATE tasks SET state = 'dispatched', agent_id = $2, dispatch_id = $3,"
-                " dispatched_at = $4, lease_until = $5, version = $6 WHERE id = $1",
+                " dispatched_at = $4, lease_until = $5, version = $6, incarnation = $7,"
+                " ended_by = NULL, unheld_since = NULL WHERE id = $1",
                 event.task_id,
                 event.agent_id,
                 event.dispatch_id,
                 rec.recorded_at,
                 event.lease_until,
                 rec.version,
+                event.incarnation,
             )
             await conn.execute(
                 "UPDATE devices SET busy = true, current_task_id = $2 WHERE serial = $1",
@@ -213,7 +296,8 @@ async def project(conn: asyncpg.Connection, rec: RecordedEvent, deltas: Deltas) 
                 deltas,
                 event.task_id,
                 1,
-                "state = 'running', status = 1, started_at = $2, progress = 0, version = $3",
+                "state = 'running', status = 1, started_at = $2, progress = 0, version = $3,"
+                " ended_by = NULL, unheld_since = NULL",
                 rec.recorded_at,
                 rec.version,
             )
@@ -227,7 +311,10 @@ async def project(conn: asyncpg.Connection, rec: RecordedEvent, deltas: Deltas) 
         case TaskCompleted():
             await _end(conn, rec, event.task_id, event.dispatch_id, "completed", None, deltas)
         case TaskFailed():
-            await _end(conn, rec, event.task_id, event.dispatch_id, "failed", event.reason, deltas)
+            ended_by = "lost" if event.lost else "failed"
+            await _end(conn, rec, event.task_id, event.dispatch_id, ended_by, event.reason, deltas)
+        case TaskReportLate():
+            await _late_report(conn, rec, event)
         case TaskStopped():
             # The device stays busy until the agent says the script has ended.
             await _set_status(
@@ -235,7 +322,8 @@ async def project(conn: asyncpg.Connection, rec: RecordedEvent, deltas: Deltas) 
                 deltas,
                 event.task_id,
                 3,
-                "state = 'failed', status = 3, reason = $2, finished_at = $3, version = $4",
+                "state = 'failed', status = 3, reason = $2, finished_at = $3, version = $4,"
+                " ended_by = 'stopped'",
                 event.reason,
                 rec.recorded_at,
                 rec.version,
@@ -243,7 +331,7 @@ async def project(conn: asyncpg.Connection, rec: RecordedEvent, deltas: Deltas) 
         case TaskRequeued():
             await conn.execute(
                 "UPDATE tasks SET state = 'pending', due_at = $2, wait_reason = $3,"
-                " version = $4 WHERE id = $1",
+                " version = $4, ended_by = NULL WHERE id = $1",
                 event.task_id,
                 event.due_at,
                 event.reason,
@@ -262,7 +350,7 @@ async def project(conn: asyncpg.Connection, rec: RecordedEvent, deltas: Deltas) 
                 0,
                 "state = 'pending', status = 0, reason = NULL, wait_reason = '',"
                 " retry_count = $2, due_at = $3, started_at = NULL, finished_at = NULL,"
-                " progress = NULL, version = $4",
+                " progress = NULL, version = $4, ended_by = NULL",
                 event.retry_count,
                 event.due_at,
                 rec.version,
@@ -382,6 +470,7 @@ def task_state(row: asyncpg.Record) -> TaskState:
         retry_count=row["retry_count"],
         deleted=row["deleted"],
         correlation_id=row["correlation_id"],
+        ended_by=row["ended_by"],
     )
 
 

@@ -175,6 +175,7 @@ async def task_events(ctx: Context, q: TaskEvents) -> Reply:
             recorded_at=r["recorded_at"],
             correlation_id=r["metadata"].get("correlation_id"),
             causation_id=r["metadata"].get("causation_id"),
+            actor=r["metadata"].get("actor"),
         ).model_dump(mode="json")
         for r in rows
     ]

@@ -8,7 +8,6 @@ shares one transaction.
 from __future__ import annotations
 
 import asyncio
-from datetime import datetime
 from typing import TypeVar
 
 import asyncpg
@@ -35,10 +34,12 @@ from fleet_contracts.subjects import (
     SCHEDULER_REPORTS_CONSUMER,
     device_stream_id,
     task_stream_id,
+    token,
+    untoken,
 )
 from fleet_runtime.logs import bind_correlation
 from fleet_scheduler.consumer import pull_loop
-from fleet_scheduler.context import AgentSeen, Context
+from fleet_scheduler.context import Context
 from fleet_scheduler.errors import database_unavailable
 from fleet_scheduler.handlers import Outcome
 from fleet_scheduler.projections import load_tasks, task_state
@@ -79,28 +80,38 @@ async def fail_active(uow: UnitOfWork, where: str, args: list[object], reason: s
     return [r["id"] for r in rows]
 
 
-async def upsert_agent(conn: asyncpg.Connection, agent_id: str, host: str, seen: datetime) -> None:
+async def upsert_agent(
+    conn: asyncpg.Connection, agent_id: str, host: str, incarnation: str = ""
+) -> None:
+    """The agent was heard now (database time: the one clock every lease is read on)."""
     await conn.execute(
-        "INSERT INTO agents (agent_id, host, last_seen, lost) VALUES ($1, $2, $3, false)"
+        "INSERT INTO agents (agent_id, host, last_seen, lost, incarnation)"
+        " VALUES ($1, $2, now(), false, $3)"
         " ON CONFLICT (agent_id) DO UPDATE SET host = $2,"
-        " last_seen = GREATEST(agents.last_seen, $3), lost = false",
+        " last_seen = GREATEST(agents.last_seen, now()), lost = false,"
+        " incarnation = CASE WHEN $3 = '' THEN agents.incarnation ELSE $3 END",
         agent_id,
         host,
-        seen,
+        incarnation,
     )
 
 
 async def _agent_started(uow: UnitOfWork, ctx: Context, report: AgentStartedReport) -> None:
-    now = ctx.clock()
-    await upsert_agent(uow.conn, report.agent_id, report.host, now)
-    ctx.heartbeats[report.agent_id] = AgentSeen(now, report.host, [])
-    # Runs handed to the agent before it restarted died with it.
-    await fail_active(
-        uow,
-        "agent_id = $1 AND dispatched_at < $2",
-        [report.agent_id, report.occurred_at],
-        f"agent lost: {report.agent_id} restarted",
-    )
+    await upsert_agent(uow.conn, report.agent_id, report.host, report.incarnation)
+    # Runs handed to an earlier process of this agent died with it (that process is gone,
+    # and this one refuses runs addressed to it). An agent that does not name its
+    # process: every run it had before this report.
+    if report.incarnation:
+        await fail_active(
+            uow,
+            "agent_id = $1 AND incarnation <> $2",
+            [report.agent_id, report.incarnation],
+            f"agent lost: {report.agent_id} restarted",
+        )
+    else:
+        await fail_active(
+            uow, "agent_id = $1", [report.agent_id], f"agent lost: {report.agent_id} restarted"
+        )
     listed = {d.serial for d in report.devices}
     rows = await uow.conn.fetch(
         "SELECT * FROM devices WHERE agent_id = $1 OR serial = ANY($2::text[])",
@@ -217,7 +228,7 @@ async def apply_report(uow: UnitOfWork, ctx: Context, report: AnyReport) -> None
         case AgentStartedReport():
             await _agent_started(uow, ctx, report)
         case DeviceConnectedReport():
-            await upsert_agent(uow.conn, report.agent_id, report.host, ctx.clock())
+            await upsert_agent(uow.conn, report.agent_id, report.host)
             await uow.append([connected_event(report.agent_id, report.host, report.device)])
         case DeviceDisconnectedReport():
             await fail_active(uow, "serial = $1", [report.serial], "device disconnected")
@@ -249,7 +260,15 @@ async def apply_report(uow: UnitOfWork, ctx: Context, report: AnyReport) -> None
 
 
 def metadata_for(report: AnyReport) -> Metadata:
-    return Metadata(correlation_id=report.correlation_id, causation_id=report.message_id)
+    return Metadata(
+        correlation_id=report.correlation_id,
+        causation_id=report.message_id,
+        actor=agent_actor(report.agent_id),
+    )
+
+
+def agent_actor(agent_id: str) -> str:
+    return f"agent:{agent_id}"
 
 
 async def _apply_once(uow: UnitOfWork, ctx: Context, report: AnyReport) -> bool:
@@ -314,9 +333,52 @@ def _readable(msg: Msg) -> AnyReport | None:
         return None
 
 
+def sender_mismatch(subject: str, report: AnyReport) -> str | None:
+    """Why a report cannot be believed: its subject (which NATS permissions tie to the
+    sending host) names another agent than its body. None when they agree."""
+    parts = subject.split(".")
+    named = parts[1] if len(parts) >= 3 and parts[0] == "report" else None
+    if named == token(report.agent_id):
+        return None
+    return (
+        f"subject {subject!r} names agent {untoken(named) if named else '(none)'!r},"
+        f" body names {report.agent_id!r}"
+    )
+
+
+async def refuse(ctx: Context, subject: str, report: AnyReport, reason: str) -> None:
+    """Record a refused report (never applied) where an operator can find it."""
+    with bind_correlation(report.correlation_id, report=report.type, agent_id=report.agent_id):
+        log.error("report.refused", subject=subject, reason=reason, message_id=report.message_id)
+    async with ctx.pool.acquire() as conn:
+        await conn.execute(
+            "INSERT INTO refused_reports (subject, agent_id, message_id, reason)"
+            " VALUES ($1, $2, $3, $4)",
+            subject,
+            report.agent_id,
+            report.message_id,
+            reason,
+        )
+
+
+async def trusted(ctx: Context, msgs: list[Msg]) -> list[AnyReport]:
+    """The readable reports whose subject and body name the same agent."""
+    out: list[AnyReport] = []
+    for msg in msgs:
+        report = _readable(msg)
+        if report is None:
+            continue
+        reason = sender_mismatch(msg.subject, report)
+        if reason is not None:
+            await refuse(ctx, msg.subject, report, reason)
+            continue
+        out.append(report)
+    return out
+
+
 async def run(ctx: Context, stopping: asyncio.Event) -> None:
     async def handle(msgs: list[Msg]) -> None:
-        reports = [r for r in map(_readable, msgs) if r is not None]
+        reports = await trusted(ctx, msgs)
         if reports:
             await handle_reports(ctx, reports)
 

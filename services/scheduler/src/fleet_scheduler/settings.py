@@ -28,6 +28,10 @@ class SchedulerSettings(NatsLinkSettings):  # + NATS identity, TLS, stream limit
     scheduler_dispatch_poll_seconds: float = Field(1.0, gt=0)
     scheduler_db_pool_size: int = Field(10, ge=2)
     scheduler_seed: int | None = None
+    # Past these, a command / report id is forgotten: each must exceed the max age of
+    # its stream (COMMANDS 7 days, REPORTS 1 day), or a redelivery could apply twice.
+    scheduler_command_results_keep_seconds: float = Field(8 * 24 * 3600.0, gt=0)
+    scheduler_report_ids_keep_seconds: float = Field(2 * 24 * 3600.0, gt=0)
     log_level: str = "INFO"
     # Metrics: /metrics on a port of its own; 0 or empty serves none (see metrics.py).
     metrics_enabled: bool = True

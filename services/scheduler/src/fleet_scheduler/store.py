@@ -63,16 +63,22 @@ class RecordedEvent:
         )
 
 
+SCHEDULER_ACTOR = "scheduler"
+
+
 @dataclass(frozen=True)
 class Metadata:
     correlation_id: str = ""
     causation_id: str | None = None
+    actor: str = SCHEDULER_ACTOR
+    """Who caused the event: an API key's name, "scheduler", or "agent:<id>" (the audit)."""
 
     def for_event(self) -> dict[str, Any]:
         return {
             "message_id": new_id(),
             "correlation_id": self.correlation_id or None,
             "causation_id": self.causation_id,
+            "actor": self.actor,
         }
 
 
@@ -176,22 +182,43 @@ class PostgresRecorder:
             if new.expected_version is not None and new.stream_id not in current:
                 current[new.stream_id] = new.expected_version
         versions = _versions(events, current)
+        data = [e.event.model_dump(mode="json", exclude={"type"}) for e in events]
+        metas = [(e.metadata or metadata).for_event() for e in events]
+        types = [str(e.event.type) for e in events]  # type: ignore[attr-defined]
         try:
+            # Only what the database decides comes back: decoding the jsonb we just
+            # sent was a good part of a large append's time.
             inserted = await self.conn.fetch(
                 "INSERT INTO events (stream_id, version, type, data, metadata)"
                 " SELECT * FROM unnest($1::text[], $2::int[], $3::text[], $4::jsonb[], $5::jsonb[])"
-                f" RETURNING {_COLUMNS}",
+                " RETURNING position, recorded_at",
                 [e.stream_id for e in events],
                 versions,
-                [str(e.event.type) for e in events],  # type: ignore[attr-defined]
-                [e.event.model_dump(mode="json", exclude={"type"}) for e in events],
-                [(e.metadata or metadata).for_event() for e in events],
+                types,
+                data,
+                metas,
             )
         except asyncpg.UniqueViolationError as exc:
             raise ConcurrencyError(str(exc)) from exc
         if not self.locked:
             await self.conn.execute("SELECT pg_notify('fleet_events', '')")
-        return sorted((recorded_from_row(r) for r in inserted), key=lambda r: r.position)
+        # One INSERT ... SELECT stamps one recorded_at and takes positions in row order.
+        positions = sorted(r["position"] for r in inserted)
+        recorded_at = inserted[0]["recorded_at"]
+        return [
+            RecordedEvent(
+                position=position,
+                stream_id=new.stream_id,
+                version=version,
+                type=kind,
+                data=payload,
+                metadata=meta,
+                recorded_at=recorded_at,
+            )
+            for position, new, version, kind, payload, meta in zip(
+                positions, events, versions, types, data, metas, strict=True
+            )
+        ]
 
     async def read_after(self, position: int, limit: int) -> list[RecordedEvent]:
         rows = await self.conn.fetch(

@@ -19,13 +19,16 @@ from fleet_contracts.events import (
     TaskDispatched,
     TaskFailed,
     TaskProgressed,
+    TaskReportLate,
     TaskRequeued,
     TaskRetried,
     TaskScheduled,
     TaskStarted,
     TaskStopped,
 )
+from fleet_scheduler import late
 from fleet_scheduler.errors import Rejected
+from fleet_scheduler.late import Verdict
 
 ACTIVE = ("dispatched", "running")
 STATUS_OF_STATE = {
@@ -51,6 +54,8 @@ class TaskState:
     retry_count: int = 0
     deleted: bool = False
     correlation_id: str | None = None
+    ended_by: str | None = None
+    """completed, failed (as the phone said), lost (the scheduler gave up) or stopped."""
 
     @property
     def status(self) -> TaskStatus:
@@ -89,17 +94,17 @@ class Task:
                     s, state="dispatched", agent_id=event.agent_id, dispatch_id=event.dispatch_id
                 )
             case TaskStarted():
-                s = replace(s, state="running")
-            case TaskCompleted() if s.state in ACTIVE:
-                s = replace(s, state="completed")
-            case TaskFailed() if s.state in ACTIVE:
-                s = replace(s, state="failed")
+                s = replace(s, state="running", ended_by=None)
+            case TaskCompleted():
+                s = replace(s, state="completed", ended_by="completed")
+            case TaskFailed():
+                s = replace(s, state="failed", ended_by="lost" if event.lost else "failed")
             case TaskStopped():
-                s = replace(s, state="failed")
+                s = replace(s, state="failed", ended_by="stopped")
             case TaskRequeued():
-                s = replace(s, state="pending")
+                s = replace(s, state="pending", ended_by=None)
             case TaskRetried():
-                s = replace(s, state="pending", retry_count=event.retry_count)
+                s = replace(s, state="pending", retry_count=event.retry_count, ended_by=None)
             case TaskDeleted():
                 s = replace(s, deleted=True)
         self.state = replace(s, version=s.version + 1)
@@ -138,7 +143,9 @@ class Task:
                 )
             )
 
-    def dispatch(self, agent_id: str, dispatch_id: str, lease_until: datetime) -> bool:
+    def dispatch(
+        self, agent_id: str, dispatch_id: str, lease_until: datetime, incarnation: str = ""
+    ) -> bool:
         if self.state.state != "pending" or self.state.deleted:
             return False
         self._emit(
@@ -148,6 +155,7 @@ class Task:
                 agent_id=agent_id,
                 dispatch_id=dispatch_id,
                 lease_until=lease_until,
+                incarnation=incarnation,
             )
         )
         return True
@@ -158,25 +166,46 @@ class Task:
                 TaskRequeued(task_id=self.id, dispatch_id=dispatch_id, reason=reason, due_at=due_at)
             )
 
-    # What the agent reports. A report of an older dispatch is stale and ignored; one
-    # for a task that ended meanwhile (stopped, lost) is still recorded: it frees the
-    # device, and the read model keeps the task's own ending.
-    def _current(self, dispatch_id: str) -> bool:
-        return bool(dispatch_id) and self.state.dispatch_id == dispatch_id
-
-    def started(self, dispatch_id: str) -> None:
-        if self.state.state == "dispatched" and self._current(dispatch_id):
+    # What the agent reports: the rule table in `late` decides what a report of a run
+    # that is no longer the task's current, active one does.
+    def _judge(self, report: str, dispatch_id: str) -> Verdict:
+        end, verdict = late.judge(self.state, report, dispatch_id)
+        if verdict is not Verdict.APPLY:
             self._emit(
-                TaskStarted(
+                TaskReportLate(
                     task_id=self.id,
-                    serial=self.state.serial,
-                    agent_id=self.state.agent_id or "",
                     dispatch_id=dispatch_id,
+                    report=report,
+                    ended_by=end,
+                    verdict=verdict,
                 )
             )
+        return verdict
+
+    def _start(self, dispatch_id: str) -> None:
+        self._emit(
+            TaskStarted(
+                task_id=self.id,
+                serial=self.state.serial,
+                agent_id=self.state.agent_id or "",
+                dispatch_id=dispatch_id,
+            )
+        )
+
+    def started(self, dispatch_id: str) -> None:
+        verdict = self._judge(late.STARTED, dispatch_id)
+        if verdict is Verdict.REOPEN or (
+            verdict is Verdict.APPLY and self.state.state == "dispatched"
+        ):
+            self._start(dispatch_id)
 
     def progressed(self, dispatch_id: str, step: str, percent: int | None, message: str) -> None:
-        if self.state.state == "running" and self._current(dispatch_id):
+        verdict = self._judge(late.PROGRESS, dispatch_id)
+        if verdict is Verdict.REOPEN or (
+            verdict is Verdict.APPLY and self.state.state == "dispatched"
+        ):
+            self._start(dispatch_id)  # the start report was lost or is behind
+        if self.state.state == "running" and verdict in (Verdict.APPLY, Verdict.REOPEN):
             self._emit(
                 TaskProgressed(
                     task_id=self.id,
@@ -188,20 +217,40 @@ class Task:
             )
 
     def completed(self, dispatch_id: str, result: dict[str, Any]) -> None:
-        if self._current(dispatch_id):
+        if self._judge(late.COMPLETED, dispatch_id) in (Verdict.APPLY, Verdict.COMPLETE):
             self._emit(TaskCompleted(task_id=self.id, dispatch_id=dispatch_id, result=result))
 
     def failed(self, dispatch_id: str, reason: str, screenshot: str | None = None) -> None:
-        if self._current(dispatch_id):
+        if self._judge(late.FAILED, dispatch_id) in (Verdict.APPLY, Verdict.FAIL):
             self._emit(
                 TaskFailed(
                     task_id=self.id, dispatch_id=dispatch_id, reason=reason, screenshot=screenshot
                 )
             )
 
+    def released(self, dispatch_id: str, why: str) -> None:
+        """The agent holds no run on the phone this ended task kept busy: it is free."""
+        if self.state.state not in ACTIVE:
+            self._emit(
+                TaskReportLate(
+                    task_id=self.id,
+                    dispatch_id=dispatch_id,
+                    report=late.HEARTBEAT,
+                    ended_by=late.ending(self.state, dispatch_id),
+                    verdict=why,
+                )
+            )
+
     def lost(self, reason: str) -> None:
-        """The scheduler gives up on an active run (agent lost, start never confirmed)."""
+        """The scheduler gives up on an active run (agent lost, start never confirmed).
+
+        The phone may still end the run; its report then wins (see `late`)."""
         if self.state.state in ACTIVE:
             self._emit(
-                TaskFailed(task_id=self.id, dispatch_id=self.state.dispatch_id or "", reason=reason)
+                TaskFailed(
+                    task_id=self.id,
+                    dispatch_id=self.state.dispatch_id or "",
+                    reason=reason,
+                    lost=True,
+                )
             )

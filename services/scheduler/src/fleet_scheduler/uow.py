@@ -26,6 +26,8 @@ class UnitOfWork:
     metadata: Metadata
     appended: list[RecordedEvent] = field(default_factory=list)
     deltas: Deltas = field(default_factory=Counter)
+    bulk_appended: int = 0
+    """Events appended set-wise in SQL (`bulk`), not held in `appended`."""
     latencies: list[float] = field(default_factory=list)
     """Dispatch latencies of the tasks started here, observed once this commits."""
 
@@ -53,8 +55,8 @@ async def unit_of_work(
         uow = UnitOfWork(conn, metadata or Metadata())
         yield uow
         await flush_stats(conn, uow.deltas)
-        if uow.appended:
+        if uow.appended or uow.bulk_appended:
             await conn.execute("SELECT pg_notify('fleet_events', '')")
     metrics.committed(uow.appended, uow.latencies)
-    if uow.appended and on_commit is not None:
+    if (uow.appended or uow.bulk_appended) and on_commit is not None:
         on_commit()
