@@ -10,14 +10,13 @@ from typing import Any, cast
 import asyncpg
 
 from fleet_contracts.codes import TaskSource
-from fleet_contracts.commands import CreateTasks, DeleteTask, RetryTask, StopTask
+from fleet_contracts.commands import CreateTasks
 from fleet_contracts.queries import GetStats
 from fleet_contracts.rest import CreateTaskRequest
 from fleet_devstack import free_port
 from fleet_scheduler import metrics
 from fleet_scheduler.app import Scheduler
 from fleet_scheduler.context import Context
-from fleet_scheduler.projections import rebuild
 from fleet_scheduler.settings import SchedulerSettings
 from tests.scrape import Scrape, grew, moved, scrape
 
@@ -76,7 +75,7 @@ async def test_metrics_follow_tasks_agents_and_the_relay(
         assert moved(before, after, "fleet_relay_publish_seconds_count") >= 1
 
         # Read from the database at scrape time.
-        assert after.value("fleet_tasks", script="post", state="completed") == 4
+        assert after.value("fleet_tasks", state="completed") == 4
         assert after.total("fleet_tasks") == 4
         assert after.value("fleet_agent_up", agent="m1", host="host-m1") == 1
         assert after.value("fleet_agents", state="live") == 1
@@ -94,7 +93,7 @@ async def test_metrics_follow_tasks_agents_and_the_relay(
 
         async def running() -> Scrape | None:
             now = await scrape(url)
-            return now if now.value("fleet_tasks", script="post", state="running") == 1 else None
+            return now if now.value("fleet_tasks", state="running") == 1 else None
 
         held = await eventually(running, what="one task running")
         assert held.value("fleet_devices_busy", agent="m1", host="host-m1") == 1
@@ -128,41 +127,6 @@ def test_exported_names_include_labelled_and_state_metrics() -> None:
     names = metrics.exported()
     assert {"fleet_commands_handled_total", "fleet_nats_reconnects_total"} <= names
     assert {"fleet_dispatch_latency_seconds_bucket", "fleet_tasks", "fleet_agent_up"} <= names
-
-
-COUNTED = "SELECT script_name, state, count FROM task_counts WHERE count <> 0"
-COUNTED_BY_SCAN = (
-    "SELECT script_name, state, count(*) AS count FROM tasks WHERE NOT deleted GROUP BY 1, 2"
-)
-
-
-async def counts(db: asyncpg.Connection, sql: str) -> set[tuple[str, str, int]]:
-    return {(r["script_name"], r["state"], r["count"]) for r in await db.fetch(sql)}
-
-
-async def test_task_counts_match_the_table_through_every_change_and_a_rebuild(
-    bus: Bus, agent: FakeAgent, db: asyncpg.Connection
-) -> None:
-    ids = (await bus.command(create(serials=[f"device_serial_{n}" for n in (1, 2, 3)]))).data
-    first, second, third = ids["task_ids"]
-    await eventually(lambda: asyncio.sleep(0, len(agent.runs) == 3), what="3 runs sent")
-    await agent.started(agent.run_for(first))
-    await agent.complete(agent.run_for(first))
-    await agent.started(agent.run_for(second))
-    assert (await bus.command(StopTask(task_id=second))).code == 0
-    assert (await bus.command(DeleteTask(task_id=third))).code == 0
-    late = (await bus.command(create(serials=["device_serial_1"], start_time="23:59"))).data
-    assert (await bus.command(RetryTask(task_id=second))).code == 0
-
-    async def agreed() -> set[tuple[str, str, int]] | None:
-        kept, scanned = await counts(db, COUNTED), await counts(db, COUNTED_BY_SCAN)
-        return kept if kept == scanned else None
-
-    before = await eventually(agreed, what="task_counts equal to a count of the table")
-    assert sum(n for _, _, n in before) == 3, "the deleted task is not counted"
-    assert late["task_ids"]
-    await rebuild(db)
-    assert await counts(db, COUNTED) == before
 
 
 async def test_database_out_of_reach_reads_as_down(settings: SchedulerSettings) -> None:

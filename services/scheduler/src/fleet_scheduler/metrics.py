@@ -4,8 +4,8 @@ Two kinds:
 - counted as things happen, in this process: commands handled and their handling
   time, events appended, the relay's publishes, dispatch latency (ready -> started);
 - read from the database when Prometheus scrapes (`StateCollector`): tasks per
-  script and state (the `task_counts` counters, kept by triggers in the transaction
-  that changed `tasks`, never a count over the table), agents live / lost, devices
+  status (the `task_stats` counters kept in the log's transaction, never a count over
+  the table; per script only from the agents' run counters), agents live / lost, devices
   known / online / busy per agent, relay lag and leadership, database reachability
   and the connection pool. These are the fleet's, not this process's: every scheduler
   replica reports the same values, so dashboards take `max` over replicas.
@@ -42,6 +42,7 @@ RELAY_LOCK = 0x5C4ED002
 """The relay's advisory lock key (`relay.RELAY_LOCK`), looked up in pg_locks."""
 
 SCRAPE_TIMEOUT_SECONDS = 3.0
+STATES = {0: "pending", 1: "running", 2: "completed", 3: "failed"}
 
 COMMANDS = Counter(
     "fleet_commands_handled_total",
@@ -158,7 +159,7 @@ def committed(appended: Sequence[RecordedEvent], latencies: Sequence[float]) -> 
 @dataclass
 class Snapshot:
     database_up: bool = False
-    tasks: list[tuple[str, str, int]] = field(default_factory=list)
+    tasks: list[tuple[str, int]] = field(default_factory=list)
     agents: list[tuple[str, str, bool]] = field(default_factory=list)
     """(agent, host, live)"""
     devices: list[tuple[str, str, int, int, int]] = field(default_factory=list)
@@ -177,8 +178,8 @@ async def read_snapshot(ctx: Context) -> Snapshot:
     lease = timedelta(seconds=ctx.settings.scheduler_agent_lease_seconds)
     conn: asyncpg.Connection
     async with pool.acquire(timeout=SCRAPE_TIMEOUT_SECONDS) as conn:
-        rows = await conn.fetch("SELECT script_name, state, count FROM task_counts")
-        snap.tasks = [(r["script_name"], r["state"], r["count"]) for r in rows]
+        rows = await conn.fetch("SELECT status, count FROM task_stats ORDER BY status")
+        snap.tasks = [(STATES.get(r["status"], str(r["status"])), r["count"]) for r in rows]
         rows = await conn.fetch(
             "SELECT agent_id, coalesce(host, '') AS host, NOT lost AND last_seen >= $1 AS live"
             " FROM agents",
@@ -254,11 +255,11 @@ def families(snap: Snapshot) -> Iterator[Metric]:
     yield pool_max
     tasks = GaugeMetricFamily(
         "fleet_tasks",
-        "Tasks not deleted, by script and state (pending + dispatched = status 0).",
-        labels=["script", "state"],
+        "Tasks not deleted, by status (the task_stats counters kept with the log).",
+        labels=["state"],
     )
-    for script, state, count in snap.tasks:
-        tasks.add_metric([script, state], count)
+    for state, count in snap.tasks:
+        tasks.add_metric([state], count)
     yield tasks
     agents = GaugeMetricFamily("fleet_agents", "Agents known, live or lost.", labels=["state"])
     agents.add_metric(["live"], sum(1 for a in snap.agents if a[2]))
