@@ -18,6 +18,11 @@ import pytest
 
 from fleet_devstack import EmbeddedNats, EmbeddedPostgres
 
+# Services a test starts serve no metrics on the default ports, which another run on
+# this machine may hold; a test that scrapes gives its service a free port.
+os.environ.setdefault("FLEET_SCHEDULER_METRICS_PORT", "0")
+os.environ.setdefault("FLEET_AGENT_METRICS_PORT", "0")
+
 
 def _docker_reachable() -> bool:
     if os.environ.get("FLEET_TEST_DOCKER", "auto") == "off":

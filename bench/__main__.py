@@ -1,4 +1,8 @@
-"""`make bench`: every benchmark in one run; the table goes to bench/results/latest.md."""
+"""`make bench`: every benchmark in one run; the table goes to bench/results/latest.md.
+
+`python -m bench metrics-cost [--small]` runs only the end-to-end cost of metrics (off vs
+on) and writes bench/results/metrics-cost.md.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +13,7 @@ import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bench import sessions, system
+from bench import metrics_cost, sessions, system
 from fleet_runtime.logs import configure
 
 
@@ -23,6 +27,7 @@ async def main() -> str:
         sections.append(f"## Scheduler alone\n\nnot run: {exc}\n")
     sections.append(system.table("Whole system", (await system.run()).rows))
     sections.append(system.table("Device sessions", await sessions.run()))
+    sections.append(system.table("Cost of metrics", await metrics_cost.run()))
     head = (
         f"# Benchmarks\n\n{datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {platform.machine()}, "
         f"{os.cpu_count()} cores, Python {sys.version.split()[0]}\n"
@@ -30,12 +35,28 @@ async def main() -> str:
     return "\n".join([head, *sections])
 
 
+async def only_metrics_cost(small: bool) -> str:
+    scale = metrics_cost.SMALL if small else metrics_cost.BIG
+    command = "python -m bench metrics-cost" + (" --small" if small else "")
+    head = (
+        f"# Cost of metrics\n\n{datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {platform.machine()}, "
+        f"{os.cpu_count()} cores, Python {sys.version.split()[0]}; `{command}`\n"
+    )
+    return "\n".join([head, system.table("End to end", await metrics_cost.run(scale))])
+
+
 if __name__ == "__main__":
     # The in-process scheduler of the first scenario would log every command.
     configure("bench", "WARNING")
-    report = asyncio.run(main())
+    args = sys.argv[1:]
+    name = "latest.md"
+    if args[:1] == ["metrics-cost"]:
+        report = asyncio.run(only_metrics_cost("--small" in args))
+        name = "metrics-cost.md"
+    else:
+        report = asyncio.run(main())
     print(report)
-    out = Path(__file__).parent / "results" / "latest.md"
+    out = Path(__file__).parent / "results" / name
     out.parent.mkdir(exist_ok=True)
     out.write_text(report)
     print(f"written to {out}")

@@ -64,6 +64,7 @@ async def _scenario(nats_url: str, dsn: str) -> tuple[int, int, int, float]:
         scheduler_agent_lease_seconds=3600,
         scheduler_seed=1,
         log_level="WARNING",
+        scheduler_metrics_port=0,  # the whole-system bench measures metrics' cost
     )
     async with Scheduler(settings):
         nc = await nats.connect(nats_url)

@@ -64,6 +64,7 @@ def main(argv: list[str] | None = None) -> None:
             )
         ],
         env={"FLEET_LOG_FORMAT": os.environ.get("FLEET_LOG_FORMAT", "console")},
+        default_metrics_ports=True,
     )
     stack = Stack(config, sink=sink)
     stopping = threading.Event()
@@ -89,6 +90,8 @@ def main(argv: list[str] | None = None) -> None:
             f"ready: {stack.api_url}/api/v1  console {stack.api_url}/console"
             f"  docs {stack.api_url}/docs - Ctrl-C stops all",
         )
+        for name, url in stack.metrics_urls().items():
+            sink("devstack", f"metrics of {name}: {url}")
         while not stopping.is_set():
             for svc in stack.services():
                 if not svc.running:

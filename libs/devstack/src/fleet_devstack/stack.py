@@ -26,6 +26,8 @@ from fleet_devstack.servers import (
     EmbeddedNats,
     EmbeddedPostgres,
     end_process,
+    free_port,
+    port_or_free,
 )
 
 LineSink = Callable[[str, str], None]
@@ -49,6 +51,7 @@ class ServiceProcess:
         self.sink = sink
         self.proc: subprocess.Popen[bytes] | None = None
         self._pump: threading.Thread | None = None
+        self.metrics_url: str | None = None
 
     @property
     def running(self) -> bool:
@@ -148,6 +151,10 @@ class StackConfig:
     env: dict[str, str] = field(default_factory=dict)
     database: str = "fleet"
     nats_bind: str | None = None
+    # Each scheduler and agent serves /metrics on a port of its own: free ones, or the
+    # defaults (9465 scheduler, 9466 agent) where free when `default_metrics_ports`.
+    metrics: bool = True
+    default_metrics_ports: bool = False
 
 
 class Stack:
@@ -173,6 +180,7 @@ class Stack:
         self.api: ServiceProcess | None = None
         self.schedulers: list[ServiceProcess] = []
         self.agents: dict[str, ServiceProcess] = {}
+        self._metrics_ports: set[int] = set()
 
     @property
     def api_url(self) -> str:
@@ -197,8 +205,34 @@ class Stack:
                 "PYTHONUNBUFFERED": "1",
             }
         )
+        if not self.config.metrics:
+            env.update(
+                {
+                    "FLEET_METRICS_ENABLED": "false",
+                    "FLEET_SCHEDULER_METRICS_PORT": "0",
+                    "FLEET_AGENT_METRICS_PORT": "0",
+                }
+            )
         env.update(self.config.env)
         return env
+
+    def _with_metrics(self, svc: ServiceProcess, setting: str, preferred: int) -> None:
+        """Give `svc` a metrics port of its own (none when metrics are off)."""
+        if not self.config.metrics or setting in self.config.env:
+            return
+        port = port_or_free(preferred) if self.config.default_metrics_ports else free_port()
+        while port in self._metrics_ports:
+            port = free_port()
+        self._metrics_ports.add(port)
+        svc.env[setting] = str(port)
+        svc.metrics_url = f"http://127.0.0.1:{port}/metrics"
+
+    def metrics_urls(self) -> dict[str, str]:
+        """Where each running service serves its metrics, by service name."""
+        urls = {s.name: s.metrics_url for s in self.services() if s.metrics_url}
+        if self.config.metrics and self.api is not None:
+            urls[self.api.name] = f"{self.api_url}/metrics"
+        return urls
 
     def _service(self, name: str, module: str, extra: Mapping[str, str]) -> ServiceProcess:
         env = {**self.base_env(), **extra}
@@ -222,6 +256,7 @@ class Stack:
                 "fleet_scheduler",
                 {"FLEET_SCHEDULER_ID": f"scheduler-{i + 1}"},
             )
+            self._with_metrics(sched, "FLEET_SCHEDULER_METRICS_PORT", 9465)
             sched.start()
             self.schedulers.append(sched)
         for spec in self.config.agents:
@@ -247,6 +282,9 @@ class Stack:
         )
         if spec.netns:
             agent.argv = ["ip", "netns", "exec", spec.netns, *agent.argv]
+            agent.env.setdefault("FLEET_AGENT_METRICS_PORT", "0")  # not reachable from here
+        else:
+            self._with_metrics(agent, "FLEET_AGENT_METRICS_PORT", 9466)
         agent.start()
         self.agents[spec.agent_id] = agent
         return agent

@@ -33,6 +33,7 @@ from fleet_contracts.subjects import (
     StreamSpec,
 )
 from fleet_runtime.link import NatsLink
+from fleet_runtime.metrics import NATS_DISCONNECTS, NATS_RECONNECTS
 
 log = structlog.get_logger(__name__)
 
@@ -55,9 +56,11 @@ async def connect(
 
     async def _disconnected() -> None:
         log.warning("nats.disconnected")
+        NATS_DISCONNECTS.inc()
 
     async def _reconnected() -> None:
         log.info("nats.reconnected")
+        NATS_RECONNECTS.inc()
         if on_reconnected is not None:
             await on_reconnected()
 

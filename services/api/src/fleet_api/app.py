@@ -11,7 +11,7 @@ import structlog
 from fastapi import APIRouter, FastAPI
 from fastapi_offline import FastAPIOffline
 
-from fleet_api import console, docs, errors
+from fleet_api import console, docs, errors, metrics
 from fleet_api.bodysize import BodySizeMiddleware
 from fleet_api.catalogue import parse_spec
 from fleet_api.correlation import CorrelationMiddleware
@@ -166,6 +166,8 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.settings = settings
+    if settings.metrics_enabled:
+        metrics.install(app)
     api = APIRouter(prefix="/api/v1")
     api.include_router(tasks.router)
     api.include_router(artifacts.router)

@@ -32,6 +32,7 @@ class ApiSettings(NatsLinkSettings):  # + NATS identity, TLS, stream limits
     api_material_max_bytes: int = Field(2 * 1024**3, ge=1)
     artifact_retention_hours: float = Field(DEFAULT_ARTIFACT_RETENTION_HOURS, gt=0)
     log_level: str = "INFO"
+    metrics_enabled: bool = True
 
     @property
     def loopback(self) -> bool:

@@ -23,6 +23,7 @@ from nats.js.errors import BadRequestError, BucketNotFoundError, NotFoundError
 from nats.js.kv import KeyValue
 from pydantic import ValidationError
 
+from fleet_agent import metrics
 from fleet_agent.cache import MaterialCache, store_download
 from fleet_agent.device_calls import answer as answer_device_call
 from fleet_agent.driver import Driver
@@ -59,6 +60,7 @@ from fleet_contracts.subjects import (
 from fleet_contracts.validation import describe
 from fleet_runtime.bus import connect, ensure_streams
 from fleet_runtime.logs import bind_correlation
+from fleet_runtime.metrics import Exporter
 
 log = structlog.get_logger(__name__)
 
@@ -111,6 +113,7 @@ class Agent:
         self._cache: MaterialCache | None = None
         # Device changes seen while starting wait for agent.started to go out first.
         self._announced = asyncio.Event()
+        self.metrics: Exporter | None = None
 
     async def __aenter__(self) -> Self:
         await self.start()
@@ -227,6 +230,17 @@ class Agent:
             self._announced.set()
             await publish_many(self._js, list(accounts))
             self._heartbeat = asyncio.create_task(self._heartbeats(), name="heartbeats")
+            self.metrics = metrics.start(
+                s.metrics_enabled,
+                s.metrics_host,
+                s.agent_metrics_port,
+                metrics.HostCollector(
+                    self.agent_id,
+                    s.agent_host,
+                    lambda: len(self._devices),
+                    lambda: len(self.runner.running()),
+                ),
+            )
             log.info(
                 "agent.started",
                 driver=self._driver.name,
@@ -242,6 +256,9 @@ class Agent:
                 with contextlib.suppress(Exception):
                     await sub.unsubscribe()
             self._subs = []
+            if self.metrics is not None:
+                await asyncio.to_thread(self.metrics.close)
+                self.metrics = None
             if self._runner is not None:
                 await self._runner.end_all("agent stopping")
             if self._heartbeat is not None:

@@ -16,6 +16,7 @@ from nats.errors import Error as NatsError
 from nats.js import JetStreamContext
 from nats.js.api import PubAck
 
+from fleet_agent.metrics import REPORTS_LOST
 from fleet_contracts.agent import Report
 from fleet_contracts.subjects import report_subject
 from fleet_runtime.bus import headers_for
@@ -53,6 +54,7 @@ async def publish_report(
             await asyncio.sleep(delay)
             delay = min(delay * 2, 2.0)
     log.error("report.lost", type=kind, message_id=report.message_id)
+    REPORTS_LOST.inc()
     return False
 
 

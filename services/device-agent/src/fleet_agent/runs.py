@@ -19,6 +19,7 @@ import structlog
 from nats.js import JetStreamContext
 from pydantic import ValidationError
 
+from fleet_agent import metrics
 from fleet_agent.evidence import Evidence
 from fleet_agent.phone import DeviceGoneError, Phone, PhoneError
 from fleet_agent.progress import ProgressThrottle
@@ -53,6 +54,7 @@ class Run:
     token: CancelToken = field(default_factory=CancelToken)
     job: asyncio.Task[None] | None = None
     stop_requested: bool = False
+    meter: metrics.RunMeter = field(default_factory=metrics.RunMeter)
 
 
 class Runner:
@@ -196,6 +198,7 @@ class Runner:
                 if task is not None:
                     task.uncancel()
                 outcome = self._ended_by_cancel(run)
+            run.meter.ended(request.script_name, outcome)
             # The phone is free once the script has ended, before the scheduler hears.
             if self._runs.get(request.serial) is run:
                 del self._runs[request.serial]
@@ -269,6 +272,7 @@ class Runner:
 
         async def progress(step: str, percent: int | None, message: str) -> None:
             log.info("run.step", step=step, percent=percent, detail=message or None)
+            run.meter.begin(request.script_name, step)
             await throttle.report(
                 TaskProgressReport(
                     agent_id=self._agent_id,

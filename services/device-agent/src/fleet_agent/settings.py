@@ -48,6 +48,10 @@ class AgentSettings(NatsLinkSettings):  # + NATS identity, TLS, stream limits
     # Where custom scripts reach the gateway (their TIKMATRIX_API_BASE).
     agent_api_base: str = "http://127.0.0.1:50809"
     log_level: str = "INFO"
+    # Metrics: /metrics on a port of its own; 0 or empty serves none (see metrics.py).
+    metrics_enabled: bool = True
+    metrics_host: str = "127.0.0.1"
+    agent_metrics_port: int | None = Field(9466, ge=0, le=65535)
 
     @field_validator("agent_material_roots", mode="before")
     @classmethod
@@ -56,7 +60,13 @@ class AgentSettings(NatsLinkSettings):  # + NATS identity, TLS, stream limits
             return [Path(part.strip()) for part in value.split(",") if part.strip()]
         return value
 
-    @field_validator("agent_material_library", "agent_max_parallel", "agent_run_log", mode="before")
+    @field_validator(
+        "agent_material_library",
+        "agent_max_parallel",
+        "agent_run_log",
+        "agent_metrics_port",
+        mode="before",
+    )
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         return None if value == "" else value

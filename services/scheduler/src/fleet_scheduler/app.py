@@ -21,12 +21,14 @@ from nats.aio.client import Client
 from fleet_contracts.messages import utcnow
 from fleet_contracts.permissions import inbox_prefix
 from fleet_runtime.bus import connect, ensure_streams
+from fleet_runtime.metrics import Exporter
 from fleet_scheduler import (
     autoretry,
     commands,
     dispatch,
     lease_expiry,
     liveness,
+    metrics,
     queries,
     recurring,
     relay,
@@ -79,6 +81,7 @@ class Scheduler:
         self._stopping = asyncio.Event()
         self._loops: list[asyncio.Task[None]] = []
         self._nc: Client | None = None
+        self.metrics: Exporter | None = None
 
     async def start(self) -> None:
         settings = self.settings
@@ -119,10 +122,13 @@ class Scheduler:
         if self.relay_enabled:
             loops.append(relay.run(ctx, stopping))
         self._loops = [asyncio.create_task(loop) for loop in loops]
+        self.metrics = metrics.start(ctx)
         log.info("scheduler.started", scheduler_id=settings.scheduler_id)
 
     async def stop(self) -> None:
         self._stopping.set()
+        if self.metrics is not None:
+            await asyncio.to_thread(self.metrics.close)
         if self._loops:
             _, pending = await asyncio.wait(self._loops, timeout=3.0)
             for task in pending:

@@ -58,6 +58,7 @@ from fleet_scheduler import (
     handlers,
     library,
     library_reads,
+    metrics,
     scheduling_commands,
     session_commands,
 )
@@ -348,6 +349,7 @@ async def send_stops(ctx: Context, effects: list[StopOnAgent]) -> None:
 
 
 async def on_messages(ctx: Context, msgs: list[Msg]) -> None:
+    started = metrics.now()
     readable: list[tuple[AnyCommand, str | None]] = []
     for msg in msgs:
         headers = msg.headers or {}
@@ -369,6 +371,7 @@ async def on_messages(ctx: Context, msgs: list[Msg]) -> None:
     for (cmd, reply_to), (result, effects) in zip(readable, outcomes, strict=True):
         with bind_correlation(cmd.correlation_id, command_id=cmd.message_id, command=cmd.type):
             log.info("command.handled", code=result.code)
+        metrics.command_handled(cmd.type, result.code, started)
         if reply_to:
             await ctx.nc.publish(reply_to, result.model_dump_json().encode())
         if effects:

@@ -31,6 +31,7 @@ from fleet_contracts.subjects import (
     HDR_MSG_ID,
     event_subject,
 )
+from fleet_scheduler import metrics
 from fleet_scheduler.context import Context
 from fleet_scheduler.store import PostgresRecorder, RecordedEvent, init_connection
 
@@ -135,7 +136,9 @@ async def _lead(ctx: Context, conn: asyncpg.Connection, stopping: asyncio.Event)
         ctx.relay_wake.clear()
         rows = await recorder.read_after(position, BATCH)
         if rows:
-            seq = await asyncio.wait_for(publish(ctx, rows, seq), DEADLINE_SECONDS)
+            seq = await metrics.relay_published(
+                asyncio.wait_for(publish(ctx, rows, seq), DEADLINE_SECONDS), len(rows)
+            )
             position = rows[-1].position
             await conn.execute(
                 "UPDATE relay_position SET position = $1, stream_seq = $2 WHERE id = 1",

@@ -47,6 +47,15 @@ class SchedulerSettings(NatsLinkSettings):  # + NATS identity, TLS, stream limit
     scheduler_webhook_timeout_seconds: float = Field(5.0, gt=0)
     scheduler_webhook_max_attempts: int = Field(8, ge=1, le=50)
     scheduler_webhook_backoff_seconds: float = Field(2.0, gt=0)
+    # Metrics: /metrics on a port of its own; 0 or empty serves none (see metrics.py).
+    metrics_enabled: bool = True
+    metrics_host: str = "127.0.0.1"
+    scheduler_metrics_port: int | None = Field(9465, ge=0, le=65535)
+
+    @field_validator("scheduler_metrics_port", mode="before")
+    @classmethod
+    def _empty_port_is_off(cls, value: object) -> object:
+        return None if value == "" else value
 
     @field_validator("timezone")
     @classmethod

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 import asyncpg
 
+from fleet_scheduler import metrics
 from fleet_scheduler.projections import Deltas, flush_stats, project_all
 from fleet_scheduler.store import Metadata, NewEvent, PostgresRecorder, RecordedEvent
 
@@ -27,6 +28,8 @@ class UnitOfWork:
     deltas: Deltas = field(default_factory=Counter)
     bulk_appended: int = 0
     """Events appended set-wise in SQL (`bulk`), not held in `appended`."""
+    latencies: list[float] = field(default_factory=list)
+    """Dispatch latencies of the tasks started here, observed once this commits."""
 
     async def append(
         self, events: Sequence[NewEvent], metadata: Metadata | None = None
@@ -35,6 +38,7 @@ class UnitOfWork:
             return []
         recorder = PostgresRecorder(self.conn, locked=True)
         recorded = await recorder.append(events, metadata or self.metadata)
+        await metrics.read_dispatch_latency(self.conn, recorded, self.latencies)
         await project_all(self.conn, recorded, self.deltas)
         self.appended.extend(recorded)
         return recorded
@@ -53,5 +57,6 @@ async def unit_of_work(
         await flush_stats(conn, uow.deltas)
         if uow.appended or uow.bulk_appended:
             await conn.execute("SELECT pg_notify('fleet_events', '')")
+    metrics.committed(uow.appended, uow.latencies)
     if (uow.appended or uow.bulk_appended) and on_commit is not None:
         on_commit()

@@ -1,0 +1,148 @@
+"""The scheduler's /metrics, scraped while tasks run against a stand-in agent on the real
+bus and database: counters and histograms move by exactly what happened."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+from typing import Any, cast
+
+import asyncpg
+
+from fleet_contracts.codes import TaskSource
+from fleet_contracts.commands import CreateTasks
+from fleet_contracts.queries import GetStats
+from fleet_contracts.rest import CreateTaskRequest
+from fleet_devstack import free_port
+from fleet_scheduler import metrics
+from fleet_scheduler.app import Scheduler
+from fleet_scheduler.context import Context
+from fleet_scheduler.settings import SchedulerSettings
+from tests.scrape import Scrape, grew, moved, scrape
+
+from .conftest import Bus, FakeAgent, FakeClock, eventually, wait_devices
+
+
+def create(**body: Any) -> CreateTasks:
+    return CreateTasks(
+        request=CreateTaskRequest.model_validate({"script_name": "post", **body}),
+        source=TaskSource.API,
+    )
+
+
+async def test_metrics_follow_tasks_agents_and_the_relay(
+    bus: Bus, settings: SchedulerSettings, clock: FakeClock
+) -> None:
+    port = free_port()
+    settings = settings.model_copy(update={"scheduler_metrics_port": port})
+    url = f"http://127.0.0.1:{port}/metrics"
+    async with Scheduler(settings, clock=clock) as sched:
+        assert sched.metrics is not None and sched.metrics.port == port
+        agent = FakeAgent(bus, "m1", ["m1_phone_1", "m1_phone_2"])
+        agent.auto_complete = True
+        await agent.start()
+        await wait_devices(bus, 2)
+        before = await scrape(url)
+
+        ok = [await bus.command(create(serials=["m1_phone_1", "m1_phone_2"])) for _ in range(2)]
+        assert all(r.code == 0 for r in ok)
+        refused = await bus.command(create(serials=["nobody"]))
+        assert refused.code == 40001
+
+        async def all_done() -> bool:
+            stats = (await bus.query(GetStats())).data
+            return bool(stats["completed"] == 4)
+
+        await eventually(all_done, what="4 tasks completed")
+
+        async def settled() -> Scrape | None:
+            now = await scrape(url)
+            return now if now.value("fleet_relay_lag_events") == 0 else None
+
+        after: Scrape = await eventually(settled, what="relay caught up")
+
+        # Counted in this process, as they happened.
+        handled = "fleet_commands_handled_total"
+        assert grew(before, after, handled, command="create_tasks", code="0") == 2
+        assert grew(before, after, handled, command="create_tasks", code="40001") == 1
+        assert moved(before, after, "fleet_command_handling_seconds_count") == 3
+        for kind in ("task.created", "task.dispatched", "task.started", "task.completed"):
+            assert grew(before, after, "fleet_events_appended_total", type=kind) == 4, kind
+        assert moved(before, after, "fleet_dispatch_latency_seconds_count") == 4
+        assert moved(before, after, "fleet_dispatch_latency_seconds_sum") >= 0
+        appended = moved(before, after, "fleet_events_appended_total")
+        assert moved(before, after, "fleet_relay_published_events_total") == appended
+        assert moved(before, after, "fleet_relay_publish_seconds_count") >= 1
+
+        # Read from the database at scrape time.
+        assert after.value("fleet_tasks", state="completed") == 4
+        assert after.total("fleet_tasks") == 4
+        assert after.value("fleet_agent_up", agent="m1", host="host-m1") == 1
+        assert after.value("fleet_agents", state="live") == 1
+        assert after.value("fleet_devices", agent="m1", host="host-m1") == 2
+        assert after.value("fleet_devices_online", agent="m1", host="host-m1") == 2
+        assert after.value("fleet_devices_busy", agent="m1", host="host-m1") == 0
+        assert after.value("fleet_relay_leaders") == 1
+        assert after.value("fleet_database_up") == 1
+        assert after.value("fleet_db_pool_max_connections") == settings.scheduler_db_pool_size
+        assert not any("serial" in dict(labels) for _, labels in after)
+
+        # A task held running: it and its phone show as such.
+        agent.auto_complete = False
+        assert (await bus.command(create(serials=["m1_phone_1"]))).code == 0
+
+        async def running() -> Scrape | None:
+            now = await scrape(url)
+            return now if now.value("fleet_tasks", state="running") == 1 else None
+
+        held = await eventually(running, what="one task running")
+        assert held.value("fleet_devices_busy", agent="m1", host="host-m1") == 1
+
+        # An agent silent for longer than its lease is down, before it is even declared lost.
+        agent.beating = False
+        clock.advance(seconds=settings.scheduler_agent_lease_seconds + 5)
+        silent = await scrape(url)
+        assert silent.value("fleet_agent_up", agent="m1", host="host-m1") == 0
+        assert silent.value("fleet_agents", state="lost") == 1
+        await agent.close()
+
+
+async def test_port_zero_serves_nothing(settings: SchedulerSettings) -> None:
+    settings = settings.model_copy(update={"scheduler_metrics_port": 0})
+    async with Scheduler(settings) as sched:
+        assert sched.metrics is None
+        assert not metrics.SWITCH.on
+
+
+def test_settings_read_the_port_from_the_environment(monkeypatch: Any) -> None:
+    monkeypatch.setenv("FLEET_SCHEDULER_METRICS_PORT", "")
+    assert SchedulerSettings().scheduler_metrics_port is None
+    monkeypatch.setenv("FLEET_SCHEDULER_METRICS_PORT", "9999")
+    assert SchedulerSettings().scheduler_metrics_port == 9999
+    monkeypatch.delenv("FLEET_SCHEDULER_METRICS_PORT")
+    assert SchedulerSettings().scheduler_metrics_port == 9465
+
+
+def test_exported_names_include_labelled_and_state_metrics() -> None:
+    names = metrics.exported()
+    assert {"fleet_commands_handled_total", "fleet_nats_reconnects_total"} <= names
+    assert {"fleet_dispatch_latency_seconds_bucket", "fleet_tasks", "fleet_agent_up"} <= names
+
+
+async def test_database_out_of_reach_reads_as_down(settings: SchedulerSettings) -> None:
+    dead = f"postgresql://postgres@127.0.0.1:{free_port()}/fleet"
+    pool = await asyncpg.create_pool(dead, min_size=0, max_size=2)
+    assert pool is not None
+    ctx = cast(
+        Context,
+        type("Ctx", (), {"pool": pool, "settings": settings, "clock": lambda: datetime.now(UTC)}),
+    )
+    collector = metrics.StateCollector(ctx, asyncio.get_running_loop())
+    try:
+        snap = await asyncio.to_thread(collector.snapshot)
+    finally:
+        await pool.close()
+    assert snap.database_up is False
+    up = next(f for f in metrics.families(snap) if f.name == "fleet_database_up")
+    assert [s.value for s in up.samples] == [0.0]
+    assert snap.pool[2] == 2
