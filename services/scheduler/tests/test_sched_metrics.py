@@ -77,6 +77,8 @@ async def test_metrics_follow_tasks_agents_and_the_relay(
         # Read from the database at scrape time.
         assert after.value("fleet_tasks", state="completed") == 4
         assert after.total("fleet_tasks") == 4
+        assert after.value("fleet_tasks_by_script", script="post", state="completed") == 4
+        assert after.total("fleet_tasks_by_script") == 4
         assert after.value("fleet_agent_up", agent="m1", host="host-m1") == 1
         assert after.value("fleet_agents", state="live") == 1
         assert after.value("fleet_devices", agent="m1", host="host-m1") == 2

@@ -160,6 +160,8 @@ def committed(appended: Sequence[RecordedEvent], latencies: Sequence[float]) -> 
 class Snapshot:
     database_up: bool = False
     tasks: list[tuple[str, int]] = field(default_factory=list)
+    tasks_by_script: list[tuple[str, str, int]] = field(default_factory=list)
+    """(script, state, count)"""
     agents: list[tuple[str, str, bool]] = field(default_factory=list)
     """(agent, host, live)"""
     devices: list[tuple[str, str, int, int, int]] = field(default_factory=list)
@@ -180,6 +182,12 @@ async def read_snapshot(ctx: Context) -> Snapshot:
     async with pool.acquire(timeout=SCRAPE_TIMEOUT_SECONDS) as conn:
         rows = await conn.fetch("SELECT status, count FROM task_stats ORDER BY status")
         snap.tasks = [(STATES.get(r["status"], str(r["status"])), r["count"]) for r in rows]
+        rows = await conn.fetch(
+            "SELECT script_name, status, count FROM task_script_stats ORDER BY 1, 2"
+        )
+        snap.tasks_by_script = [
+            (r["script_name"], STATES.get(r["status"], str(r["status"])), r["count"]) for r in rows
+        ]
         rows = await conn.fetch(
             "SELECT agent_id, coalesce(host, '') AS host, NOT lost AND last_seen >= $1 AS live"
             " FROM agents",
@@ -261,6 +269,16 @@ def families(snap: Snapshot) -> Iterator[Metric]:
     for state, count in snap.tasks:
         tasks.add_metric([state], count)
     yield tasks
+    # Script names come from the registered scripts (post and admin-registered custom
+    # ones), so the label set stays as small as the script catalogue.
+    by_script = GaugeMetricFamily(
+        "fleet_tasks_by_script",
+        "Tasks not deleted, by script and status (counters kept with the log).",
+        labels=["script", "state"],
+    )
+    for script, state, count in snap.tasks_by_script:
+        by_script.add_metric([script, state], count)
+    yield by_script
     agents = GaugeMetricFamily("fleet_agents", "Agents known, live or lost.", labels=["state"])
     agents.add_metric(["live"], sum(1 for a in snap.agents if a[2]))
     agents.add_metric(["lost"], sum(1 for a in snap.agents if not a[2]))

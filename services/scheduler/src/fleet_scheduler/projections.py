@@ -503,6 +503,9 @@ async def rebuild(conn: asyncpg.Connection, batch: int = 2000) -> int:
         await conn.execute(f"TRUNCATE {', '.join(READ_MODEL_TABLES)}")
         await conn.execute(f"TRUNCATE {', '.join(scheduling_read_models.READ_MODEL_TABLES)}")
         await conn.execute("UPDATE task_stats SET count = 0")
+        # TRUNCATE fires no row or statement trigger: the per-script counts start over
+        # too, and the replay's inserts and updates rebuild them.
+        await conn.execute("TRUNCATE task_script_stats")
         deltas: Deltas = Counter()
         position = 0
         while True:
