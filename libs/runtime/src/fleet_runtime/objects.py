@@ -21,6 +21,7 @@ the digest as it goes, so a reader never holds more than a small window either.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import json
@@ -29,6 +30,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import structlog
+from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import (
     AckPolicy,
@@ -46,6 +48,7 @@ from nats.js.errors import (
     BucketNotFoundError,
     NotFoundError,
     ObjectNotFoundError,
+    ServiceUnavailableError,
 )
 from nats.js.object_store import ObjectStore
 from nats.nuid import NUID
@@ -56,6 +59,8 @@ CHUNK_SIZE = 128 * 1024
 READ_WINDOW = 8
 """Chunks asked for at once when reading: the most a reader holds (~1 MiB)."""
 FETCH_TIMEOUT = 10.0
+LEADER_WAIT_ATTEMPTS = 50
+LEADER_WAIT_SECONDS = 0.1
 _WRONG_LAST_SEQUENCE = 10071
 _nuid = NUID()
 
@@ -232,6 +237,17 @@ class ChunkUpload:
         raise RuntimeError(f"object {name} kept changing while it was being stored")
 
 
+async def _fetch(sub: JetStreamContext.PullSubscription, batch: int) -> list[Msg]:
+    """`fetch`, riding out the 503 a consumer just made on a replicated stream answers
+    until its own leader is elected (seen on a three-node cluster)."""
+    for _ in range(LEADER_WAIT_ATTEMPTS - 1):
+        try:
+            return await sub.fetch(batch, timeout=FETCH_TIMEOUT)
+        except ServiceUnavailableError:
+            await asyncio.sleep(LEADER_WAIT_SECONDS)
+    return await sub.fetch(batch, timeout=FETCH_TIMEOUT)
+
+
 async def read_chunks(js: JetStreamContext, info: ObjectInfo) -> AsyncIterator[bytes]:
     """The object's bytes in order, a window of chunks at a time.
 
@@ -266,7 +282,7 @@ async def read_chunks(js: JetStreamContext, info: ObjectInfo) -> AsyncIterator[b
             while seen < expected_chunks:
                 batch = min(READ_WINDOW, expected_chunks - seen)
                 try:
-                    msgs = await sub.fetch(batch, timeout=FETCH_TIMEOUT)
+                    msgs = await _fetch(sub, batch)
                 except TimeoutError as exc:
                     raise DigestMismatch(
                         f"object {info.name}: chunk {seen + 1} of {expected_chunks} is missing"
