@@ -55,6 +55,15 @@ async def test_a_stalled_reader_is_cut_off_while_100_others_flow(
         await loop.sock_sendall(
             stalled, b"GET /api/v1/events?task_id=1 HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
         )
+        # Its answer's head first (then it stops reading): a probe sent before the stalled
+        # stream had its slot would take that slot itself and leave the stalled one a 429.
+        head = b""
+        async with asyncio.timeout(20):
+            while b"\r\n\r\n" not in head:
+                chunk = await loop.sock_recv(stalled, 1024)
+                assert chunk, f"the stalled stream was closed: {head!r}"
+                head += chunk
+        assert head.startswith(b"HTTP/1.1 200"), head[:200]
         # The cap is reached: the stalled stream holds the last slot.
         await poll_until(
             lambda: _status_is(client, 429), what="the stalled stream to take the last slot"
