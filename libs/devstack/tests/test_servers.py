@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import socket
+from pathlib import Path
+
 import asyncpg
 import nats
 import pytest
@@ -68,3 +71,36 @@ async def test_postgres_wants_its_password(pg_server: EmbeddedPostgres) -> None:
         await asyncpg.connect(anonymous, password="")
     with pytest.raises(asyncpg.InvalidPasswordError):
         await asyncpg.connect(anonymous, password="not-the-password")
+
+
+@pytest.mark.parametrize("kind", ["nats", "postgres"])
+def test_a_picked_port_taken_before_the_server_binds_it_moves_to_another(
+    kind: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Parallel test workers each pick free ports; one may take another's pick before
+    that server binds it. The server then starts on a fresh port instead of failing."""
+    from fleet_devstack import servers
+
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        busy = holder.getsockname()[1]
+        picks = iter([busy])
+        real = servers.free_port
+
+        def pick(host: str = "127.0.0.1") -> int:
+            return next(picks, 0) or real(host)
+
+        monkeypatch.setattr(servers, "free_port", pick)
+        server: EmbeddedNats | EmbeddedPostgres = (
+            EmbeddedNats(tmp_path / "nats")
+            if kind == "nats"
+            else EmbeddedPostgres(tmp_path / "pg", log_file=tmp_path / "pg.log", durable=False)
+        )
+        assert server.port == busy
+        try:
+            server.start()
+            assert server.port != busy
+            assert server.running
+        finally:
+            server.stop()

@@ -26,6 +26,15 @@ from typing import IO
 PASSWORD_FILE = "fleet-password"
 
 
+PORT_ATTEMPTS = 4
+"""Starts on a port picked here: another process (a parallel test worker) may take a
+free port between our look and the server's bind, and the server then exits at once."""
+
+
+class ServerExited(RuntimeError):
+    """The server process ended while starting (a port taken, a bad config)."""
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
@@ -144,12 +153,23 @@ class EmbeddedNats(_Child):
         self.port = port or free_port(host)
         self.monitor_port = free_port(host)
         self.log_file = log_file
+        self._may_move = port is None
 
     @property
     def url(self) -> str:
         return f"{'tls' if self.tls else 'nats'}://{self.host}:{self.port}"
 
     def start(self, timeout: float = 20.0) -> str:
+        for _ in range(PORT_ATTEMPTS - 1):
+            try:
+                return self._start_once(timeout)
+            except ServerExited:
+                if not self._may_move:
+                    raise
+                self.port, self.monitor_port = free_port(self.host), free_port(self.host)
+        return self._start_once(timeout)
+
+    def _start_once(self, timeout: float) -> str:
         self.store_dir.mkdir(parents=True, exist_ok=True)
         args = [
             nats_server_binary(),
@@ -182,9 +202,10 @@ class EmbeddedNats(_Child):
         health = f"http://{self.host}:{self.monitor_port}/healthz?js-enabled-only=true"
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"nats-server exited with {self.proc.returncode}")
+                raise ServerExited(f"nats-server exited with {self.proc.returncode}")
             with contextlib.suppress(OSError), urllib.request.urlopen(health, timeout=0.5) as r:
                 if r.status == 200:
+                    self._may_move = False  # clients know this port now: restarts keep it
                     return self.url
             time.sleep(0.05)
         self.kill()
@@ -227,6 +248,7 @@ class EmbeddedPostgres(_Child):
         self.data_dir = Path(data_dir).resolve()
         self.host = host
         self.port = port or free_port(host)
+        self._may_move = port is None
         self.log_file = log_file
         self.durable = durable
         self.max_connections = max_connections
@@ -322,6 +344,16 @@ class EmbeddedPostgres(_Child):
             out.write(secret + "\n")
 
     def start(self, timeout: float = 30.0) -> str:
+        for _ in range(PORT_ATTEMPTS - 1):
+            try:
+                return self._start_once(timeout)
+            except ServerExited:
+                if not self._may_move:
+                    raise
+                self.port = free_port(self.host)
+        return self._start_once(timeout)
+
+    def _start_once(self, timeout: float) -> str:
         user = self._run_as()
         self._init(user)
         args = [
@@ -348,10 +380,11 @@ class EmbeddedPostgres(_Child):
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(
+                raise ServerExited(
                     f"postgres exited with {self.proc.returncode}; see {self.log_file}"
                 )
             if _port_open(self.host, self.port) and self._accepts_queries():
+                self._may_move = False  # clients know this port now: restarts keep it
                 return self.dsn
             time.sleep(0.05)
         self.kill()
