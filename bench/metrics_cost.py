@@ -28,9 +28,8 @@ from pathlib import Path
 import aiohttp
 import psutil
 
-from bench.system import Client, Row, _create_many, _finished
-from fleet_devstack import free_port
-from fleet_devstack.stack import AgentSpec, Stack, StackConfig
+from bench.system import Client, Row, _create_many, _finished, bench_stack
+from fleet_devstack.stack import Stack
 
 SCRAPE_EVERY_SECONDS = 1.0
 
@@ -120,19 +119,7 @@ def stack_pids(stack: Stack) -> list[int]:
 
 
 async def one_round(scale: CostScale, metrics: bool, root: Path) -> Round:
-    media = root / "clip.mp4"
-    media.parent.mkdir(parents=True, exist_ok=True)
-    media.write_bytes(b"\x00" * 1024)
-    stack = Stack(
-        StackConfig(
-            data_dir=root / "stack",
-            api_port=free_port(),
-            durable_postgres=False,
-            agents=[AgentSpec(agent_id="bench", sim_devices=scale.devices, sim_speed=0.0)],
-            env={"FLEET_LOG_LEVEL": "WARNING", "FLEET_SCHEDULER_DISPATCH_POLL_SECONDS": "0.5"},
-            metrics=metrics,
-        )
-    )
+    stack, media = bench_stack(root, scale.devices, metrics)
     await asyncio.to_thread(stack.start_infrastructure)
     await asyncio.to_thread(stack.start_services)
     try:

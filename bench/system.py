@@ -136,8 +136,8 @@ async def _finished(client: Client, count: int) -> dict[str, int]:
         await asyncio.sleep(0.05)
 
 
-async def run(scale: Scale = BIG, data_dir: Path | None = None) -> Result:
-    root = data_dir or Path(tempfile.mkdtemp(prefix="fleet-bench-"))
+def bench_stack(root: Path, devices: int, metrics: bool = True) -> tuple[Stack, Path]:
+    """A stack of `devices` instant simulated phones under `root`, and a media file."""
     media = root / "clip.mp4"
     media.parent.mkdir(parents=True, exist_ok=True)
     media.write_bytes(b"\x00" * 1024)
@@ -146,10 +146,17 @@ async def run(scale: Scale = BIG, data_dir: Path | None = None) -> Result:
             data_dir=root / "stack",
             api_port=free_port(),
             durable_postgres=False,
-            agents=[AgentSpec(agent_id="bench", sim_devices=scale.devices, sim_speed=0.0)],
+            agents=[AgentSpec(agent_id="bench", sim_devices=devices, sim_speed=0.0)],
             env={"FLEET_LOG_LEVEL": "WARNING", "FLEET_SCHEDULER_DISPATCH_POLL_SECONDS": "0.5"},
+            metrics=metrics,
         )
     )
+    return stack, media
+
+
+async def run(scale: Scale = BIG, data_dir: Path | None = None) -> Result:
+    root = data_dir or Path(tempfile.mkdtemp(prefix="fleet-bench-"))
+    stack, media = bench_stack(root, scale.devices)
     await asyncio.to_thread(stack.start_infrastructure)
     await asyncio.to_thread(stack.start_services)
     try:

@@ -90,6 +90,25 @@ class _Child:
     def __init__(self) -> None:
         self.proc: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
+        # True while the ports were picked here and no client has seen them yet.
+        self._may_move = False
+
+    def _start_once(self, timeout: float) -> str:
+        raise NotImplementedError
+
+    def _move(self) -> None:
+        raise NotImplementedError
+
+    def _start_moving(self, timeout: float) -> str:
+        """Start; when the server exits at once and its ports may move, on fresh ones."""
+        for _ in range(PORT_ATTEMPTS - 1):
+            try:
+                return self._start_once(timeout)
+            except ServerExited:
+                if not self._may_move:
+                    raise
+                self._move()
+        return self._start_once(timeout)
 
     @property
     def running(self) -> bool:
@@ -160,14 +179,10 @@ class EmbeddedNats(_Child):
         return f"{'tls' if self.tls else 'nats'}://{self.host}:{self.port}"
 
     def start(self, timeout: float = 20.0) -> str:
-        for _ in range(PORT_ATTEMPTS - 1):
-            try:
-                return self._start_once(timeout)
-            except ServerExited:
-                if not self._may_move:
-                    raise
-                self.port, self.monitor_port = free_port(self.host), free_port(self.host)
-        return self._start_once(timeout)
+        return self._start_moving(timeout)
+
+    def _move(self) -> None:
+        self.port, self.monitor_port = free_port(self.host), free_port(self.host)
 
     def _start_once(self, timeout: float) -> str:
         self.store_dir.mkdir(parents=True, exist_ok=True)
@@ -344,14 +359,10 @@ class EmbeddedPostgres(_Child):
             out.write(secret + "\n")
 
     def start(self, timeout: float = 30.0) -> str:
-        for _ in range(PORT_ATTEMPTS - 1):
-            try:
-                return self._start_once(timeout)
-            except ServerExited:
-                if not self._may_move:
-                    raise
-                self.port = free_port(self.host)
-        return self._start_once(timeout)
+        return self._start_moving(timeout)
+
+    def _move(self) -> None:
+        self.port = free_port(self.host)
 
     def _start_once(self, timeout: float) -> str:
         user = self._run_as()
