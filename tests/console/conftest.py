@@ -61,6 +61,8 @@ def console_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ConsoleS
         durable_postgres=False,
         agents=agents,
         env=dict(FAST_TIMINGS),
+        # No metrics ports: picked free here, bound later, a parallel worker may take one.
+        metrics=False,
     )
     stack = Stack(config)
     try:

@@ -36,6 +36,9 @@ def stack_factory(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[St
         start: bool = True,
         **config: Any,
     ) -> Stack:
+        # Metrics ports are picked free here but bound later by the services, so a
+        # parallel test worker can take one meanwhile; only the metrics test asks for them.
+        config.setdefault("metrics", False)
         cfg = StackConfig(
             data_dir=tmp_path / f"stack{len(stacks)}",
             api_port=free_port(),

@@ -20,7 +20,9 @@ def scrape(url: str) -> Scrape:
 
 
 def test_each_service_counts_the_same_tasks(stack_factory: StackFactory, video: str) -> None:
-    stack: Stack = stack_factory(agents=[AgentSpec(agent_id="host-1", sim_devices=3, sim_speed=0)])
+    stack: Stack = stack_factory(
+        agents=[AgentSpec(agent_id="host-1", sim_devices=3, sim_speed=0)], metrics=True
+    )
     urls = stack.metrics_urls()
     assert set(urls) == {"api", "scheduler", "agent"}, urls
     assert all(url.endswith("/metrics") for url in urls.values())
