@@ -55,6 +55,15 @@ class RunTask(Message):
     """The secret of the lease made for a custom script's run (TIKMATRIX_SESSION_ID)."""
 
 
+class RunBatch(Message):
+    """Every run one claim gives one agent, in one request to `agent.<id>.runs`.
+
+    The agent answers with a `RunBatchReply` holding one `AgentReply` per run, in the
+    order of `runs`; each run is accepted or refused on its own, as if sent alone."""
+
+    runs: list[RunTask] = Field(default_factory=list)
+
+
 class StopRun(Message):
     task_id: int
     dispatch_id: str = ""
@@ -66,6 +75,12 @@ class AgentReply(BaseModel):
 
     accepted: bool
     reason: str = ""
+
+
+class RunBatchReply(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    replies: list[AgentReply] = Field(default_factory=list)
 
 
 class Heartbeat(Message):
@@ -162,5 +177,25 @@ AnyReport = Annotated[
 REPORT_ADAPTER: TypeAdapter[AnyReport] = TypeAdapter(AnyReport)
 
 
+class ReportBatch(Report):
+    """Reports an agent coalesced over a short window, published as one message on
+    `report.<id>.batch`. Each inner report keeps its own message id, so a scheduler
+    tracks (and deduplicates) them one by one; their order is the order they happened."""
+
+    type: Literal["reports.batch"] = "reports.batch"
+    reports: list[AnyReport] = Field(default_factory=list)
+
+
+_ANY_MESSAGE: TypeAdapter[AnyReport | ReportBatch] = TypeAdapter(
+    Annotated[AnyReport | ReportBatch, Field(discriminator="type")]
+)
+
+
 def parse_report(raw: bytes | str) -> AnyReport:
     return REPORT_ADAPTER.validate_json(raw)
+
+
+def parse_reports(raw: bytes | str) -> list[AnyReport]:
+    """The reports one REPORTS message carries: a batch's, in order, or the one report."""
+    message = _ANY_MESSAGE.validate_json(raw)
+    return list(message.reports) if isinstance(message, ReportBatch) else [message]

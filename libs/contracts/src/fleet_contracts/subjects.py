@@ -126,6 +126,11 @@ def agent_run_subject(agent_id: str) -> str:
     return f"agent.{token(agent_id)}.run"
 
 
+def agent_runs_subject(agent_id: str) -> str:
+    """Many runs in one request (`RunBatch`), answered run by run (`RunBatchReply`)."""
+    return f"agent.{token(agent_id)}.runs"
+
+
 def agent_stop_subject(agent_id: str) -> str:
     return f"agent.{token(agent_id)}.stop"
 
