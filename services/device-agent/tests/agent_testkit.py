@@ -27,7 +27,7 @@ from nats.js import JetStreamContext
 
 from fleet_agent.phone import Selector
 from fleet_agent.scripts.post_selectors import TIKTOK_34, AppTable
-from fleet_contracts.agent import AgentReply, RunTask, StopRun, parse_report
+from fleet_contracts.agent import AgentReply, RunTask, StopRun, parse_reports
 from fleet_contracts.subjects import agent_run_subject, agent_stop_subject
 
 TINY_PNG = bytes.fromhex(
@@ -401,7 +401,7 @@ class Bus:
 
     async def listen(self) -> None:
         async def on_report(msg: Any) -> None:
-            self.reports.append(parse_report(msg.data))
+            self.reports.extend(parse_reports(msg.data))
             await msg.ack()
 
         await self.js.subscribe("report.>", cb=on_report, manual_ack=True)

@@ -197,6 +197,26 @@ async def test_refusals_say_what_to_fix(agent: Agent, bus: Bus, video: Path) -> 
     assert not bus.for_task(12)
 
 
+async def test_a_batch_of_runs_is_answered_run_by_run(agent: Agent, bus: Bus, video: Path) -> None:
+    from fleet_contracts.agent import RunBatch, RunBatchReply
+    from fleet_contracts.subjects import agent_runs_subject
+
+    batch = RunBatch(
+        runs=[
+            post(13, "device_serial_1", video),
+            post(14, "device_serial_9", video),
+            post(15, "device_serial_2", video),
+        ]
+    )
+    resp = await bus.nc.request(agent_runs_subject(AGENT), batch.to_bytes(), timeout=5)
+    replies = RunBatchReply.model_validate_json(resp.data).replies
+    assert [r.accepted for r in replies] == [True, False, True]
+    assert replies[1].reason == f"device device_serial_9 is not attached to agent {AGENT}"
+    assert (await bus.outcome(13)).type == "task.completed"
+    assert (await bus.outcome(15)).type == "task.completed"
+    assert not bus.for_task(14)
+
+
 async def test_heartbeats_carry_busy_state(agent: Agent, bus: Bus, video: Path) -> None:
     beats: list[Heartbeat] = []
 

@@ -14,6 +14,9 @@ from fleet_contracts.agent import (
     DeviceConnectedReport,
     DeviceDisconnectedReport,
     DeviceInfo,
+    ReportBatch,
+    TaskCompletedReport,
+    TaskStartedReport,
 )
 from fleet_contracts.codes import TaskSource
 from fleet_contracts.commands import CreateTasks, StopTask
@@ -71,6 +74,21 @@ async def test_run_to_completion_one_task_per_device(bus: Bus, agent: FakeAgent)
     assert agent.runs[1].task_id == second
     stats = (await bus.query(GetStats())).data
     assert stats["completed"] == 1 and stats["total"] == 2
+
+
+async def test_a_batch_of_reports_is_applied_in_order(bus: Bus, agent: FakeAgent) -> None:
+    (task_id,) = await ids_of(bus, serials=["device_serial_1"])
+    await eventually(lambda: _async(len(agent.runs) == 1), what="run sent")
+    run = agent.run_for(task_id)
+    reports = [
+        TaskStartedReport(
+            agent_id="a1", task_id=task_id, dispatch_id=run.dispatch_id, serial=run.serial
+        ),
+        TaskCompletedReport(agent_id="a1", task_id=task_id, dispatch_id=run.dispatch_id),
+    ]
+    await bus.report(ReportBatch(agent_id="a1", reports=reports))
+    view = await until_status(bus, task_id, 2)
+    assert view["started_at"] and view["finished_at"]
 
 
 async def _async(value: Any) -> Any:

@@ -43,6 +43,8 @@ from fleet_contracts.agent import (
     DeviceDisconnectedReport,
     DeviceInfo,
     Heartbeat,
+    RunBatch,
+    RunBatchReply,
     RunTask,
     StopRun,
 )
@@ -53,6 +55,7 @@ from fleet_contracts.subjects import (
     REPORTS,
     agent_device_subject,
     agent_run_subject,
+    agent_runs_subject,
     agent_stop_subject,
     heartbeat_subject,
     token,
@@ -203,6 +206,7 @@ class Agent:
             nc = self._nc
             self._subs = [
                 await nc.subscribe(agent_run_subject(self.agent_id), cb=self._on_run),
+                await nc.subscribe(agent_runs_subject(self.agent_id), cb=self._on_runs),
                 await nc.subscribe(agent_stop_subject(self.agent_id), cb=self._on_stop),
                 await nc.subscribe(agent_device_subject(self.agent_id), cb=self._on_device_call),
             ]
@@ -418,6 +422,33 @@ class Agent:
             if not reply.accepted:
                 log.info("run.refused", reason=reply.reason)
             await self._reply(msg, reply)
+
+    async def _on_runs(self, msg: Msg) -> None:
+        """Many runs in one request: each accepted or refused as if it came alone."""
+        try:
+            batch = RunBatch.from_bytes(msg.data)
+        except ValidationError as exc:
+            reason = f"bad RunBatch: {describe(exc)}"
+            if msg.reply:
+                with contextlib.suppress(Exception):
+                    await msg.respond(
+                        RunBatchReply(replies=[AgentReply(accepted=False, reason=reason)])
+                        .model_dump_json()
+                        .encode()
+                    )
+            return
+        replies: list[AgentReply] = []
+        for request in batch.runs:
+            with bind_correlation(
+                request.correlation_id, task_id=request.task_id, serial=request.serial
+            ):
+                reply = self.runner.accept(request)
+                if not reply.accepted:
+                    log.info("run.refused", reason=reply.reason)
+            replies.append(reply)
+        if msg.reply:
+            with contextlib.suppress(Exception):
+                await msg.respond(RunBatchReply(replies=replies).model_dump_json().encode())
 
     async def _on_stop(self, msg: Msg) -> None:
         try:

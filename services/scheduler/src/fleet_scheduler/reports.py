@@ -27,7 +27,7 @@ from fleet_contracts.agent import (
     TaskFailedReport,
     TaskProgressReport,
     TaskStartedReport,
-    parse_report,
+    parse_reports,
 )
 from fleet_contracts.events import AccountsReported, DeviceConnected, DeviceDisconnected
 from fleet_contracts.subjects import (
@@ -325,12 +325,13 @@ async def handle_reports(ctx: Context, reports: list[AnyReport]) -> None:
         await handle_report(ctx, report)
 
 
-def _readable(msg: Msg) -> AnyReport | None:
+def _readable(msg: Msg) -> list[AnyReport]:
+    """The reports one message carries (an agent's batch holds many)."""
     try:
-        return parse_report(msg.data)
+        return parse_reports(msg.data)
     except ValidationError as exc:
         log.warning("report.unreadable", subject=msg.subject, error=str(exc))
-        return None
+        return []
 
 
 def sender_mismatch(subject: str, report: AnyReport) -> str | None:
@@ -365,14 +366,12 @@ async def trusted(ctx: Context, msgs: list[Msg]) -> list[AnyReport]:
     """The readable reports whose subject and body name the same agent."""
     out: list[AnyReport] = []
     for msg in msgs:
-        report = _readable(msg)
-        if report is None:
-            continue
-        reason = sender_mismatch(msg.subject, report)
-        if reason is not None:
-            await refuse(ctx, msg.subject, report, reason)
-            continue
-        out.append(report)
+        for report in _readable(msg):
+            reason = sender_mismatch(msg.subject, report)
+            if reason is not None:
+                await refuse(ctx, msg.subject, report, reason)
+                continue
+            out.append(report)
     return out
 
 
