@@ -21,7 +21,6 @@ from .conftest import Bus, FakeAgent, FakeClock, eventually, wait_devices
 
 SNAPSHOT = {
     "tasks": "SELECT * FROM tasks ORDER BY id",
-    "task_stats": "SELECT * FROM task_stats ORDER BY status",
     "task_script_stats": "SELECT * FROM task_script_stats WHERE count <> 0 ORDER BY 1, 2",
     "devices": "SELECT serial, agent_id, host, model, online, busy, current_task_id,"
     " last_task_id FROM devices ORDER BY serial",

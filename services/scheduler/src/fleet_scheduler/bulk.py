@@ -15,7 +15,6 @@ from typing import Any
 
 import asyncpg
 
-from fleet_contracts.codes import TaskStatus
 from fleet_contracts.events import TaskRetried
 from fleet_contracts.rest import RETRY_ALL_LISTED, RetryAllResult
 from fleet_scheduler.store import ConcurrencyError, Metadata
@@ -55,10 +54,7 @@ async def retry_all(uow: UnitOfWork, metadata: Metadata, now: datetime) -> dict[
     except asyncpg.UniqueViolationError as exc:
         raise ConcurrencyError(str(exc)) from exc
     count = len(rows)
-    if count:
-        uow.deltas[int(TaskStatus.FAILED)] -= count
-        uow.deltas[int(TaskStatus.PENDING)] += count
-        uow.bulk_appended += count
+    uow.bulk_appended += count
     # A count always; the ids only while few: the reply must fit a bus message (1 MiB).
     ids = sorted(r["id"] for r in rows) if count <= RETRY_ALL_LISTED else []
     return RetryAllResult(task_ids=ids, retried_count=count).model_dump()

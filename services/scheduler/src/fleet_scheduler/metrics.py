@@ -4,7 +4,7 @@ Two kinds:
 - counted as things happen, in this process: commands handled and their handling
   time, events appended, the relay's publishes, dispatch latency (ready -> started);
 - read from the database when Prometheus scrapes (`StateCollector`): tasks per
-  status (the `task_stats` counters kept in the log's transaction, never a count over
+  status (the `task_script_stats` counters kept in the log's transaction, never a count over
   the table; per script only from the agents' run counters), agents live / lost, devices
   known / online / busy per agent, relay lag and leadership, database reachability
   and the connection pool. These are the fleet's, not this process's: every scheduler
@@ -180,7 +180,10 @@ async def read_snapshot(ctx: Context) -> Snapshot:
     lease = timedelta(seconds=ctx.settings.scheduler_agent_lease_seconds)
     conn: asyncpg.Connection
     async with pool.acquire(timeout=SCRAPE_TIMEOUT_SECONDS) as conn:
-        rows = await conn.fetch("SELECT status, count FROM task_stats ORDER BY status")
+        rows = await conn.fetch(
+            "SELECT status, sum(count)::bigint AS count FROM task_script_stats"
+            " GROUP BY status ORDER BY status"
+        )
         snap.tasks = [(STATES.get(r["status"], str(r["status"])), r["count"]) for r in rows]
         rows = await conn.fetch(
             "SELECT script_name, status, count FROM task_script_stats ORDER BY 1, 2"
@@ -263,7 +266,7 @@ def families(snap: Snapshot) -> Iterator[Metric]:
     yield pool_max
     tasks = GaugeMetricFamily(
         "fleet_tasks",
-        "Tasks not deleted, by status (the task_stats counters kept with the log).",
+        "Tasks not deleted, by status (the counters kept with the log).",
         labels=["state"],
     )
     for state, count in snap.tasks:

@@ -8,8 +8,6 @@ changes only the device: it frees it, it never brings the task back.
 
 from __future__ import annotations
 
-from collections import Counter
-
 import asyncpg
 import structlog
 
@@ -49,32 +47,6 @@ log = structlog.get_logger(__name__)
 READ_MODEL_TABLES = ("tasks", "devices", "accounts", "materials", *SESSION_TABLES)
 
 
-Deltas = Counter[int]
-"""Changes to the per-status counters, written once per transaction by `flush_stats`."""
-
-
-def _move(deltas: Deltas, old: int | None, new: int | None) -> None:
-    if old == new:
-        return
-    if old is not None:
-        deltas[old] -= 1
-    if new is not None:
-        deltas[new] += 1
-
-
-async def flush_stats(conn: asyncpg.Connection, deltas: Deltas) -> None:
-    changed = {status: d for status, d in deltas.items() if d}
-    if changed:
-        await conn.execute(
-            "UPDATE task_stats s SET count = s.count + d.delta"
-            " FROM unnest($1::smallint[], $2::bigint[]) AS d(status, delta)"
-            " WHERE s.status = d.status",
-            list(changed),
-            list(changed.values()),
-        )
-    deltas.clear()
-
-
 async def _release(conn: asyncpg.Connection, task_id: int, finished: RecordedEvent) -> None:
     await conn.execute(
         "UPDATE devices SET busy = false, current_task_id = NULL,"
@@ -91,7 +63,6 @@ async def _end(
     dispatch_id: str,
     ended_by: str,
     reason: str | None,
-    deltas: Deltas,
 ) -> None:
     """A run ended. It ends the task when the task was on that run, or had been given up
     on as lost (or, for a completion, stopped): what the phone did wins (`late`)."""
@@ -123,8 +94,6 @@ async def _end(
             rec.version,
             ended_by,
         )
-        if not old["deleted"]:
-            _move(deltas, old["status"], status)
     else:
         await conn.execute("UPDATE tasks SET version = $2 WHERE id = $1", task_id, rec.version)
     if ended_by != "lost":
@@ -162,19 +131,12 @@ async def _late_report(conn: asyncpg.Connection, rec: RecordedEvent, event: Task
         )
 
 
-async def _set_status(
-    conn: asyncpg.Connection, deltas: Deltas, task_id: int, status: int, sql: str, *args: object
-) -> None:
-    """Run an UPDATE of one task (params from $2) and keep the counters in step."""
-    old = await conn.fetchrow("SELECT status, deleted FROM tasks WHERE id = $1 FOR UPDATE", task_id)
+async def _set_status(conn: asyncpg.Connection, task_id: int, sql: str, *args: object) -> None:
+    """Run an UPDATE of one task (params from $2); triggers keep the counters in step."""
     await conn.execute(f"UPDATE tasks SET {sql} WHERE id = $1", task_id, *args)
-    if old is not None and not old["deleted"]:
-        _move(deltas, old["status"], status)
 
 
-async def _insert_created(
-    conn: asyncpg.Connection, recs: list[RecordedEvent], deltas: Deltas
-) -> None:
+async def _insert_created(conn: asyncpg.Connection, recs: list[RecordedEvent]) -> None:
     """Insert the rows of many TaskCreated events in one statement."""
     events = [rec.event() for rec in recs]
     created = [e for e in events if isinstance(e, TaskCreated)]
@@ -213,38 +175,29 @@ async def _insert_created(
         [e.schedule_id for e in created],
         [e.batch_id for e in created],
     )
-    deltas[int(TaskStatus.PENDING)] += len(created)
 
 
-async def _update_retried(
-    conn: asyncpg.Connection, recs: list[RecordedEvent], deltas: Deltas
-) -> None:
+async def _update_retried(conn: asyncpg.Connection, recs: list[RecordedEvent]) -> None:
     """Move many retried tasks back to pending in one statement (retry-all)."""
     # The recorded data, not parsed events: parsing is most of the time at retry-all scale.
-    rows = await conn.fetch(
-        "WITH r AS (SELECT id, retry_count, due_at::timestamptz, version"
-        " FROM unnest($1::bigint[], $2::int[], $3::text[], $4::int[])"
-        " AS x(id, retry_count, due_at, version)),"
-        " old AS (SELECT t.id, t.status, t.deleted FROM tasks t JOIN r USING (id) FOR UPDATE OF t)"
-        " UPDATE tasks t SET state = 'pending', status = 0, reason = NULL, wait_reason = '',"
-        " retry_count = r.retry_count, due_at = r.due_at, started_at = NULL,"
+    await conn.execute(
+        "UPDATE tasks t SET state = 'pending', status = 0, reason = NULL, wait_reason = '',"
+        " retry_count = r.retry_count, due_at = r.due_at::timestamptz, started_at = NULL,"
         " finished_at = NULL, progress = NULL, version = r.version, ended_by = NULL"
-        " FROM r, old WHERE t.id = r.id AND old.id = r.id RETURNING old.status, old.deleted",
+        " FROM unnest($1::bigint[], $2::int[], $3::text[], $4::int[])"
+        " AS r(id, retry_count, due_at, version) WHERE t.id = r.id",
         [rec.data["task_id"] for rec in recs],
         [rec.data["retry_count"] for rec in recs],
         [rec.data["due_at"] for rec in recs],
         [rec.version for rec in recs],
     )
-    for row in rows:
-        if not row["deleted"]:
-            _move(deltas, row["status"], int(TaskStatus.PENDING))
 
 
 BATCHED = {"task.created": _insert_created, "task.retried": _update_retried}
 """Event types whose runs are projected with one statement each."""
 
 
-async def project_all(conn: asyncpg.Connection, recs: list[RecordedEvent], deltas: Deltas) -> None:
+async def project_all(conn: asyncpg.Connection, recs: list[RecordedEvent]) -> None:
     """Project events in order; runs of TaskCreated (or TaskRetried) go in as one statement.
 
     A run never holds two events of one task, so one statement per run is the same as
@@ -253,25 +206,25 @@ async def project_all(conn: asyncpg.Connection, recs: list[RecordedEvent], delta
     streams: set[str] = set()
     for rec in recs:
         if run and (rec.type != run[0].type or rec.stream_id in streams):
-            await BATCHED[run[0].type](conn, run, deltas)
+            await BATCHED[run[0].type](conn, run)
             await scheduling_read_models.project_many(conn, run)
             run, streams = [], set()
         if rec.type in BATCHED:
             run.append(rec)
             streams.add(rec.stream_id)
             continue
-        await project(conn, rec, deltas)
+        await project(conn, rec)
         await scheduling_read_models.project_many(conn, [rec])
     if run:
-        await BATCHED[run[0].type](conn, run, deltas)
+        await BATCHED[run[0].type](conn, run)
         await scheduling_read_models.project_many(conn, run)
 
 
-async def project(conn: asyncpg.Connection, rec: RecordedEvent, deltas: Deltas) -> None:
+async def project(conn: asyncpg.Connection, rec: RecordedEvent) -> None:
     event = rec.event()
     match event:
         case TaskCreated():
-            await _insert_created(conn, [rec], deltas)
+            await _insert_created(conn, [rec])
         case TaskScheduled():
             await conn.execute(
                 "UPDATE tasks SET due_at = $2, wait_reason = $3, interval_anchor = $4,"
@@ -303,9 +256,7 @@ async def project(conn: asyncpg.Connection, rec: RecordedEvent, deltas: Deltas) 
         case TaskStarted():
             await _set_status(
                 conn,
-                deltas,
                 event.task_id,
-                1,
                 "state = 'running', status = 1, started_at = $2, progress = 0, version = $3,"
                 " ended_by = NULL, unheld_since = NULL",
                 rec.recorded_at,
@@ -319,19 +270,17 @@ async def project(conn: asyncpg.Connection, rec: RecordedEvent, deltas: Deltas) 
                 rec.version,
             )
         case TaskCompleted():
-            await _end(conn, rec, event.task_id, event.dispatch_id, "completed", None, deltas)
+            await _end(conn, rec, event.task_id, event.dispatch_id, "completed", None)
         case TaskFailed():
             ended_by = "lost" if event.lost else "failed"
-            await _end(conn, rec, event.task_id, event.dispatch_id, ended_by, event.reason, deltas)
+            await _end(conn, rec, event.task_id, event.dispatch_id, ended_by, event.reason)
         case TaskReportLate():
             await _late_report(conn, rec, event)
         case TaskStopped():
             # The device stays busy until the agent says the script has ended.
             await _set_status(
                 conn,
-                deltas,
                 event.task_id,
-                3,
                 "state = 'failed', status = 3, reason = $2, finished_at = $3, version = $4,"
                 " ended_by = 'stopped'",
                 event.reason,
@@ -355,9 +304,7 @@ async def project(conn: asyncpg.Connection, rec: RecordedEvent, deltas: Deltas) 
         case TaskRetried():
             await _set_status(
                 conn,
-                deltas,
                 event.task_id,
-                0,
                 "state = 'pending', status = 0, reason = NULL, wait_reason = '',"
                 " retry_count = $2, due_at = $3, started_at = NULL, finished_at = NULL,"
                 " progress = NULL, version = $4, ended_by = NULL",
@@ -366,14 +313,11 @@ async def project(conn: asyncpg.Connection, rec: RecordedEvent, deltas: Deltas) 
                 rec.version,
             )
         case TaskDeleted():
-            row = await conn.fetchrow(
-                "UPDATE tasks SET deleted = true, version = $2 WHERE id = $1 AND NOT deleted"
-                " RETURNING status",
+            await conn.execute(
+                "UPDATE tasks SET deleted = true, version = $2 WHERE id = $1 AND NOT deleted",
                 event.task_id,
                 rec.version,
             )
-            if row is not None:
-                _move(deltas, row["status"], None)
         case DeviceConnected():
             await conn.execute(
                 "INSERT INTO devices (serial, agent_id, host, model, android_version, battery,"
@@ -502,11 +446,9 @@ async def rebuild(conn: asyncpg.Connection, batch: int = 2000) -> int:
         await conn.execute("LOCK TABLE events IN EXCLUSIVE MODE")
         await conn.execute(f"TRUNCATE {', '.join(READ_MODEL_TABLES)}")
         await conn.execute(f"TRUNCATE {', '.join(scheduling_read_models.READ_MODEL_TABLES)}")
-        await conn.execute("UPDATE task_stats SET count = 0")
         # TRUNCATE fires no row or statement trigger: the per-script counts start over
         # too, and the replay's inserts and updates rebuild them.
         await conn.execute("TRUNCATE task_script_stats")
-        deltas: Deltas = Counter()
         position = 0
         while True:
             rows = await conn.fetch(
@@ -517,9 +459,8 @@ async def rebuild(conn: asyncpg.Connection, batch: int = 2000) -> int:
             )
             if not rows:
                 break
-            await project_all(conn, [recorded_from_row(r) for r in rows], deltas)
+            await project_all(conn, [recorded_from_row(r) for r in rows])
             position = rows[-1]["position"]
             replayed += len(rows)
-        await flush_stats(conn, deltas)
     log.info("read_models.rebuilt", events=replayed)
     return replayed

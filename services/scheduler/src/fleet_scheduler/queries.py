@@ -129,7 +129,7 @@ async def list_tasks(ctx: Context, q: ListTasks) -> Reply:
     clause = " AND ".join(where)
     async with ctx.pool.acquire() as conn:
         if len(where) == 1:
-            total = await conn.fetchval("SELECT COALESCE(sum(count), 0) FROM task_stats")
+            total = await conn.fetchval("SELECT COALESCE(sum(count), 0) FROM task_script_stats")
         else:
             total = await conn.fetchval(f"SELECT count(*) FROM tasks t WHERE {clause}", *args)
         rows = await conn.fetch(
@@ -156,7 +156,9 @@ async def get_task(ctx: Context, q: GetTask) -> Reply:
 
 async def get_stats(ctx: Context, q: GetStats) -> Reply:
     async with ctx.pool.acquire() as conn:
-        rows = await conn.fetch("SELECT status, count FROM task_stats")
+        rows = await conn.fetch(
+            "SELECT status, sum(count)::bigint AS count FROM task_script_stats GROUP BY status"
+        )
     counts = {TaskStatus(r["status"]).name.lower(): r["count"] for r in rows}
     stats = TaskStats(total=sum(counts.values()), **counts)
     return Reply(data=stats.model_dump())

@@ -8,7 +8,6 @@ see each other's committed claims.
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -16,7 +15,7 @@ from dataclasses import dataclass, field
 import asyncpg
 
 from fleet_scheduler import metrics
-from fleet_scheduler.projections import Deltas, flush_stats, project_all
+from fleet_scheduler.projections import project_all
 from fleet_scheduler.store import Metadata, NewEvent, PostgresRecorder, RecordedEvent
 
 
@@ -25,7 +24,6 @@ class UnitOfWork:
     conn: asyncpg.Connection
     metadata: Metadata
     appended: list[RecordedEvent] = field(default_factory=list)
-    deltas: Deltas = field(default_factory=Counter)
     bulk_appended: int = 0
     """Events appended set-wise in SQL (`bulk`), not held in `appended`."""
     latencies: list[float] = field(default_factory=list)
@@ -39,7 +37,7 @@ class UnitOfWork:
         recorder = PostgresRecorder(self.conn, locked=True)
         recorded = await recorder.append(events, metadata or self.metadata)
         await metrics.read_dispatch_latency(self.conn, recorded, self.latencies)
-        await project_all(self.conn, recorded, self.deltas)
+        await project_all(self.conn, recorded)
         self.appended.extend(recorded)
         return recorded
 
@@ -54,7 +52,6 @@ async def unit_of_work(
         await conn.execute("LOCK TABLE events IN EXCLUSIVE MODE")
         uow = UnitOfWork(conn, metadata or Metadata())
         yield uow
-        await flush_stats(conn, uow.deltas)
         if uow.appended or uow.bulk_appended:
             await conn.execute("SELECT pg_notify('fleet_events', '')")
     metrics.committed(uow.appended, uow.latencies)
