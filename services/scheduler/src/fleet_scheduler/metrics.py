@@ -21,7 +21,7 @@ import time
 from collections import Counter as Tally
 from collections.abc import Awaitable, Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import TypeVar
 
 import asyncpg
@@ -120,27 +120,10 @@ async def relay_published(publishing: Awaitable[T], count: int) -> T:
     return result
 
 
-READY_AT = (
-    "SELECT t.id, GREATEST(t.due_at, d.last_finished_at) AS ready FROM tasks t"
-    " LEFT JOIN devices d ON d.serial = t.serial"
-    " WHERE t.id = ANY($1::bigint[]) AND t.state = 'dispatched'"
-)
-"""When each task became ready: due, and its phone free after the previous task."""
-
-
-async def read_dispatch_latency(
-    conn: asyncpg.Connection, recorded: Sequence[RecordedEvent], into: list[float]
-) -> None:
-    """Called with events appended but not yet projected: the read models still hold the
-    due time and the phone's previous finish (a start and its task's completion may
-    share one append, and the completion moves the phone's `last_finished_at`)."""
-    if not SWITCH.on:
-        return
-    started = {r.data["task_id"]: r.recorded_at for r in recorded if r.type == "task.started"}
-    if not started:
-        return
-    for row in await conn.fetch(READY_AT, list(started)):
-        into.append(max(0.0, (started[row["id"]] - row["ready"]).total_seconds()))
+def dispatch_latency(ready_at: datetime, started_at: datetime) -> float:
+    """Seconds from a task being ready (due, and its phone free after the previous task)
+    to its start; the projections know both from the rows they load anyway."""
+    return max(0.0, (started_at - ready_at).total_seconds())
 
 
 def committed(appended: Sequence[RecordedEvent], latencies: Sequence[float]) -> None:

@@ -1,17 +1,22 @@
 """Read models (tasks, stats counters, devices, accounts) kept from the log.
 
-`project` runs in the transaction that appended the event, so a read model never
-disagrees with the log; `rebuild` replays the whole log into empty tables. A report
+`project_all` runs in the transaction that appended the events, so a read model never
+disagrees with the log; `rebuild` replays the whole log into empty tables through the
+same path. Task events are applied set-wise: the rows a batch touches are read once,
+changed in Python by the rules of `task_rows`, and written back in a few statements,
+so a batch of reports costs the same handful of statements whatever its size. A report
 that arrives for a task that already ended (stopped, lost, retried) is in the log but
 changes only the device: it frees it, it never brings the task back.
 """
 
 from __future__ import annotations
 
+from datetime import datetime
+from typing import Any, cast
+
 import asyncpg
 import structlog
 
-from fleet_contracts.codes import TaskStatus
 from fleet_contracts.events import (
     AccountRegistered,
     AccountRemoved,
@@ -21,303 +26,182 @@ from fleet_contracts.events import (
     MaterialAdded,
     MaterialDeleted,
     MaterialTagged,
-    TaskCompleted,
     TaskCreated,
-    TaskDeleted,
     TaskDispatched,
-    TaskFailed,
-    TaskMaterialsPicked,
-    TaskProgressed,
-    TaskReportLate,
-    TaskRequeued,
-    TaskRetried,
-    TaskScheduled,
-    TaskStarted,
-    TaskStopped,
 )
-from fleet_scheduler import late, scheduling_read_models
-from fleet_scheduler.late import Verdict
+from fleet_scheduler import metrics, scheduling_read_models
 from fleet_scheduler.session_projections import SESSION_EVENTS, SESSION_TABLES
 from fleet_scheduler.session_projections import project as project_session
 from fleet_scheduler.store import RecordedEvent, recorded_from_row
 from fleet_scheduler.task import TaskState
+from fleet_scheduler.task_rows import (
+    CHANGED_COLUMNS,
+    DEVICE_COLUMNS,
+    ROW_EVENT_TYPES,
+    TASK_COLUMNS,
+    DeviceRow,
+    RowBatch,
+    RowEvent,
+    TaskRow,
+)
 
 log = structlog.get_logger(__name__)
 
 READ_MODEL_TABLES = ("tasks", "devices", "accounts", "materials", *SESSION_TABLES)
 
 
-async def _release(conn: asyncpg.Connection, task_id: int, finished: RecordedEvent) -> None:
-    await conn.execute(
-        "UPDATE devices SET busy = false, current_task_id = NULL,"
-        " last_task_id = $1, last_finished_at = $2 WHERE current_task_id = $1",
-        task_id,
-        finished.recorded_at,
-    )
+TYPES = {
+    "id": "bigint",
+    "status": "smallint",
+    "retry_count": "int",
+    "interval_anchor": "bigint",
+    "progress": "int",
+    "deleted": "bool",
+    "version": "int",
+    "retry_checked": "bool",
+    "auto_retries": "int",
+    "script_config": "jsonb",
+    "min_interval": "int",
+    "max_interval": "int",
+    "retry_policy": "jsonb",
+    "schedule_id": "bigint",
+    **dict.fromkeys(
+        (
+            "due_at",
+            "dispatched_at",
+            "lease_until",
+            "started_at",
+            "finished_at",
+            "unheld_since",
+            "created_at",
+            "last_finished_at",
+        ),
+        "timestamptz",
+    ),
+    "busy": "bool",
+    "current_task_id": "bigint",
+    "last_task_id": "bigint",
+}
+"""Postgres types of the columns written from arrays; any other is text."""
 
 
-async def _end(
+def _unnest(columns: tuple[str, ...]) -> str:
+    arrays = ", ".join(f"${i}::{TYPES.get(c, 'text')}[]" for i, c in enumerate(columns, 1))
+    return f"unnest({arrays}) AS x({', '.join(columns)})"
+
+
+_TASK_SELECT = (
+    f"SELECT {', '.join(CHANGED_COLUMNS)} FROM tasks"
+    " WHERE id = ANY($1::bigint[]) ORDER BY id FOR UPDATE"
+)
+_DEVICE_SELECT = (
+    f"SELECT {', '.join(DEVICE_COLUMNS)} FROM devices"
+    " WHERE serial = ANY($1::text[]) OR current_task_id = ANY($2::bigint[])"
+    " ORDER BY serial FOR UPDATE"
+)
+_TASK_INSERT = (
+    f"INSERT INTO tasks ({', '.join(TASK_COLUMNS)}) SELECT * FROM {_unnest(TASK_COLUMNS)}"
+)
+_WRITTEN = tuple(c for c in CHANGED_COLUMNS if c != "serial")
+_TASK_UPDATE = (
+    f"UPDATE tasks t SET {', '.join(f'{c} = x.{c}' for c in _WRITTEN[1:])}"
+    f" FROM {_unnest(_WRITTEN)} WHERE t.id = x.id"
+)
+_DEVICE_UPDATE = (
+    f"UPDATE devices d SET {', '.join(f'{c} = x.{c}' for c in DEVICE_COLUMNS[1:])}"
+    f" FROM {_unnest(DEVICE_COLUMNS)} WHERE d.serial = x.serial"
+)
+
+
+def _arrays(rows: list[Any], columns: tuple[str, ...]) -> list[list[Any]]:
+    return [[getattr(r, c) for r in rows] for c in columns]
+
+
+async def _project_rows(
     conn: asyncpg.Connection,
-    rec: RecordedEvent,
-    task_id: int,
-    dispatch_id: str,
-    ended_by: str,
-    reason: str | None,
+    run: list[tuple[RecordedEvent, RowEvent]],
+    ready_at: dict[int, datetime | None] | None,
 ) -> None:
-    """A run ended. It ends the task when the task was on that run, or had been given up
-    on as lost (or, for a completion, stopped): what the phone did wins (`late`)."""
-    state = "completed" if ended_by == "completed" else "failed"
-    status = int(TaskStatus.COMPLETED if state == "completed" else TaskStatus.FAILED)
-    old = await conn.fetchrow(
-        "SELECT status, deleted, state, dispatch_id, ended_by FROM tasks WHERE id = $1 FOR UPDATE",
-        task_id,
-    )
-    reopenable = ("lost", "stopped") if state == "completed" else ("lost",)
-    takes = (
-        old is not None
-        and old["dispatch_id"] == dispatch_id
-        and (
-            old["state"] in ("dispatched", "running")
-            or (old["state"] == "failed" and old["ended_by"] in reopenable and not old["deleted"])
-        )
-    )
-    if old is not None and takes:
-        await conn.execute(
-            "UPDATE tasks SET state = $2, status = $3, reason = $4, finished_at = $5,"
-            " progress = CASE WHEN $2 = 'completed' THEN 100 ELSE progress END,"
-            " version = $6, ended_by = $7 WHERE id = $1",
-            task_id,
-            state,
-            status,
-            reason,
-            rec.recorded_at,
-            rec.version,
-            ended_by,
-        )
-    else:
-        await conn.execute("UPDATE tasks SET version = $2 WHERE id = $1", task_id, rec.version)
-    if ended_by != "lost":
-        # A run given up on keeps its phone until the agent says the phone is free.
-        await _release(conn, task_id, rec)
+    """Apply a run of task events: one read of the task rows and one of the device rows
+    they touch (locked), the events played on them in order, one write of each kind.
+
+    `ready_at` collects, for each task first seen here, when it became ready to start if
+    it is dispatched: the rows as loaded are the state before this append."""
+    created: set[int] = set()
+    loaded: set[int] = set()
+    serials: set[str] = set()
+    for _, event in run:
+        task_id = event.task_id
+        if isinstance(event, TaskCreated) and task_id not in loaded:
+            created.add(task_id)
+            serials.add(event.serial)
+        elif task_id not in created:
+            loaded.add(task_id)
+        if isinstance(event, TaskDispatched):
+            serials.add(event.serial)
+    batch = RowBatch()
+    if loaded:
+        batch.tasks = {r["id"]: TaskRow(*r) for r in await conn.fetch(_TASK_SELECT, list(loaded))}
+        serials.update(row.serial for row in batch.tasks.values())
+    if serials or loaded:
+        rows = await conn.fetch(_DEVICE_SELECT, list(serials), list(loaded | created))
+        batch.add_devices([DeviceRow(*r) for r in rows])
+    if ready_at is not None:
+        for row in batch.tasks.values():
+            if row.id in ready_at:
+                continue
+            ready: datetime | None = None
+            if row.state == "dispatched":
+                device = batch.devices.get(row.serial)
+                free = device.last_finished_at if device is not None else None
+                ready = max(row.due_at, free) if free is not None else row.due_at
+            ready_at[row.id] = ready
+    for rec, event in run:
+        batch.apply(rec, event)
+    if batch.created:
+        await conn.execute(_TASK_INSERT, *_arrays(list(batch.created.values()), TASK_COLUMNS))
+    if batch.changed:
+        changed = [batch.tasks[i] for i in sorted(batch.changed)]
+        await conn.execute(_TASK_UPDATE, *_arrays(changed, _WRITTEN))
+    if batch.changed_devices:
+        devices = [batch.devices[s] for s in sorted(batch.changed_devices)]
+        await conn.execute(_DEVICE_UPDATE, *_arrays(devices, DEVICE_COLUMNS))
 
 
-async def _late_report(conn: asyncpg.Connection, rec: RecordedEvent, event: TaskReportLate) -> None:
-    """A run's report after its task moved on: the phone's state follows what the agent
-    says (held again for a reopened run, free after an end); the task's own state is
-    changed by the events that follow, if the rule says so."""
-    if event.verdict == Verdict.REOPEN:
-        await conn.execute(
-            "UPDATE tasks SET ended_by = NULL, finished_at = NULL, reason = NULL,"
-            " unheld_since = NULL, version = $2 WHERE id = $1",
-            event.task_id,
-            rec.version,
-        )
-        await conn.execute(
-            "UPDATE devices d SET busy = true, current_task_id = t.id FROM tasks t"
-            " WHERE t.id = $1 AND d.serial = t.serial",
-            event.task_id,
-        )
-        return
-    await conn.execute("UPDATE tasks SET version = $2 WHERE id = $1", event.task_id, rec.version)
-    if event.report in (late.COMPLETED, late.FAILED, late.HEARTBEAT):
-        # Not when the task is out on a newer run: that run holds the phone now.
-        await conn.execute(
-            "UPDATE devices SET busy = false, current_task_id = NULL,"
-            " last_task_id = $1, last_finished_at = $2 WHERE current_task_id = $1"
-            " AND NOT EXISTS (SELECT 1 FROM tasks WHERE id = $1"
-            " AND state IN ('dispatched', 'running'))",
-            event.task_id,
-            rec.recorded_at,
-        )
+async def project_all(
+    conn: asyncpg.Connection, recs: list[RecordedEvent], latencies: list[float] | None = None
+) -> None:
+    """Project events in log order. Each run of task events is applied set-wise
+    (`_project_rows`); any other event by its own statements, between the runs.
 
-
-async def _set_status(conn: asyncpg.Connection, task_id: int, sql: str, *args: object) -> None:
-    """Run an UPDATE of one task (params from $2); triggers keep the counters in step."""
-    await conn.execute(f"UPDATE tasks SET {sql} WHERE id = $1", task_id, *args)
-
-
-async def _insert_created(conn: asyncpg.Connection, recs: list[RecordedEvent]) -> None:
-    """Insert the rows of many TaskCreated events in one statement."""
-    events = [rec.event() for rec in recs]
-    created = [e for e in events if isinstance(e, TaskCreated)]
-    await conn.execute(
-        "INSERT INTO tasks (id, serial, username, script_name, script_config, source,"
-        " state, status, wait_reason, min_interval, max_interval, start_time,"
-        " created_at, due_at, version, correlation_id, created_by,"
-        " group_name, retry_policy, schedule_id, batch_id)"
-        " SELECT id, serial, username, script_name, script_config, source, 'pending', 0,"
-        " wait_reason, min_interval, max_interval, start_time, created_at, due_at, version,"
-        " correlation_id, created_by, group_name, retry_policy, schedule_id, NULLIF(batch_id, '')"
-        " FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::jsonb[],"
-        " $6::text[], $7::text[], $8::int[], $9::int[], $10::text[], $11::timestamptz[],"
-        " $12::timestamptz[], $13::int[], $14::text[], $15::text[], $16::text[], $17::jsonb[],"
-        " $18::bigint[], $19::text[]) AS x(id, serial, username, script_name,"
-        " script_config, source, wait_reason, min_interval, max_interval, start_time,"
-        " created_at, due_at, version, correlation_id, created_by, group_name, retry_policy,"
-        " schedule_id, batch_id)",
-        [e.task_id for e in created],
-        [e.serial for e in created],
-        [e.username for e in created],
-        [e.script_name for e in created],
-        [e.script_config for e in created],
-        [str(e.source) for e in created],
-        [e.wait_reason for e in created],
-        [e.min_interval for e in created],
-        [e.max_interval for e in created],
-        [e.start_time for e in created],
-        [rec.recorded_at for rec in recs],
-        [e.due_at for e in created],
-        [rec.version for rec in recs],
-        [rec.metadata.get("correlation_id") for rec in recs],
-        [e.created_by for e in created],
-        [e.group for e in created],
-        [e.retry_policy for e in created],
-        [e.schedule_id for e in created],
-        [e.batch_id for e in created],
-    )
-
-
-async def _update_retried(conn: asyncpg.Connection, recs: list[RecordedEvent]) -> None:
-    """Move many retried tasks back to pending in one statement (retry-all)."""
-    # The recorded data, not parsed events: parsing is most of the time at retry-all scale.
-    await conn.execute(
-        "UPDATE tasks t SET state = 'pending', status = 0, reason = NULL, wait_reason = '',"
-        " retry_count = r.retry_count, due_at = r.due_at::timestamptz, started_at = NULL,"
-        " finished_at = NULL, progress = NULL, version = r.version, ended_by = NULL"
-        " FROM unnest($1::bigint[], $2::int[], $3::text[], $4::int[])"
-        " AS r(id, retry_count, due_at, version) WHERE t.id = r.id",
-        [rec.data["task_id"] for rec in recs],
-        [rec.data["retry_count"] for rec in recs],
-        [rec.data["due_at"] for rec in recs],
-        [rec.version for rec in recs],
-    )
-
-
-BATCHED = {"task.created": _insert_created, "task.retried": _update_retried}
-"""Event types whose runs are projected with one statement each."""
-
-
-async def project_all(conn: asyncpg.Connection, recs: list[RecordedEvent]) -> None:
-    """Project events in order; runs of TaskCreated (or TaskRetried) go in as one statement.
-
-    A run never holds two events of one task, so one statement per run is the same as
-    projecting them one by one."""
-    run: list[RecordedEvent] = []
-    streams: set[str] = set()
+    With `latencies`, the dispatch latency of each task started here is added to it."""
+    run: list[tuple[RecordedEvent, RowEvent]] = []
+    ready_at: dict[int, datetime | None] | None = {} if latencies is not None else None
+    started: dict[int, datetime] = {}
     for rec in recs:
-        if run and (rec.type != run[0].type or rec.stream_id in streams):
-            await BATCHED[run[0].type](conn, run)
-            await scheduling_read_models.project_many(conn, run)
-            run, streams = [], set()
-        if rec.type in BATCHED:
-            run.append(rec)
-            streams.add(rec.stream_id)
+        if rec.type in ROW_EVENT_TYPES:
+            run.append((rec, cast(RowEvent, rec.event())))
+            if rec.type == "task.started":
+                started[rec.data["task_id"]] = rec.recorded_at
             continue
+        if run:
+            await _project_rows(conn, run, ready_at)
+            run = []
         await project(conn, rec)
         await scheduling_read_models.project_many(conn, [rec])
     if run:
-        await BATCHED[run[0].type](conn, run)
-        await scheduling_read_models.project_many(conn, run)
+        await _project_rows(conn, run, ready_at)
+    if latencies is not None and ready_at is not None:
+        for task_id, at in started.items():
+            ready = ready_at.get(task_id)
+            if ready is not None:
+                latencies.append(metrics.dispatch_latency(ready, at))
 
 
 async def project(conn: asyncpg.Connection, rec: RecordedEvent) -> None:
+    """Project one event that is not a task row's (`ROW_EVENT_TYPES`)."""
     event = rec.event()
     match event:
-        case TaskCreated():
-            await _insert_created(conn, [rec])
-        case TaskScheduled():
-            await conn.execute(
-                "UPDATE tasks SET due_at = $2, wait_reason = $3, interval_anchor = $4,"
-                " version = $5 WHERE id = $1",
-                event.task_id,
-                event.due_at,
-                event.reason,
-                event.after_task_id,
-                rec.version,
-            )
-        case TaskDispatched():
-            await conn.execute(
-                "UPDATE tasks SET state = 'dispatched', agent_id = $2, dispatch_id = $3,"
-                " dispatched_at = $4, lease_until = $5, version = $6, incarnation = $7,"
-                " ended_by = NULL, unheld_since = NULL WHERE id = $1",
-                event.task_id,
-                event.agent_id,
-                event.dispatch_id,
-                rec.recorded_at,
-                event.lease_until,
-                rec.version,
-                event.incarnation,
-            )
-            await conn.execute(
-                "UPDATE devices SET busy = true, current_task_id = $2 WHERE serial = $1",
-                event.serial,
-                event.task_id,
-            )
-        case TaskStarted():
-            await _set_status(
-                conn,
-                event.task_id,
-                "state = 'running', status = 1, started_at = $2, progress = 0, version = $3,"
-                " ended_by = NULL, unheld_since = NULL",
-                rec.recorded_at,
-                rec.version,
-            )
-        case TaskProgressed():
-            await conn.execute(
-                "UPDATE tasks SET progress = COALESCE($2, progress), version = $3 WHERE id = $1",
-                event.task_id,
-                event.percent,
-                rec.version,
-            )
-        case TaskCompleted():
-            await _end(conn, rec, event.task_id, event.dispatch_id, "completed", None)
-        case TaskFailed():
-            ended_by = "lost" if event.lost else "failed"
-            await _end(conn, rec, event.task_id, event.dispatch_id, ended_by, event.reason)
-        case TaskReportLate():
-            await _late_report(conn, rec, event)
-        case TaskStopped():
-            # The device stays busy until the agent says the script has ended.
-            await _set_status(
-                conn,
-                event.task_id,
-                "state = 'failed', status = 3, reason = $2, finished_at = $3, version = $4,"
-                " ended_by = 'stopped'",
-                event.reason,
-                rec.recorded_at,
-                rec.version,
-            )
-        case TaskRequeued():
-            await conn.execute(
-                "UPDATE tasks SET state = 'pending', due_at = $2, wait_reason = $3,"
-                " version = $4, ended_by = NULL WHERE id = $1",
-                event.task_id,
-                event.due_at,
-                event.reason,
-                rec.version,
-            )
-            await conn.execute(
-                "UPDATE devices SET busy = false, current_task_id = NULL"
-                " WHERE current_task_id = $1",
-                event.task_id,
-            )
-        case TaskRetried():
-            await _set_status(
-                conn,
-                event.task_id,
-                "state = 'pending', status = 0, reason = NULL, wait_reason = '',"
-                " retry_count = $2, due_at = $3, started_at = NULL, finished_at = NULL,"
-                " progress = NULL, version = $4, ended_by = NULL",
-                event.retry_count,
-                event.due_at,
-                rec.version,
-            )
-        case TaskDeleted():
-            await conn.execute(
-                "UPDATE tasks SET deleted = true, version = $2 WHERE id = $1 AND NOT deleted",
-                event.task_id,
-                rec.version,
-            )
         case DeviceConnected():
             await conn.execute(
                 "INSERT INTO devices (serial, agent_id, host, model, android_version, battery,"
@@ -374,11 +258,6 @@ async def project(conn: asyncpg.Connection, rec: RecordedEvent) -> None:
             await conn.execute("DELETE FROM accounts WHERE username = $1", event.username)
         case _ if isinstance(event, SESSION_EVENTS):
             await project_session(conn, event, rec)
-        case TaskMaterialsPicked():
-            # The pick lives in the task's config already; only its version moves.
-            await conn.execute(
-                "UPDATE tasks SET version = $2 WHERE id = $1", event.task_id, rec.version
-            )
         case MaterialAdded():
             await conn.execute(
                 "INSERT INTO materials (id, sha256, name, size, kind, content_type, tags,"
@@ -439,7 +318,7 @@ async def load_tasks(
     return {r["id"]: task_state(r) for r in rows}
 
 
-async def rebuild(conn: asyncpg.Connection, batch: int = 2000) -> int:
+async def rebuild(conn: asyncpg.Connection, batch: int = 5000) -> int:
     """Empty the read models and replay the log into them; returns events replayed."""
     replayed = 0
     async with conn.transaction():

@@ -1,8 +1,8 @@
-"""Read models of groups, schedules and webhooks, and the tasks' retry columns.
+"""Read models of groups, schedules and webhooks.
 
-Called by `projections.project_all` for every appended event but task.created (whose
-group, retry policy, schedule and batch go into the task row's insert there), in the
-transaction that appended it, after the task read model has taken the event; `rebuild`
+Called by `projections.project_all` for every appended event that is not a task row's
+(the tasks' group, retry policy, schedule, batch and retry columns are kept with the
+rest of the row, in `task_rows`), in the transaction that appended it; `rebuild`
 empties these tables with the others. Events this module does not know pass untouched.
 """
 
@@ -19,15 +19,13 @@ from fleet_contracts.events import (
     ScheduleDefined,
     ScheduleDeleted,
     ScheduleFired,
-    TaskFailed,
-    TaskRetried,
     WebhookDeleted,
     WebhookRegistered,
 )
 from fleet_scheduler.store import RecordedEvent
 
 READ_MODEL_TABLES = ("groups", "group_devices", "schedules", "schedule_fires", "webhooks")
-_OURS = ("task.failed", "task.retried", "group.", "schedule.", "webhook.")
+_OURS = ("group.", "schedule.", "webhook.")
 
 
 async def project_many(conn: asyncpg.Connection, recs: list[RecordedEvent]) -> None:
@@ -39,26 +37,6 @@ async def project_many(conn: asyncpg.Connection, recs: list[RecordedEvent]) -> N
 async def project(conn: asyncpg.Connection, rec: RecordedEvent) -> None:
     event = rec.event()
     match event:
-        case TaskFailed():
-            # Only a failure that ended the task (the same row the task model just wrote).
-            await conn.execute(
-                "UPDATE tasks SET reason_class = $2, retry_checked = false"
-                " WHERE id = $1 AND state = 'failed' AND finished_at = $3 AND version = $4",
-                event.task_id,
-                str(event.reason_class) if event.reason_class else None,
-                rec.recorded_at,
-                rec.version,
-            )
-        case TaskRetried():
-            await conn.execute(
-                "UPDATE tasks SET retry_checked = true, reason_class = NULL,"
-                " wait_reason = $2,"
-                " auto_retries = CASE WHEN $3 THEN auto_retries + 1 ELSE 0 END"
-                " WHERE id = $1",
-                event.task_id,
-                event.reason,
-                event.automatic,
-            )
         case GroupCreated():
             await conn.execute(
                 "INSERT INTO groups (id, name, created_at) VALUES ($1, $2, $3)",

@@ -36,8 +36,7 @@ class UnitOfWork:
             return []
         recorder = PostgresRecorder(self.conn, locked=True)
         recorded = await recorder.append(events, metadata or self.metadata)
-        await metrics.read_dispatch_latency(self.conn, recorded, self.latencies)
-        await project_all(self.conn, recorded)
+        await project_all(self.conn, recorded, self.latencies if metrics.SWITCH.on else None)
         self.appended.extend(recorded)
         return recorded
 
