@@ -28,6 +28,7 @@ from fleet_contracts.events import (
     MaterialTagged,
     TaskCreated,
     TaskDispatched,
+    TaskStarted,
 )
 from fleet_scheduler import metrics, scheduling_read_models
 from fleet_scheduler.session_projections import SESSION_EVENTS, SESSION_TABLES
@@ -37,6 +38,7 @@ from fleet_scheduler.task import TaskState
 from fleet_scheduler.task_rows import (
     CHANGED_COLUMNS,
     DEVICE_COLUMNS,
+    DEVICE_EVENTS,
     ROW_EVENT_TYPES,
     TASK_COLUMNS,
     DeviceRow,
@@ -130,6 +132,9 @@ async def _project_rows(
     created: set[int] = set()
     loaded: set[int] = set()
     serials: set[str] = set()
+    # Creations alone (the command path) touch no phone: their devices are not read.
+    wants_devices = ready_at is not None and any(isinstance(e, TaskStarted) for _, e in run)
+    wants_devices = wants_devices or any(isinstance(e, DEVICE_EVENTS) for _, e in run)
     for _, event in run:
         task_id = event.task_id
         if isinstance(event, TaskCreated) and task_id not in loaded:
@@ -143,7 +148,7 @@ async def _project_rows(
     if loaded:
         batch.tasks = {r["id"]: TaskRow(*r) for r in await conn.fetch(_TASK_SELECT, list(loaded))}
         serials.update(row.serial for row in batch.tasks.values())
-    if serials or loaded:
+    if wants_devices:
         rows = await conn.fetch(_DEVICE_SELECT, list(serials), list(loaded | created))
         batch.add_devices([DeviceRow(*r) for r in rows])
     if ready_at is not None:
@@ -330,9 +335,12 @@ async def rebuild(conn: asyncpg.Connection, batch: int = 5000) -> int:
         await conn.execute("TRUNCATE task_script_stats")
         position = 0
         while True:
+            # Of the metadata, the read models keep only the correlation id: decoding
+            # the rest was a good part of a replay's time.
             rows = await conn.fetch(
-                "SELECT position, stream_id, version, type, data, metadata, recorded_at"
-                " FROM events WHERE position > $1 ORDER BY position LIMIT $2",
+                "SELECT position, stream_id, version, type, data,"
+                " jsonb_build_object('correlation_id', metadata->'correlation_id') AS metadata,"
+                " recorded_at FROM events WHERE position > $1 ORDER BY position LIMIT $2",
                 position,
                 batch,
             )

@@ -66,6 +66,9 @@ RowEvent = (
 ROW_EVENT_TYPES = frozenset(str(cls.model_fields["type"].default) for cls in ROW_EVENTS)
 """The event types applied here; every other type is projected by its own statement."""
 
+DEVICE_EVENTS = (TaskDispatched, TaskCompleted, TaskFailed, TaskReportLate, TaskRequeued)
+"""The task events that may hold or free a phone."""
+
 ACTIVE = ("dispatched", "running")
 
 
