@@ -30,8 +30,9 @@ from fleet_contracts.subjects import device_stream_id, task_stream_id
 from fleet_scheduler import late
 from fleet_scheduler.late import Verdict
 from fleet_scheduler.migrate import migrate
-from fleet_scheduler.projections import project_all, rebuild
+from fleet_scheduler.projections import load_tasks, project_all, rebuild
 from fleet_scheduler.store import Metadata, NewEvent, PostgresRecorder, init_connection
+from fleet_scheduler.task import Task
 
 DUE = datetime(2026, 1, 5, 8, 0, tzinfo=UTC)
 LEASE = DUE + timedelta(days=3650)
@@ -110,6 +111,15 @@ async def device(pool: asyncpg.Pool, serial: str) -> dict[str, Any]:
     )
 
 
+async def assert_rebuilt_from_its_events(pool: asyncpg.Pool, task_id: int) -> None:
+    """The aggregate replayed from its stream is the state loaded from the read model."""
+    async with pool.acquire() as conn:
+        stream = await PostgresRecorder(conn).read_stream(task_stream_id(task_id))
+        loaded = (await load_tasks(conn, [task_id], lock=False))[task_id]
+    replayed = Task.from_events([rec.event() for rec in stream], correlation_id="c-1")
+    assert replayed.state == loaded
+
+
 async def test_a_lifecycle_in_one_batch_ends_as_one_event_per_transaction(
     pool: asyncpg.Pool,
 ) -> None:
@@ -141,6 +151,8 @@ async def test_a_lifecycle_in_one_batch_ends_as_one_event_per_transaction(
         }
     counts = await pool.fetch("SELECT status, count FROM task_script_stats WHERE count <> 0")
     assert [tuple(r) for r in counts] == [(2, 2)]
+    for task_id in (1, 2):
+        await assert_rebuilt_from_its_events(pool, task_id)
 
 
 async def test_unconverted_events_between_task_events_keep_their_place(
@@ -258,6 +270,8 @@ async def test_late_reports_failures_and_retries_in_one_batch(pool: asyncpg.Pool
     two = await pool.fetchrow("SELECT deleted, version, state FROM tasks WHERE id = 2")
     assert tuple(two) == (True, 6, "failed")
     assert not (await device(pool, "s2"))["busy"]
+    for task_id in (1, 2):
+        await assert_rebuilt_from_its_events(pool, task_id)
     counts = await pool.fetch("SELECT status, count FROM task_script_stats WHERE count <> 0")
     assert [tuple(r) for r in counts] == [(0, 1)]
 

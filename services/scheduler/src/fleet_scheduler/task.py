@@ -2,11 +2,14 @@
 
 State is loaded from the task read model (a snapshot kept in the same transaction as
 the log), and new events are appended with the loaded version as the expected one, so
-two schedulers deciding on one task at once cannot both succeed.
+two schedulers deciding on one task at once cannot both succeed. The same state can be
+rebuilt from the task's own events (`Task.from_events`): the read model is a snapshot
+of it, not a second source of truth.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
@@ -15,6 +18,7 @@ from fleet_contracts.codes import ErrorCode, TaskStatus
 from fleet_contracts.events import (
     DomainEvent,
     TaskCompleted,
+    TaskCreated,
     TaskDeleted,
     TaskDispatched,
     TaskFailed,
@@ -78,6 +82,17 @@ class Task:
         self.pending: list[DomainEvent] = []
         self.effects: list[StopOnAgent] = []
 
+    @classmethod
+    def from_events(cls, events: Iterable[DomainEvent], correlation_id: str | None = None) -> Task:
+        """The task as its stream leaves it (the first event is its creation); the
+        correlation id is the creating request's, kept in the log's metadata."""
+        task = cls(TaskState(id=0, serial="", state="pending", version=0))
+        for event in events:
+            task.apply(event)
+        task.state = replace(task.state, correlation_id=correlation_id)
+        task.loaded_version = task.state.version
+        return task
+
     @property
     def id(self) -> int:
         return self.state.id
@@ -89,6 +104,16 @@ class Task:
     def apply(self, event: DomainEvent) -> None:
         s = self.state
         match event:
+            case TaskCreated():
+                s = TaskState(
+                    id=event.task_id,
+                    serial=event.serial,
+                    state="pending",
+                    version=s.version,
+                    script_name=event.script_name,
+                    script_config=event.script_config,
+                    username=event.username,
+                )
             case TaskDispatched():
                 s = replace(
                     s, state="dispatched", agent_id=event.agent_id, dispatch_id=event.dispatch_id
