@@ -192,7 +192,7 @@ async def project_all(
         if run:
             await _project_rows(conn, run, ready_at)
             run = []
-        await project(conn, rec)
+        await _project_other(conn, rec)
         await scheduling_read_models.project_many(conn, [rec])
     if run:
         await _project_rows(conn, run, ready_at)
@@ -204,6 +204,11 @@ async def project_all(
 
 
 async def project(conn: asyncpg.Connection, rec: RecordedEvent) -> None:
+    """Project one event, of any type."""
+    await project_all(conn, [rec])
+
+
+async def _project_other(conn: asyncpg.Connection, rec: RecordedEvent) -> None:
     """Project one event that is not a task row's (`ROW_EVENT_TYPES`)."""
     event = rec.event()
     match event:
