@@ -217,6 +217,26 @@ async def test_a_batch_of_runs_is_answered_run_by_run(agent: Agent, bus: Bus, vi
     assert not bus.for_task(14)
 
 
+async def test_reports_of_a_batch_of_runs_travel_together(
+    agent: Agent, bus: Bus, video: Path
+) -> None:
+    from fleet_contracts.agent import RunBatch
+    from fleet_contracts.subjects import agent_runs_subject
+
+    serials = ["device_serial_1", "device_serial_2", "device_serial_3"]
+    batch = RunBatch(runs=[post(20 + n, s, video) for n, s in enumerate(serials)])
+    await bus.nc.request(agent_runs_subject(AGENT), batch.to_bytes(), timeout=5)
+    for n in range(3):
+        assert (await bus.outcome(20 + n)).type == "task.completed"
+    ours = [m for m in bus.messages if any(getattr(r, "task_id", 0) >= 20 for r in m)]
+    assert len(ours) < len([r for m in ours for r in m]), "every report went alone"
+    starts = [sorted(r.task_id for r in m if r.type == "task.started") for m in ours]
+    assert [20, 21, 22] in starts, "the three starts were made together but sent apart"
+    for n in range(3):  # each task's own reports in the order they happened
+        kinds = [r.type for r in bus.for_task(20 + n)]
+        assert kinds[0] == "task.started" and kinds[-1] == "task.completed"
+
+
 async def test_heartbeats_carry_busy_state(agent: Agent, bus: Bus, video: Path) -> None:
     beats: list[Heartbeat] = []
 

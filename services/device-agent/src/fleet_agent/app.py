@@ -28,9 +28,9 @@ from fleet_agent.cache import MaterialCache, store_download
 from fleet_agent.device_calls import answer as answer_device_call
 from fleet_agent.driver import Driver
 from fleet_agent.evidence import Evidence
+from fleet_agent.outbox import ReportOutbox
 from fleet_agent.phone import Phone
 from fleet_agent.program import ProgramScript
-from fleet_agent.reports import publish_many, publish_report
 from fleet_agent.runs import DEVICE_DISCONNECTED, Runner
 from fleet_agent.scripts import Script, ScriptHost, discover, spec_of
 from fleet_agent.settings import AgentSettings
@@ -107,6 +107,7 @@ class Agent:
         self._nc: Client | None = None
         self._js: JetStreamContext | None = None
         self._runner: Runner | None = None
+        self._outbox: ReportOutbox | None = None
         self._devices: dict[str, DeviceInfo] = {}
         self._accounts: dict[str, list[dict[str, str]]] = {}
         self._scripts: dict[str, Script] = {}
@@ -146,6 +147,11 @@ class Agent:
         return self._cache
 
     @property
+    def outbox(self) -> ReportOutbox:
+        assert self._outbox is not None, "agent not started"
+        return self._outbox
+
+    @property
     def js(self) -> JetStreamContext:
         assert self._js is not None, "agent not started"
         return self._js
@@ -166,6 +172,9 @@ class Agent:
                 link=s.nats_link(inbox_prefix("agent", self.agent_id)),
             )
             self._js = self._nc.jetstream()
+            self._outbox = ReportOutbox(
+                self._js, self.agent_id, window=s.agent_report_window_seconds
+            )
             await self._ensure_streams()
             self._cache = MaterialCache(
                 s.agent_material_cache_dir,
@@ -188,7 +197,7 @@ class Agent:
             self._driver = self._driver_override or choose_driver(s)
             self._runner = Runner(
                 agent_id=self.agent_id,
-                js=self._js,
+                outbox=self._outbox,
                 scripts=self._scripts,
                 phone_of=self._phone_of,
                 platform_of=self._platform_of,
@@ -218,8 +227,7 @@ class Agent:
                         )
                     )
             await nc.flush()
-            await publish_report(
-                self._js,
+            await self._outbox.send(
                 AgentStartedReport(
                     agent_id=self.agent_id,
                     host=s.agent_host,
@@ -232,7 +240,7 @@ class Agent:
                 ),
             )
             self._announced.set()
-            await publish_many(self._js, list(accounts))
+            await self._outbox.send_all(list(accounts))
             self._heartbeat = asyncio.create_task(self._heartbeats(), name="heartbeats")
             self.metrics = metrics.start(
                 s.metrics_enabled,
@@ -271,6 +279,9 @@ class Agent:
                     await self._heartbeat
             if self._driver is not None:
                 await self._driver.stop()
+            if self._outbox is not None:
+                await self._outbox.close()
+                self._outbox = None
             # Subscriptions are gone and runs have ended: what is left is to push out
             # pending publishes. A bounded flush, then close; nats-py's drain() waits out
             # its own 30 s timeout on a half-open link (a host cut off) and ignores
@@ -306,13 +317,12 @@ class Agent:
         with bind_correlation(None, agent_id=self.agent_id, serial=info.serial):
             self._devices[info.serial] = info
             log.info("device.connected", model=info.model, android=info.android_version)
-            await publish_report(
-                self.js,
+            await self.outbox.send(
                 DeviceConnectedReport(
                     agent_id=self.agent_id, host=self.settings.agent_host, device=info
-                ),
+                )
             )
-            await publish_report(self.js, await self._accounts_report(info.serial))
+            await self.outbox.send(await self._accounts_report(info.serial))
 
     async def device_disconnected(self, serial: str, reason: str) -> None:
         await self._announced.wait()
@@ -321,9 +331,8 @@ class Agent:
             await self.runner.end_on(serial, DEVICE_DISCONNECTED)
             self._devices.pop(serial, None)
             self._accounts.pop(serial, None)
-            await publish_report(
-                self.js,
-                DeviceDisconnectedReport(agent_id=self.agent_id, serial=serial, reason=reason),
+            await self.outbox.send(
+                DeviceDisconnectedReport(agent_id=self.agent_id, serial=serial, reason=reason)
             )
 
     # Bus -----------------------------------------------------------------------------

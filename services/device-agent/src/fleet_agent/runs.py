@@ -16,14 +16,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import structlog
-from nats.js import JetStreamContext
 from pydantic import ValidationError
 
 from fleet_agent import metrics
 from fleet_agent.evidence import Evidence
+from fleet_agent.outbox import ReportOutbox
 from fleet_agent.phone import DeviceGoneError, Phone, PhoneError
 from fleet_agent.progress import ProgressThrottle
-from fleet_agent.reports import publish_progress, publish_report
 from fleet_agent.scripts import Cancelled, CancelToken, Script, ScriptFailure, Target
 from fleet_contracts.agent import (
     AgentReply,
@@ -64,7 +63,7 @@ class Runner:
         self,
         *,
         agent_id: str,
-        js: JetStreamContext,
+        outbox: ReportOutbox,
         scripts: dict[str, Script],
         phone_of: Callable[[str], Phone | None],
         platform_of: Callable[[str, str | None], str | None],
@@ -79,7 +78,7 @@ class Runner:
         self._agent_id = agent_id
         self._incarnation = incarnation
         self._run_log = run_log
-        self._js = js
+        self._outbox = outbox
         self._scripts = scripts
         self._phone_of = phone_of
         self._platform_of = platform_of
@@ -209,7 +208,7 @@ class Runner:
             # While running: until it lands. Once stopping: a few tries, then go; the
             # scheduler fails these runs itself when this agent restarts or goes silent.
             self._record(request, outcome.type)  # type: ignore[attr-defined]
-            if await publish_report(self._js, outcome, until=self._stopping, attempts=3):
+            if await self._outbox.send(outcome, until=self._stopping, attempts=3):
                 self._record(request, "reported")
 
     def _record(self, request: RunTask, what: str) -> None:
@@ -253,8 +252,7 @@ class Runner:
         script = run.script or self._scripts[request.script_name]
         log.info("run.accepted", script=request.script_name, dispatch_id=request.dispatch_id)
         self._record(request, "run.begun")
-        await publish_report(
-            self._js,
+        await self._outbox.send(
             TaskStartedReport(
                 agent_id=self._agent_id,
                 task_id=request.task_id,
@@ -268,7 +266,11 @@ class Runner:
         except ValidationError as exc:
             return self._failed(run, describe(exc, "script_config"))
 
-        throttle = ProgressThrottle(lambda report: publish_progress(self._js, report))
+        async def post(report: TaskProgressReport) -> None:
+            # Advisory, and a run should not wait for it: it leaves with the next batch.
+            self._outbox.post(report)
+
+        throttle = ProgressThrottle(post)
 
         async def progress(step: str, percent: int | None, message: str) -> None:
             log.info("run.step", step=step, percent=percent, detail=message or None)
