@@ -8,6 +8,7 @@ from datetime import timedelta
 from typing import Any
 
 import asyncpg
+import pytest
 
 from fleet_contracts.agent import (
     AgentReply,
@@ -93,6 +94,29 @@ async def test_a_batch_of_reports_is_applied_in_order(bus: Bus, agent: FakeAgent
     await bus.report(ReportBatch(agent_id="a1", reports=reports))
     view = await until_status(bus, task_id, 2)
     assert view["started_at"] and view["finished_at"]
+
+
+async def test_a_batch_of_reports_split_over_transactions_keeps_its_order(
+    bus: Bus, agent: FakeAgent, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from fleet_scheduler import reports
+
+    monkeypatch.setattr(reports, "REPORTS_PER_TRANSACTION", 1)
+    ids = await ids_of(bus, serials=["device_serial_1", "device_serial_2"])
+    await eventually(lambda: _async(len(agent.runs) == 2), what="runs sent")
+    batch = []
+    for tid in ids:
+        run = agent.run_for(tid)
+        batch += [
+            TaskStartedReport(
+                agent_id="a1", task_id=tid, dispatch_id=run.dispatch_id, serial=run.serial
+            ),
+            TaskCompletedReport(agent_id="a1", task_id=tid, dispatch_id=run.dispatch_id),
+        ]
+    await bus.report(ReportBatch(agent_id="a1", reports=batch))
+    for tid in ids:
+        view = await until_status(bus, tid, 2)
+        assert view["started_at"] and view["finished_at"]
 
 
 async def test_ready_devices_go_in_one_run_batch_per_agent(bus: Bus, agent: FakeAgent) -> None:

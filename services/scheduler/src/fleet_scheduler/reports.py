@@ -160,6 +160,10 @@ async def _agent_started(uow: UnitOfWork, ctx: Context, report: AgentStartedRepo
 TaskReport = TaskStartedReport | TaskProgressReport | TaskCompletedReport | TaskFailedReport
 R = TypeVar("R", bound=Report)
 TASK_REPORTS = (TaskStartedReport, TaskProgressReport, TaskCompletedReport, TaskFailedReport)
+REPORTS_PER_TRANSACTION = 256
+"""Agents batch their reports, so 64 fetched messages can hold thousands: applied in
+transactions of at most this many, so the events lock is never held long (dispatch and
+commands wait on it)."""
 
 
 def _apply_to(task: Task, report: TaskReport) -> None:
@@ -378,8 +382,8 @@ async def trusted(ctx: Context, msgs: list[Msg]) -> list[AnyReport]:
 async def run(ctx: Context, stopping: asyncio.Event) -> None:
     async def handle(msgs: list[Msg]) -> None:
         reports = await trusted(ctx, msgs)
-        if reports:
-            await handle_reports(ctx, reports)
+        for start in range(0, len(reports), REPORTS_PER_TRANSACTION):
+            await handle_reports(ctx, reports[start : start + REPORTS_PER_TRANSACTION])
 
     s = ctx.settings
     await pull_loop(
