@@ -123,8 +123,6 @@ class ReportOutbox:
         self._gave_up_stopping = False
         self._idle = asyncio.Event()
         self._idle.set()
-        self.sent_messages = 0
-        """REPORTS messages stored so far (a batch counts once)."""
 
     async def send(
         self, report: Report, *, attempts: int = 15, until: asyncio.Event | None = None
@@ -198,7 +196,6 @@ class ReportOutbox:
                     headers=message.headers,
                     timeout=self._ack_wait,
                 )
-                self.sent_messages += 1
                 self._gave_up_stopping = False
                 return True
             except (NatsError, TimeoutError) as exc:

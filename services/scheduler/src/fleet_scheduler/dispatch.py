@@ -44,7 +44,7 @@ REFUSAL_BACKOFF = timedelta(seconds=2)
 RUN_REQUEST_TIMEOUT = 5.0
 RUN_REQUEST_ATTEMPTS = 3
 RESEND_AFTER_SECONDS = 5.0
-BATCH_MAX_RUNS = 500
+BATCH_MAX_RUNS = 1000
 BATCH_MAX_BYTES = 512 * 1024
 """A RunBatch stays well under NATS's default 1 MiB payload: an agent's runs past either
 bound go in a second request (a task's config can hold a 4,000-character caption)."""
