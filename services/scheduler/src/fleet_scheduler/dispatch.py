@@ -239,16 +239,6 @@ async def send_batch(
         in_flight.difference_update(ids)
 
 
-async def send_run(
-    ctx: Context, item: Claim, cooling: dict[str, datetime], in_flight: set[str]
-) -> None:
-    in_flight.add(item.run.dispatch_id)
-    try:
-        await _send_run(ctx, item, cooling)
-    finally:
-        in_flight.discard(item.run.dispatch_id)
-
-
 async def still_current(ctx: Context, run: RunTask) -> bool:
     """Whether `run` is still the task's dispatch waiting for its start: a run the task
     has moved on from (failed as lost, stopped, started, requeued) is never sent again."""
