@@ -120,3 +120,33 @@ async def test_a_stopping_agent_gives_up_its_batches_in_bounded_time(
     await outbox.close(grace=0)
     with contextlib.suppress(OSError):
         await nc.close()
+
+
+async def test_progress_is_not_queued_without_bound_while_the_bus_is_away(
+    nats_server: EmbeddedNats, monkeypatch: Any
+) -> None:
+    from fleet_agent import outbox as outbox_module
+
+    monkeypatch.setattr(outbox_module, "MAX_QUEUED_PROGRESS", 5)
+    nc = await connect(nats_server.url, "agent-test")
+    js = nc.jetstream()
+    await ensure_streams(js)
+    outbox = ReportOutbox(js, "host-1", window=0.01, ack_wait=0.2)
+    nats_server.stop()
+    stopping = asyncio.Event()
+    outcome = TaskCompletedReport(agent_id="host-1", task_id=1, dispatch_id="d1")
+    sending = asyncio.create_task(outbox.send(outcome, attempts=1, until=stopping))
+    await asyncio.sleep(0.3)  # the outcome's batch is out, failing
+    for n in range(20):
+        outbox.post(
+            TaskProgressReport(agent_id="host-1", task_id=1, dispatch_id="d1", step=f"s{n}")
+        )
+    nats_server.start()
+    assert await asyncio.wait_for(sending, 30) is True
+    await outbox.close(grace=10)  # what was queued goes out first
+    _, reports = await _stored(js)
+    assert [getattr(r, "step", r.type) for r in reports] == [
+        "task.completed",
+        *(f"s{n}" for n in range(5)),
+    ]
+    await nc.close()

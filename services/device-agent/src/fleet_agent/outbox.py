@@ -41,6 +41,9 @@ MAX_REPORTS = 256
 MAX_BYTES = 256 * 1024
 """Well under NATS's default 1 MiB payload: a batch's envelope adds little to its reports."""
 BATCH_SUBJECT_KIND = "batch"
+MAX_QUEUED_PROGRESS = 10_000
+"""Past this many queued reports (a bus outage) progress is dropped, not queued: it is
+advisory, and a long outage must not fill the agent's memory with it."""
 
 
 @dataclass
@@ -139,7 +142,11 @@ class ReportOutbox:
 
     def post(self, report: Report) -> None:
         """Queue an advisory report (progress): sent once with the next batch, not
-        waited for; lost only with a batch that carries no report anybody waits for."""
+        waited for; lost only with a batch that carries no report anybody waits for, or
+        when `MAX_QUEUED_PROGRESS` reports already wait (a bus outage)."""
+        if len(self._queue) >= MAX_QUEUED_PROGRESS:
+            log.debug("report.progress_dropped", message_id=report.message_id, queued=True)
+            return
         self._put(_Entry(report, len(report.to_bytes()), 1, None, None))
 
     def _put(self, entry: _Entry) -> None:
