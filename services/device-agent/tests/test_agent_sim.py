@@ -3,6 +3,7 @@ requests answered, REPORTS read, heartbeats heard."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import AsyncIterator, Callable
@@ -180,6 +181,24 @@ async def test_duplicate_run_is_ignored(agent: Agent, bus: Bus, video: Path) -> 
     await bus.outcome(10)
     assert len(bus.of("task.started", 10)) == 1
     assert len(bus.of("task.completed", 10)) == 1
+
+
+async def test_a_run_sent_again_after_it_ended_is_not_run_twice(
+    agent: Agent, bus: Bus, video: Path
+) -> None:
+    request = post(16, "device_serial_3", video)
+    assert (await bus.run(AGENT, request)).accepted
+    await bus.outcome(16)
+    # The scheduler had not heard of the start yet and sent the same dispatch again.
+    again = await bus.run(AGENT, request.model_copy(update={"message_id": "resent"}))
+    assert again == AgentReply(accepted=True, reason="already ran")
+    await asyncio.sleep(0.5)
+    assert len(bus.of("task.started", 16)) == 1
+    assert len(bus.of("task.completed", 16)) == 1
+    # A new dispatch of the same task (a retry) runs.
+    retry = request.model_copy(update={"dispatch_id": "d16-retry", "message_id": "m2"})
+    assert (await bus.run(AGENT, retry)).accepted
+    await eventually(lambda: len(bus.of("task.completed", 16)) == 2, what="the retry ran")
 
 
 async def test_refusals_say_what_to_fix(agent: Agent, bus: Bus, video: Path) -> None:

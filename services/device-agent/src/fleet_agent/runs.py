@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,6 +42,9 @@ from fleet_runtime.logs import bind_correlation
 log = structlog.get_logger(__name__)
 
 SCREENSHOT_TIMEOUT = 10.0
+RAN_KEPT = 100_000
+"""Runs begun (task and dispatch ids), remembered (newest kept) to answer a repeat of a run
+that already ended."""
 STOPPED = "stopped"
 DEVICE_DISCONNECTED = "device disconnected"
 AGENT_STOPPING = "agent stopping"
@@ -86,6 +90,9 @@ class Runner:
         self._max_parallel = max_parallel
         self._programs = programs
         self._runs: dict[str, Run] = {}
+        self._ran: OrderedDict[tuple[int, str], None] = OrderedDict()
+        """(task, dispatch) of the runs this process has begun: a scheduler re-sends a
+        run it has not heard start, and one that already ended must not run again."""
         self._stopping = asyncio.Event()
 
     def status(self, serial: str, battery: int | None = None) -> DeviceStatus:
@@ -119,6 +126,11 @@ class Runner:
             return AgentReply(
                 accepted=False, reason=f"device busy with task {current.request.task_id}"
             )
+        if (request.task_id, request.dispatch_id) in self._ran:
+            # Ended already (its outcome is reported or on its way): the scheduler sent
+            # it again before hearing of its start.
+            log.info("run.duplicate_ignored", task_id=request.task_id, ended=True)
+            return AgentReply(accepted=True, reason="already ran")
         phone = self._phone_of(request.serial)
         if phone is None:
             return AgentReply(
@@ -147,6 +159,9 @@ class Runner:
             )
         run = Run(request, script=script)
         self._runs[request.serial] = run
+        self._ran[request.task_id, request.dispatch_id] = None
+        if len(self._ran) > RAN_KEPT:
+            self._ran.popitem(last=False)
         run.job = asyncio.create_task(self._execute(run, phone), name=f"task-{request.task_id}")
         return AgentReply(accepted=True)
 
