@@ -3,6 +3,7 @@ start_time and intervals under a fake clock, and two schedulers sharing the work
 
 from __future__ import annotations
 
+import asyncio
 from collections import Counter
 from datetime import timedelta
 from typing import Any
@@ -414,6 +415,19 @@ async def test_unanswered_run_is_sent_again_with_the_same_dispatch(
     agent.auto_start = True
     await until_status(bus, tid, 1)
     assert {r.dispatch_id for r in agent.runs} == {agent.runs[0].dispatch_id}
+
+
+async def test_a_run_its_agent_accepted_is_not_sent_again(
+    bus: Bus, agent: FakeAgent, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from fleet_scheduler import dispatch
+
+    monkeypatch.setattr(dispatch, "RESEND_AFTER_SECONDS", 0.2)
+    [tid] = await ids_of(bus, serials=["device_serial_2"])  # accepted, start not reported
+    await eventually(lambda: _async(agent.runs), what="run sent")
+    await asyncio.sleep(6)  # past the first resend pass (5 s after start), and more
+    assert [r.task_id for r in agent.runs] == [tid]
+    assert (await task(bus, tid))["status"] == 0
 
 
 async def test_phone_held_for_a_stop_nobody_reports_is_released(

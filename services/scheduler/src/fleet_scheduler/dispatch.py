@@ -6,9 +6,11 @@ TaskDispatched (the devices become busy in the same commit). Only then are the r
 sent, so a second scheduler never sees the same task or device free: one `RunBatch`
 request per agent (split only past a size bound), all agents at once, answered run by
 run. The task turns running when the agent's TaskStartedReport arrives; a refused run
-goes back to pending after a short back-off while the batch's other runs start; an
-unconfirmed run is sent again every few seconds (the agent ignores a repeat), and one
-never confirmed is failed by `liveness.expire_starts`. An agent that does not answer
+goes back to pending after a short back-off while the batch's other runs start; a run
+its agent has not answered (or that a scheduler sent before it died) is sent again every
+few seconds until it starts (the agent ignores a repeat, also of a run that ended), and
+one never confirmed is failed by `liveness.expire_starts`. A run the agent accepted is
+not sent again by this process: the agent reports its start itself. An agent that does not answer
 batches (one from before them: no responder on `agent.<id>.runs`) gets its runs one
 RunTask at a time, as before.
 """
@@ -158,7 +160,8 @@ async def claim(ctx: Context, cooling: dict[str, datetime]) -> list[Claim]:
 async def resend_unconfirmed(
     ctx: Context, in_flight: set[str], min_age: float = RESEND_AFTER_SECONDS
 ) -> list[Claim]:
-    """RunTasks committed but not confirmed after a while: sent again.
+    """RunTasks committed but not confirmed after a while: sent again (but not those in
+    `in_flight`: being sent, or accepted by their agent already).
 
     A scheduler killed between the claim's commit and the send leaves such tasks; the
     agent answers a repeated dispatch id as accepted without running it twice.
@@ -228,13 +231,23 @@ def batch_replies(raw: bytes, runs: int) -> list[AgentReply] | None:
 
 
 async def send_batch(
-    ctx: Context, items: list[Claim], cooling: dict[str, datetime], in_flight: set[str]
+    ctx: Context,
+    items: list[Claim],
+    cooling: dict[str, datetime],
+    in_flight: set[str],
+    accepted: dict[str, float],
 ) -> None:
-    """Send one agent's runs in one request; each reply handled as a lone run's is."""
+    """Send one agent's runs in one request; each reply handled as a lone run's is.
+
+    The runs the agent accepted go into `accepted` (with the time): this process does
+    not send them again, since the agent has them and reports their start itself."""
     ids = [item.run.dispatch_id for item in items]
     in_flight.update(ids)
     try:
-        await _send_batch(ctx, items, cooling)
+        now = time.monotonic()
+        accepted.update(
+            (dispatch_id, now) for dispatch_id in await _send_batch(ctx, items, cooling)
+        )
     finally:
         in_flight.difference_update(ids)
 
@@ -258,7 +271,8 @@ async def current_runs(ctx: Context, runs: Sequence[RunTask]) -> set[str]:
     return {run.dispatch_id for run in runs if (run.task_id, run.dispatch_id) in current}
 
 
-async def _send_batch(ctx: Context, items: list[Claim], cooling: dict[str, datetime]) -> None:
+async def _send_batch(ctx: Context, items: list[Claim], cooling: dict[str, datetime]) -> list[str]:
+    """Send, retry, handle the replies; the dispatch ids the agent accepted."""
     agent_id = items[0].agent_id
     pending = list(items)
     replies: list[AgentReply] | None = None
@@ -272,7 +286,7 @@ async def _send_batch(ctx: Context, items: list[Claim], cooling: dict[str, datet
                     )
             pending = [item for item in pending if item.run.dispatch_id in current]
             if not pending:
-                return
+                return []
         batch = RunBatch(runs=[item.run for item in pending])
         try:
             msg = await ctx.nc.request(
@@ -281,8 +295,8 @@ async def _send_batch(ctx: Context, items: list[Claim], cooling: dict[str, datet
         except NoRespondersError:
             # Nobody listens for batches: an agent from before them, or none at all. One
             # RunTask a run then, each with its own retries, exactly as before batches.
-            await asyncio.gather(*(_send_run(ctx, item, cooling) for item in pending))
-            return
+            answers = await asyncio.gather(*(_send_run(ctx, item, cooling) for item in pending))
+            return [item.run.dispatch_id for item, ok in zip(pending, answers, strict=True) if ok]
         except Exception as exc:
             # The agent answers a repeated run (same dispatch id) as accepted.
             log.info(
@@ -299,20 +313,24 @@ async def _send_batch(ctx: Context, items: list[Claim], cooling: dict[str, datet
         if replies is not None:
             break
     if replies is None:
-        return  # unconfirmed: sent again later, or failed by the start timeout
+        return []  # unconfirmed: sent again later, or failed by the start timeout
     refused = [
         (item, reply) for item, reply in zip(pending, replies, strict=True) if not reply.accepted
     ]
     await asyncio.gather(*(_refused(ctx, item, reply, cooling) for item, reply in refused))
+    return [
+        item.run.dispatch_id for item, reply in zip(pending, replies, strict=True) if reply.accepted
+    ]
 
 
-async def _send_run(ctx: Context, item: Claim, cooling: dict[str, datetime]) -> None:
+async def _send_run(ctx: Context, item: Claim, cooling: dict[str, datetime]) -> bool:
+    """One RunTask, as before batches; whether the agent accepted it."""
     run = item.run
     reply: AgentReply | None = None
     for attempt in range(RUN_REQUEST_ATTEMPTS):
         if attempt and not await still_current(ctx, run):
             log.info("run.superseded", task_id=run.task_id, dispatch_id=run.dispatch_id)
-            return
+            return False
         try:
             msg = await ctx.nc.request(
                 agent_run_subject(item.agent_id), run.to_bytes(), timeout=RUN_REQUEST_TIMEOUT
@@ -325,8 +343,9 @@ async def _send_run(ctx: Context, item: Claim, cooling: dict[str, datetime]) -> 
             if attempt + 1 < RUN_REQUEST_ATTEMPTS:
                 await asyncio.sleep(0.5 * (attempt + 1))
     if reply is None or reply.accepted:
-        return
+        return reply is not None
     await _refused(ctx, item, reply, cooling)
+    return False
 
 
 async def _refused(
@@ -360,6 +379,9 @@ async def _refused(
 async def run(ctx: Context, stopping: asyncio.Event) -> None:
     cooling: dict[str, datetime] = {}
     in_flight: set[str] = set()
+    accepted: dict[str, float] = {}
+    # An accepted run is forgotten once its start timeout has failed it if need be.
+    remember = ctx.settings.scheduler_start_timeout_seconds + RESEND_AFTER_SECONDS
     poll = ctx.settings.scheduler_dispatch_poll_seconds
     # At start every unconfirmed dispatch is sent again at once: this process sends
     # nothing yet, and one that died between a claim and its send left them unsent.
@@ -376,13 +398,18 @@ async def run(ctx: Context, stopping: asyncio.Event) -> None:
             failpoint("dispatch.after_claim")
         in_flight.update(item.run.dispatch_id for item in claims)
         for group in batches(claims):
-            ctx.spawn(send_batch(ctx, group, cooling, in_flight))
+            ctx.spawn(send_batch(ctx, group, cooling, in_flight, accepted))
         if time.monotonic() >= next_resend:
             next_resend = time.monotonic() + RESEND_AFTER_SECONDS
+            for dispatch_id in [
+                d for d, at in accepted.items() if at < time.monotonic() - remember
+            ]:
+                del accepted[dispatch_id]
             try:
                 age = 0.0 if first_pass else RESEND_AFTER_SECONDS
-                for group in batches(await resend_unconfirmed(ctx, in_flight, age)):
-                    ctx.spawn(send_batch(ctx, group, cooling, in_flight))
+                skip = in_flight | set(accepted)
+                for group in batches(await resend_unconfirmed(ctx, skip, age)):
+                    ctx.spawn(send_batch(ctx, group, cooling, in_flight, accepted))
                 first_pass = False
             except Exception as exc:
                 log.warning("dispatch.resend_failed", error=str(exc))
