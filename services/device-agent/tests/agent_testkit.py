@@ -398,10 +398,14 @@ class Bus:
         self.nc = nc
         self.js = js
         self.reports: list[Any] = []
+        self.messages: list[list[Any]] = []
+        """The reports of each REPORTS message, one entry per message."""
 
     async def listen(self) -> None:
         async def on_report(msg: Any) -> None:
-            self.reports.extend(parse_reports(msg.data))
+            carried = parse_reports(msg.data)
+            self.messages.append(carried)
+            self.reports.extend(carried)
             await msg.ack()
 
         await self.js.subscribe("report.>", cb=on_report, manual_ack=True)

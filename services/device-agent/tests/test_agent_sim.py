@@ -3,6 +3,7 @@ requests answered, REPORTS read, heartbeats heard."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import AsyncIterator, Callable
@@ -182,6 +183,24 @@ async def test_duplicate_run_is_ignored(agent: Agent, bus: Bus, video: Path) -> 
     assert len(bus.of("task.completed", 10)) == 1
 
 
+async def test_a_run_sent_again_after_it_ended_is_not_run_twice(
+    agent: Agent, bus: Bus, video: Path
+) -> None:
+    request = post(16, "device_serial_3", video)
+    assert (await bus.run(AGENT, request)).accepted
+    await bus.outcome(16)
+    # The scheduler had not heard of the start yet and sent the same dispatch again.
+    again = await bus.run(AGENT, request.model_copy(update={"message_id": "resent"}))
+    assert again == AgentReply(accepted=True, reason="already ran")
+    await asyncio.sleep(0.5)
+    assert len(bus.of("task.started", 16)) == 1
+    assert len(bus.of("task.completed", 16)) == 1
+    # A new dispatch of the same task (a retry) runs.
+    retry = request.model_copy(update={"dispatch_id": "d16-retry", "message_id": "m2"})
+    assert (await bus.run(AGENT, retry)).accepted
+    await eventually(lambda: len(bus.of("task.completed", 16)) == 2, what="the retry ran")
+
+
 async def test_refusals_say_what_to_fix(agent: Agent, bus: Bus, video: Path) -> None:
     unknown_device = await bus.run(AGENT, post(11, "device_serial_9", video))
     assert unknown_device == AgentReply(
@@ -215,6 +234,26 @@ async def test_a_batch_of_runs_is_answered_run_by_run(agent: Agent, bus: Bus, vi
     assert (await bus.outcome(13)).type == "task.completed"
     assert (await bus.outcome(15)).type == "task.completed"
     assert not bus.for_task(14)
+
+
+async def test_reports_of_a_batch_of_runs_travel_together(
+    agent: Agent, bus: Bus, video: Path
+) -> None:
+    from fleet_contracts.agent import RunBatch
+    from fleet_contracts.subjects import agent_runs_subject
+
+    serials = ["device_serial_1", "device_serial_2", "device_serial_3"]
+    batch = RunBatch(runs=[post(20 + n, s, video) for n, s in enumerate(serials)])
+    await bus.nc.request(agent_runs_subject(AGENT), batch.to_bytes(), timeout=5)
+    for n in range(3):
+        assert (await bus.outcome(20 + n)).type == "task.completed"
+    ours = [m for m in bus.messages if any(getattr(r, "task_id", 0) >= 20 for r in m)]
+    assert len(ours) < len([r for m in ours for r in m]), "every report went alone"
+    starts = [sorted(r.task_id for r in m if r.type == "task.started") for m in ours]
+    assert [20, 21, 22] in starts, "the three starts were made together but sent apart"
+    for n in range(3):  # each task's own reports in the order they happened
+        kinds = [r.type for r in bus.for_task(20 + n)]
+        assert kinds[0] == "task.started" and kinds[-1] == "task.completed"
 
 
 async def test_heartbeats_carry_busy_state(agent: Agent, bus: Bus, video: Path) -> None:

@@ -24,6 +24,8 @@ from fleet_contracts.agent import (
     DeviceStatus,
     Heartbeat,
     Report,
+    RunBatch,
+    RunBatchReply,
     RunTask,
     StopRun,
     TaskCompletedReport,
@@ -35,6 +37,7 @@ from fleet_contracts.queries import QUERY_SUBJECTS, Query
 from fleet_contracts.subjects import (
     HDR_REPLY_TO,
     agent_run_subject,
+    agent_runs_subject,
     agent_stop_subject,
     heartbeat_subject,
     report_subject,
@@ -110,8 +113,14 @@ class FakeAgent:
         self.agent_id = agent_id
         self.serials = serials
         self.runs: list[RunTask] = []
+        self.batches: list[list[RunTask]] = []
+        """The runs of each `RunBatch` request, one entry per request."""
         self.stops: list[StopRun] = []
         self.refuse: str | None = None
+        self.refuse_serials: dict[str, str] = {}
+        """Runs on these phones are refused with the reason given (the others accepted)."""
+        self.batched = True
+        """Whether it answers `RunBatch` requests (False: an agent from before them)."""
         self.answer = True
         self.auto_start = True
         self.auto_complete = False
@@ -124,6 +133,8 @@ class FakeAgent:
 
     async def start(self, accounts: bool = False) -> None:
         await self.bus.nc.subscribe(agent_run_subject(self.agent_id), cb=self._on_run)
+        if self.batched:
+            await self.bus.nc.subscribe(agent_runs_subject(self.agent_id), cb=self._on_runs)
         await self.bus.nc.subscribe(agent_stop_subject(self.agent_id), cb=self._on_stop)
         await self.bus.report(
             AgentStartedReport(
@@ -169,22 +180,41 @@ class FakeAgent:
             serial=serial, busy=True, task_id=run.task_id, dispatch_id=run.dispatch_id
         )
 
-    async def _on_run(self, msg: Msg) -> None:
-        run = RunTask.from_bytes(msg.data)
+    def _take(self, run: RunTask) -> AgentReply:
         self.runs.append(run)
-        if not self.answer:
-            return
-        if self.refuse:
-            await msg.respond(
-                AgentReply(accepted=False, reason=self.refuse).model_dump_json().encode()
-            )
-            return
+        reason = self.refuse or self.refuse_serials.get(run.serial)
+        if reason:
+            return AgentReply(accepted=False, reason=reason)
         self.holding[run.serial] = run
-        await msg.respond(AgentReply(accepted=True).model_dump_json().encode())
+        return AgentReply(accepted=True)
+
+    async def _begin(self, run: RunTask) -> None:
         if self.auto_start:
             await self.started(run)
             if self.auto_complete:
                 await self.complete(run)
+
+    async def _on_run(self, msg: Msg) -> None:
+        run = RunTask.from_bytes(msg.data)
+        if not self.answer:
+            self.runs.append(run)
+            return
+        reply = self._take(run)
+        await msg.respond(reply.model_dump_json().encode())
+        if reply.accepted:
+            await self._begin(run)
+
+    async def _on_runs(self, msg: Msg) -> None:
+        batch = RunBatch.from_bytes(msg.data)
+        self.batches.append(list(batch.runs))
+        if not self.answer:
+            self.runs.extend(batch.runs)
+            return
+        replies = [self._take(run) for run in batch.runs]
+        await msg.respond(RunBatchReply(replies=replies).model_dump_json().encode())
+        for run, reply in zip(batch.runs, replies, strict=True):
+            if reply.accepted:
+                await self._begin(run)
 
     async def _on_stop(self, msg: Msg) -> None:
         stop = StopRun.from_bytes(msg.data)

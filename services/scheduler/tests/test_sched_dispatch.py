@@ -3,18 +3,23 @@ start_time and intervals under a fake clock, and two schedulers sharing the work
 
 from __future__ import annotations
 
+import asyncio
 from collections import Counter
 from datetime import timedelta
 from typing import Any
 
 import asyncpg
+import pytest
 
 from fleet_contracts.agent import (
+    AgentReply,
     AgentStartedReport,
     DeviceConnectedReport,
     DeviceDisconnectedReport,
     DeviceInfo,
     ReportBatch,
+    RunBatchReply,
+    RunTask,
     TaskCompletedReport,
     TaskStartedReport,
 )
@@ -23,6 +28,7 @@ from fleet_contracts.commands import CreateTasks, StopTask
 from fleet_contracts.queries import GetStats, GetTask, ListDevices
 from fleet_contracts.rest import CreateTaskRequest
 from fleet_scheduler.app import Scheduler
+from fleet_scheduler.dispatch import Claim, batch_replies, batches
 from fleet_scheduler.settings import SchedulerSettings
 
 from .conftest import Bus, FakeAgent, FakeClock, eventually, wait_devices
@@ -89,6 +95,121 @@ async def test_a_batch_of_reports_is_applied_in_order(bus: Bus, agent: FakeAgent
     await bus.report(ReportBatch(agent_id="a1", reports=reports))
     view = await until_status(bus, task_id, 2)
     assert view["started_at"] and view["finished_at"]
+
+
+async def test_a_batch_of_reports_split_over_transactions_keeps_its_order(
+    bus: Bus, agent: FakeAgent, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from fleet_scheduler import reports
+
+    monkeypatch.setattr(reports, "REPORTS_PER_TRANSACTION", 1)
+    ids = await ids_of(bus, serials=["device_serial_1", "device_serial_2"])
+    await eventually(lambda: _async(len(agent.runs) == 2), what="runs sent")
+    batch = []
+    for tid in ids:
+        run = agent.run_for(tid)
+        batch += [
+            TaskStartedReport(
+                agent_id="a1", task_id=tid, dispatch_id=run.dispatch_id, serial=run.serial
+            ),
+            TaskCompletedReport(agent_id="a1", task_id=tid, dispatch_id=run.dispatch_id),
+        ]
+    await bus.report(ReportBatch(agent_id="a1", reports=batch))
+    for tid in ids:
+        view = await until_status(bus, tid, 2)
+        assert view["started_at"] and view["finished_at"]
+
+
+async def test_ready_devices_go_in_one_run_batch_per_agent(bus: Bus, agent: FakeAgent) -> None:
+    other = FakeAgent(bus, "a2", [f"b{n}" for n in range(1, 5)])
+    await other.start()
+    await wait_devices(bus, 7)
+    agent.auto_start = other.auto_start = True
+    serials = [f"device_serial_{n}" for n in (1, 2, 3)] + other.serials
+    ids = await ids_of(bus, serials=serials)
+    for tid in ids:
+        await until_status(bus, tid, 1)
+    # One claim, one request per agent carrying all of its runs; nothing sent singly.
+    assert [sorted(r.serial for r in b) for b in agent.batches] == [serials[:3]]
+    assert [sorted(r.serial for r in b) for b in other.batches] == [sorted(other.serials)]
+    assert len(agent.runs) == 3 and len(other.runs) == 4
+    await other.close()
+
+
+async def test_a_refused_run_in_a_batch_backs_off_while_the_others_start(
+    bus: Bus, agent: FakeAgent, db: asyncpg.Connection, clock: FakeClock
+) -> None:
+    agent.auto_start = True
+    agent.refuse_serials = {"device_serial_2": "device busy with task 12"}
+    first, refused, third = await ids_of(
+        bus, serials=["device_serial_1", "device_serial_2", "device_serial_3"]
+    )
+    await until_status(bus, first, 1)
+    await until_status(bus, third, 1)
+
+    async def requeued() -> bool:
+        rows = await db.fetch("SELECT type FROM events WHERE stream_id = $1", f"task-{refused}")
+        return "task.requeued" in [r["type"] for r in rows]
+
+    await eventually(requeued, what="requeue")
+    view = await task(bus, refused)
+    assert (view["status"], view["reason"]) == (0, "device busy with task 12")
+    assert len(agent.batches) == 1 and len(agent.batches[0]) == 3
+    agent.refuse_serials = {}
+    clock.advance(seconds=3)  # past the back-off
+    await until_status(bus, refused, 1)
+    assert len(agent.batches) == 2 and [r.task_id for r in agent.batches[1]] == [refused]
+
+
+async def test_an_agent_that_answers_no_batches_gets_its_runs_one_at_a_time(
+    bus: Bus, scheduler: Scheduler
+) -> None:
+    old = FakeAgent(bus, "old", ["o1", "o2"])
+    old.batched = False  # an agent process from before RunBatch
+    await old.start()
+    await wait_devices(bus, 2)
+    ids = await ids_of(bus, serials=["o1", "o2"])
+    for tid in ids:
+        await until_status(bus, tid, 1)
+    assert sorted(r.task_id for r in old.runs) == sorted(ids)
+    await old.close()
+
+
+def _claim(agent_id: str, task_id: int, caption: str = "") -> Claim:
+    run = RunTask(
+        task_id=task_id,
+        dispatch_id=f"d{task_id}",
+        serial=f"s{task_id}",
+        script_name="post",
+        script_config={"caption": caption},
+    )
+    return Claim(run, agent_id)
+
+
+def test_runs_are_grouped_per_agent_and_cut_at_the_bounds() -> None:
+    claims = [_claim("a" if n % 2 else "b", n) for n in range(1, 8)]
+    groups = batches(claims)
+    assert [[c.run.task_id for c in g] for g in groups] == [[1, 3, 5, 7], [2, 4, 6]]
+    assert [[c.run.task_id for c in g] for g in batches(claims, max_runs=3)] == [
+        [1, 3, 5],
+        [7],
+        [2, 4, 6],
+    ]
+    big = [_claim("a", n, "字" * 4000) for n in range(1, 6)]
+    size = len(big[0].run.to_bytes())
+    cut = batches(big, max_bytes=2 * size)
+    assert [len(g) for g in cut] == [2, 2, 1]
+    assert [len(g) for g in batches(big, max_bytes=size // 2)] == [1] * 5  # one alone, still
+
+
+def test_batch_replies_are_one_per_run() -> None:
+    ok, no = AgentReply(accepted=True), AgentReply(accepted=False, reason="x")
+    raw = RunBatchReply(replies=[ok, no]).model_dump_json().encode()
+    assert batch_replies(raw, 2) == [ok, no]
+    assert batch_replies(raw, 3) is None  # a short answer confirms nothing
+    whole = RunBatchReply(replies=[no]).model_dump_json().encode()
+    assert batch_replies(whole, 3) == [no, no, no]  # the request refused as a whole
+    assert batch_replies(b"not json", 1) is None
 
 
 async def _async(value: Any) -> Any:
@@ -294,6 +415,19 @@ async def test_unanswered_run_is_sent_again_with_the_same_dispatch(
     agent.auto_start = True
     await until_status(bus, tid, 1)
     assert {r.dispatch_id for r in agent.runs} == {agent.runs[0].dispatch_id}
+
+
+async def test_a_run_its_agent_accepted_is_not_sent_again(
+    bus: Bus, agent: FakeAgent, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from fleet_scheduler import dispatch
+
+    monkeypatch.setattr(dispatch, "RESEND_AFTER_SECONDS", 0.2)
+    [tid] = await ids_of(bus, serials=["device_serial_2"])  # accepted, start not reported
+    await eventually(lambda: _async(agent.runs), what="run sent")
+    await asyncio.sleep(6)  # past the first resend pass (5 s after start), and more
+    assert [r.task_id for r in agent.runs] == [tid]
+    assert (await task(bus, tid))["status"] == 0
 
 
 async def test_phone_held_for_a_stop_nobody_reports_is_released(

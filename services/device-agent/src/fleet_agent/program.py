@@ -25,6 +25,7 @@ import structlog
 from pydantic import BaseModel, ConfigDict
 
 from fleet_agent.scripts import CancelToken, Progress, ScriptFailure, Target
+from fleet_contracts.agent import RunTask
 from fleet_contracts.sessions import CustomProgram, Platform
 
 log = structlog.get_logger(__name__)
@@ -209,3 +210,14 @@ async def _end(proc: asyncio.subprocess.Process) -> None:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(proc.wait(), wait)
             return
+
+
+def program_for(agent_id: str, api_base: str, request: RunTask) -> ProgramScript | str:
+    """The run of a registered custom script, or why this host will not run it."""
+    program = request.program
+    assert program is not None
+    if program.hosts and agent_id not in program.hosts:
+        return f"custom script {program.name!r} is not registered on agent {agent_id}"
+    if not request.session_id:
+        return f"custom script {program.name!r} came without its session"
+    return ProgramScript(program, request.session_id, request.serial, api_base)

@@ -5,6 +5,9 @@ is stored once. A run's outcome is retried for as long as the agent runs: losing
 would leave its task running for ever in the scheduler's eyes, since the agent keeps
 heartbeating. Once the agent is stopping, retries are bounded: a stopping agent must not
 hang on a dead bus (the scheduler fails its runs when it restarts or goes silent).
+
+The agent sends through `outbox.ReportOutbox`, which coalesces reports into batches and
+retries each batch by these same rules; `publish_report` is the rule for one message.
 """
 
 from __future__ import annotations
@@ -14,7 +17,6 @@ import asyncio
 import structlog
 from nats.errors import Error as NatsError
 from nats.js import JetStreamContext
-from nats.js.api import PubAck
 
 from fleet_agent.metrics import REPORTS_LOST
 from fleet_contracts.agent import Report
@@ -56,51 +58,3 @@ async def publish_report(
     log.error("report.lost", type=kind, message_id=report.message_id)
     REPORTS_LOST.inc()
     return False
-
-
-async def publish_progress(js: JetStreamContext, report: Report) -> None:
-    """Send a progress report without waiting for its ack.
-
-    Progress is advisory, and a run should not pay a round trip per step. Order is
-    kept: reports leave on one connection, so the outcome (awaited) lands after them.
-    A lost progress report is logged, never retried.
-    """
-    kind = str(type(report).model_fields["type"].default)
-    try:
-        ack = await js.publish_async(
-            report_subject(report.agent_id, kind),
-            report.to_bytes(),
-            wait_stall=5.0,
-            headers=headers_for(report),
-        )
-    except (NatsError, TimeoutError) as exc:
-        log.warning("report.progress_dropped", error=str(exc) or repr(exc))
-        return
-
-    def _check(done: asyncio.Future[PubAck]) -> None:
-        if not done.cancelled() and done.exception() is not None:
-            log.warning("report.progress_unacked", error=str(done.exception()))
-
-    ack.add_done_callback(_check)
-    # nats-py never times these futures out (an error reply even leaves one pending), and
-    # each holds one of its pending-publish slots: give up on the ack after a while.
-    asyncio.get_running_loop().call_later(PROGRESS_ACK_DEADLINE, _give_up, ack)
-
-
-PROGRESS_ACK_DEADLINE = 30.0
-
-
-def _give_up(ack: asyncio.Future[PubAck]) -> None:
-    if not ack.done():
-        ack.cancel()
-
-
-async def publish_many(js: JetStreamContext, reports: list[Report]) -> None:
-    """Publish a batch (start-up inventory) with a bounded number in flight."""
-    limit = asyncio.Semaphore(64)
-
-    async def one(report: Report) -> None:
-        async with limit:
-            await publish_report(js, report)
-
-    await asyncio.gather(*(one(r) for r in reports))

@@ -11,19 +11,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import structlog
-from nats.js import JetStreamContext
 from pydantic import ValidationError
 
 from fleet_agent import metrics
 from fleet_agent.evidence import Evidence
+from fleet_agent.outbox import ReportOutbox
 from fleet_agent.phone import DeviceGoneError, Phone, PhoneError
 from fleet_agent.progress import ProgressThrottle
-from fleet_agent.reports import publish_progress, publish_report
 from fleet_agent.scripts import Cancelled, CancelToken, Script, ScriptFailure, Target
 from fleet_contracts.agent import (
     AgentReply,
@@ -42,6 +42,9 @@ from fleet_runtime.logs import bind_correlation
 log = structlog.get_logger(__name__)
 
 SCREENSHOT_TIMEOUT = 10.0
+RAN_KEPT = 100_000
+"""Runs begun (task and dispatch ids), remembered (newest kept) to answer a repeat of a run
+that already ended."""
 STOPPED = "stopped"
 DEVICE_DISCONNECTED = "device disconnected"
 AGENT_STOPPING = "agent stopping"
@@ -64,7 +67,7 @@ class Runner:
         self,
         *,
         agent_id: str,
-        js: JetStreamContext,
+        outbox: ReportOutbox,
         scripts: dict[str, Script],
         phone_of: Callable[[str], Phone | None],
         platform_of: Callable[[str, str | None], str | None],
@@ -79,7 +82,7 @@ class Runner:
         self._agent_id = agent_id
         self._incarnation = incarnation
         self._run_log = run_log
-        self._js = js
+        self._outbox = outbox
         self._scripts = scripts
         self._phone_of = phone_of
         self._platform_of = platform_of
@@ -87,6 +90,9 @@ class Runner:
         self._max_parallel = max_parallel
         self._programs = programs
         self._runs: dict[str, Run] = {}
+        self._ran: OrderedDict[tuple[int, str], None] = OrderedDict()
+        """(task, dispatch) of the runs this process has begun: a scheduler re-sends a
+        run it has not heard start, and one that already ended must not run again."""
         self._stopping = asyncio.Event()
 
     def status(self, serial: str, battery: int | None = None) -> DeviceStatus:
@@ -120,6 +126,11 @@ class Runner:
             return AgentReply(
                 accepted=False, reason=f"device busy with task {current.request.task_id}"
             )
+        if (request.task_id, request.dispatch_id) in self._ran:
+            # Ended already (its outcome is reported or on its way): the scheduler sent
+            # it again before hearing of its start.
+            log.info("run.duplicate_ignored", task_id=request.task_id, ended=True)
+            return AgentReply(accepted=True, reason="already ran")
         phone = self._phone_of(request.serial)
         if phone is None:
             return AgentReply(
@@ -148,6 +159,9 @@ class Runner:
             )
         run = Run(request, script=script)
         self._runs[request.serial] = run
+        self._ran[request.task_id, request.dispatch_id] = None
+        if len(self._ran) > RAN_KEPT:
+            self._ran.popitem(last=False)
         run.job = asyncio.create_task(self._execute(run, phone), name=f"task-{request.task_id}")
         return AgentReply(accepted=True)
 
@@ -209,7 +223,7 @@ class Runner:
             # While running: until it lands. Once stopping: a few tries, then go; the
             # scheduler fails these runs itself when this agent restarts or goes silent.
             self._record(request, outcome.type)  # type: ignore[attr-defined]
-            if await publish_report(self._js, outcome, until=self._stopping, attempts=3):
+            if await self._outbox.send(outcome, until=self._stopping, attempts=3):
                 self._record(request, "reported")
 
     def _record(self, request: RunTask, what: str) -> None:
@@ -253,8 +267,7 @@ class Runner:
         script = run.script or self._scripts[request.script_name]
         log.info("run.accepted", script=request.script_name, dispatch_id=request.dispatch_id)
         self._record(request, "run.begun")
-        await publish_report(
-            self._js,
+        await self._outbox.send(
             TaskStartedReport(
                 agent_id=self._agent_id,
                 task_id=request.task_id,
@@ -268,7 +281,11 @@ class Runner:
         except ValidationError as exc:
             return self._failed(run, describe(exc, "script_config"))
 
-        throttle = ProgressThrottle(lambda report: publish_progress(self._js, report))
+        async def post(report: TaskProgressReport) -> None:
+            # Advisory, and a run should not wait for it: it leaves with the next batch.
+            self._outbox.post(report)
+
+        throttle = ProgressThrottle(post)
 
         async def progress(step: str, percent: int | None, message: str) -> None:
             log.info("run.step", step=step, percent=percent, detail=message or None)

@@ -30,6 +30,8 @@ class AgentSettings(NatsLinkSettings):  # + NATS identity, TLS, stream limits
     # One sub-folder per tag: <library>/<tag>/<media files> (material_source materialLibrary).
     agent_material_library: Path | None = None
     agent_heartbeat_seconds: float = Field(5.0, gt=0)
+    # Reports made within this many seconds of each other go as one REPORTS message.
+    agent_report_window_seconds: float = Field(0.01, ge=0, le=1)
     agent_screenshot_dir: Path = Field(
         default_factory=lambda: Path(tempfile.gettempdir()) / "fleet-agent-screenshots"
     )

@@ -1,26 +1,35 @@
-"""The dispatcher: claims each idle device's next due task and sends it to its agent.
+"""The dispatcher: claims every idle device's next due task and sends them to their agents.
 
-A claim is one transaction under the events lock: read the idle devices on live agents
+A claim is one transaction under the events lock: read all idle devices on live agents
 and their due tasks, let `schedule.decide` choose, append TaskScheduled /
-TaskDispatched (the device becomes busy in the same commit). Only then is the RunTask
-sent, so a second scheduler never sees the same task or device free. The task turns
-running when the agent's TaskStartedReport arrives; a refusal puts it back to pending
-after a short back-off; an unconfirmed run is sent again every few seconds (the agent
-ignores a repeat), and one never confirmed is failed by `liveness.expire_starts`.
+TaskDispatched (the devices become busy in the same commit). Only then are the runs
+sent, so a second scheduler never sees the same task or device free: one `RunBatch`
+request per agent (split only past a size bound), all agents at once, answered run by
+run. The task turns running when the agent's TaskStartedReport arrives; a refused run
+goes back to pending after a short back-off while the batch's other runs start; a run
+its agent has not answered (or that a scheduler sent before it died) is sent again every
+few seconds until it starts (the agent ignores a repeat, also of a run that ended), and
+one never confirmed is failed by `liveness.expire_starts`. A run the agent accepted is
+not sent again by this process: the agent reports its start itself. An agent that does not answer
+batches (one from before them: no responder on `agent.<id>.runs`) gets its runs one
+RunTask at a time, as before.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 import structlog
+from nats.errors import NoRespondersError
+from pydantic import ValidationError
 
-from fleet_contracts.agent import AgentReply, RunTask
+from fleet_contracts.agent import AgentReply, RunBatch, RunBatchReply, RunTask
 from fleet_contracts.messages import new_id
-from fleet_contracts.subjects import agent_run_subject
+from fleet_contracts.subjects import agent_run_subject, agent_runs_subject
 from fleet_runtime.failpoints import failpoint
 from fleet_scheduler import task_leases
 from fleet_scheduler.context import Context
@@ -37,6 +46,10 @@ REFUSAL_BACKOFF = timedelta(seconds=2)
 RUN_REQUEST_TIMEOUT = 5.0
 RUN_REQUEST_ATTEMPTS = 3
 RESEND_AFTER_SECONDS = 5.0
+BATCH_MAX_RUNS = 1000
+BATCH_MAX_BYTES = 512 * 1024
+"""A RunBatch stays well under NATS's default 1 MiB payload: an agent's runs past either
+bound go in a second request (a task's config can hold a 4,000-character caption)."""
 
 
 NOT_LEASED = "NOT EXISTS (SELECT 1 FROM leases l WHERE l.serial = t.serial AND l.task_id IS NULL)"
@@ -147,7 +160,8 @@ async def claim(ctx: Context, cooling: dict[str, datetime]) -> list[Claim]:
 async def resend_unconfirmed(
     ctx: Context, in_flight: set[str], min_age: float = RESEND_AFTER_SECONDS
 ) -> list[Claim]:
-    """RunTasks committed but not confirmed after a while: sent again.
+    """RunTasks committed but not confirmed after a while: sent again (but not those in
+    `in_flight`: being sent, or accepted by their agent already).
 
     A scheduler killed between the claim's commit and the send leaves such tasks; the
     agent answers a repeated dispatch id as accepted without running it twice.
@@ -179,36 +193,144 @@ async def resend_unconfirmed(
     ]
 
 
-async def send_run(
-    ctx: Context, item: Claim, cooling: dict[str, datetime], in_flight: set[str]
-) -> None:
-    in_flight.add(item.run.dispatch_id)
+def batches(
+    claims: Iterable[Claim], max_runs: int = BATCH_MAX_RUNS, max_bytes: int = BATCH_MAX_BYTES
+) -> list[list[Claim]]:
+    """The claims grouped by agent, in claim order: one group per agent, cut only where
+    it would pass `max_runs` runs or `max_bytes` of runs (a bigger run goes alone)."""
+    groups: dict[str, list[list[Claim]]] = {}
+    filled: dict[str, int] = {}
+    for item in claims:
+        size = len(item.run.to_bytes())
+        own = groups.setdefault(item.agent_id, [[]])
+        last = own[-1]
+        if last and (len(last) >= max_runs or filled[item.agent_id] + size > max_bytes):
+            own.append(last := [])
+            filled[item.agent_id] = 0
+        last.append(item)
+        filled[item.agent_id] = filled.get(item.agent_id, 0) + size
+    return [group for own in groups.values() for group in own]
+
+
+def batch_replies(raw: bytes, runs: int) -> list[AgentReply] | None:
+    """One reply per run, from an agent's RunBatchReply; None when it cannot be read so.
+
+    A single refusal for many runs is the agent refusing the request as a whole (a batch
+    it could not read): it stands for every run, as a refused RunTask would."""
     try:
-        await _send_run(ctx, item, cooling)
+        replies = RunBatchReply.model_validate_json(raw).replies
+    except ValidationError as exc:
+        log.warning("runs.unreadable_reply", error=str(exc))
+        return None
+    if len(replies) == runs:
+        return replies
+    if len(replies) == 1 and not replies[0].accepted:
+        return replies * runs
+    log.warning("runs.reply_mismatch", runs=runs, replies=len(replies))
+    return None
+
+
+async def send_batch(
+    ctx: Context,
+    items: list[Claim],
+    cooling: dict[str, datetime],
+    in_flight: set[str],
+    accepted: dict[str, float],
+) -> None:
+    """Send one agent's runs in one request; each reply handled as a lone run's is.
+
+    The runs the agent accepted go into `accepted` (with the time): this process does
+    not send them again, since the agent has them and reports their start itself."""
+    ids = [item.run.dispatch_id for item in items]
+    in_flight.update(ids)
+    try:
+        now = time.monotonic()
+        accepted.update(
+            (dispatch_id, now) for dispatch_id in await _send_batch(ctx, items, cooling)
+        )
     finally:
-        in_flight.discard(item.run.dispatch_id)
+        in_flight.difference_update(ids)
 
 
 async def still_current(ctx: Context, run: RunTask) -> bool:
     """Whether `run` is still the task's dispatch waiting for its start: a run the task
     has moved on from (failed as lost, stopped, started, requeued) is never sent again."""
+    return bool(await current_runs(ctx, [run]))
+
+
+async def current_runs(ctx: Context, runs: Sequence[RunTask]) -> set[str]:
+    """The dispatch ids of `runs` that are still their task's dispatch waiting for its
+    start (see `still_current`), in one query."""
     async with ctx.pool.acquire() as conn:
-        return bool(
-            await conn.fetchval(
-                "SELECT 1 FROM tasks WHERE id = $1 AND dispatch_id = $2 AND state = 'dispatched'",
-                run.task_id,
-                run.dispatch_id,
-            )
+        rows = await conn.fetch(
+            "SELECT id, dispatch_id FROM tasks WHERE id = ANY($1::bigint[])"
+            " AND state = 'dispatched'",
+            [run.task_id for run in runs],
         )
+    current = {(r["id"], r["dispatch_id"]) for r in rows}
+    return {run.dispatch_id for run in runs if (run.task_id, run.dispatch_id) in current}
 
 
-async def _send_run(ctx: Context, item: Claim, cooling: dict[str, datetime]) -> None:
+async def _send_batch(ctx: Context, items: list[Claim], cooling: dict[str, datetime]) -> list[str]:
+    """Send, retry, handle the replies; the dispatch ids the agent accepted."""
+    agent_id = items[0].agent_id
+    pending = list(items)
+    replies: list[AgentReply] | None = None
+    for attempt in range(RUN_REQUEST_ATTEMPTS):
+        if attempt:
+            current = await current_runs(ctx, [item.run for item in pending])
+            for item in pending:
+                if item.run.dispatch_id not in current:
+                    log.info(
+                        "run.superseded", task_id=item.run.task_id, dispatch_id=item.run.dispatch_id
+                    )
+            pending = [item for item in pending if item.run.dispatch_id in current]
+            if not pending:
+                return []
+        batch = RunBatch(runs=[item.run for item in pending])
+        try:
+            msg = await ctx.nc.request(
+                agent_runs_subject(agent_id), batch.to_bytes(), timeout=RUN_REQUEST_TIMEOUT
+            )
+        except NoRespondersError:
+            # Nobody listens for batches: an agent from before them, or none at all. One
+            # RunTask a run then, each with its own retries, exactly as before batches.
+            answers = await asyncio.gather(*(_send_run(ctx, item, cooling) for item in pending))
+            return [item.run.dispatch_id for item, ok in zip(pending, answers, strict=True) if ok]
+        except Exception as exc:
+            # The agent answers a repeated run (same dispatch id) as accepted.
+            log.info(
+                "runs.no_answer",
+                agent_id=agent_id,
+                runs=len(pending),
+                attempt=attempt,
+                error=str(exc) or repr(exc),
+            )
+            if attempt + 1 < RUN_REQUEST_ATTEMPTS:
+                await asyncio.sleep(0.5 * (attempt + 1))
+            continue
+        replies = batch_replies(msg.data, len(pending))
+        if replies is not None:
+            break
+    if replies is None:
+        return []  # unconfirmed: sent again later, or failed by the start timeout
+    refused = [
+        (item, reply) for item, reply in zip(pending, replies, strict=True) if not reply.accepted
+    ]
+    await asyncio.gather(*(_refused(ctx, item, reply, cooling) for item, reply in refused))
+    return [
+        item.run.dispatch_id for item, reply in zip(pending, replies, strict=True) if reply.accepted
+    ]
+
+
+async def _send_run(ctx: Context, item: Claim, cooling: dict[str, datetime]) -> bool:
+    """One RunTask, as before batches; whether the agent accepted it."""
     run = item.run
     reply: AgentReply | None = None
     for attempt in range(RUN_REQUEST_ATTEMPTS):
         if attempt and not await still_current(ctx, run):
             log.info("run.superseded", task_id=run.task_id, dispatch_id=run.dispatch_id)
-            return
+            return False
         try:
             msg = await ctx.nc.request(
                 agent_run_subject(item.agent_id), run.to_bytes(), timeout=RUN_REQUEST_TIMEOUT
@@ -221,7 +343,16 @@ async def _send_run(ctx: Context, item: Claim, cooling: dict[str, datetime]) -> 
             if attempt + 1 < RUN_REQUEST_ATTEMPTS:
                 await asyncio.sleep(0.5 * (attempt + 1))
     if reply is None or reply.accepted:
-        return
+        return reply is not None
+    await _refused(ctx, item, reply, cooling)
+    return False
+
+
+async def _refused(
+    ctx: Context, item: Claim, reply: AgentReply, cooling: dict[str, datetime]
+) -> None:
+    """The agent refused the run: the task waits again, its phone cools off a little."""
+    run = item.run
     log.info("run.refused", task_id=run.task_id, agent_id=item.agent_id, reason=reply.reason)
     now = ctx.clock()
     cooling[run.serial] = now + REFUSAL_BACKOFF
@@ -248,6 +379,9 @@ async def _send_run(ctx: Context, item: Claim, cooling: dict[str, datetime]) -> 
 async def run(ctx: Context, stopping: asyncio.Event) -> None:
     cooling: dict[str, datetime] = {}
     in_flight: set[str] = set()
+    accepted: dict[str, float] = {}
+    # An accepted run is forgotten once its start timeout has failed it if need be.
+    remember = ctx.settings.scheduler_start_timeout_seconds + RESEND_AFTER_SECONDS
     poll = ctx.settings.scheduler_dispatch_poll_seconds
     # At start every unconfirmed dispatch is sent again at once: this process sends
     # nothing yet, and one that died between a claim and its send left them unsent.
@@ -263,14 +397,19 @@ async def run(ctx: Context, stopping: asyncio.Event) -> None:
         if claims:
             failpoint("dispatch.after_claim")
         in_flight.update(item.run.dispatch_id for item in claims)
-        for item in claims:
-            ctx.spawn(send_run(ctx, item, cooling, in_flight))
+        for group in batches(claims):
+            ctx.spawn(send_batch(ctx, group, cooling, in_flight, accepted))
         if time.monotonic() >= next_resend:
             next_resend = time.monotonic() + RESEND_AFTER_SECONDS
+            for dispatch_id in [
+                d for d, at in accepted.items() if at < time.monotonic() - remember
+            ]:
+                del accepted[dispatch_id]
             try:
                 age = 0.0 if first_pass else RESEND_AFTER_SECONDS
-                for item in await resend_unconfirmed(ctx, in_flight, age):
-                    ctx.spawn(send_run(ctx, item, cooling, in_flight))
+                skip = in_flight | set(accepted)
+                for group in batches(await resend_unconfirmed(ctx, skip, age)):
+                    ctx.spawn(send_batch(ctx, group, cooling, in_flight, accepted))
                 first_pass = False
             except Exception as exc:
                 log.warning("dispatch.resend_failed", error=str(exc))
