@@ -114,13 +114,19 @@ def create_tasks(
     request = cmd.request
     due_at, reason = initial_due(request.start_time, now, zone)
     outcome = Outcome(data=CreateTaskResult(task_ids=list(task_ids), created_count=len(task_ids)))
+    captions = config.get("captions")
+    # Spintax is resolved per task; captions without a brace read the same for every
+    # task, so their per-character check is not run once per task.
+    spins = isinstance(captions, str) and ("{" in captions or "}" in captions)
     template: TaskCreated | None = None
     for task_id, target in zip(task_ids, targets, strict=True):
         own = {
             "task_id": task_id,
             "serial": target.serial,
             "username": target.username,
-            "script_config": personalise(request.script_name, config, rng),
+            "script_config": (
+                personalise(request.script_name, config, rng) if spins else dict(config)
+            ),
         }
         if template is None:
             # Validated once; the command's other tasks differ only in these fields,
