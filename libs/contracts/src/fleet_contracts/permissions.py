@@ -11,11 +11,12 @@ name only what that role's code really does:
   `scripts`; reads the `materials` object store and writes `artifacts`. It never
   manages streams or buckets.
 - gateway: publishes commands (`cmd.>`), asks queries (`query.>`), sends device calls
-  (`agent.*.device`), hears heartbeats, manages the streams, the `api_keys` / `scripts`
-  buckets and the `materials` / `artifacts` object stores, and reads EVENTS for SSE.
+  (`agent.*.device`), hears heartbeats and the schedulers' presence, manages the
+  streams, the `api_keys` / `scripts` buckets and the `materials` / `artifacts` object
+  stores, and reads EVENTS for SSE.
 - scheduler: the only writer of the log's subjects (`evt.>`), consumes COMMANDS and
-  REPORTS, answers queries, hears heartbeats, sends run / stop requests to agents and
-  command results to the gateways' inboxes.
+  REPORTS, answers queries, hears heartbeats, announces its presence, sends run / stop
+  requests to agents and command results to the gateways' inboxes.
 
 Every process takes replies on an inbox named for its role (`inbox_prefix`), so one
 role's permissions never have to include another's replies. A new need (say, agents
@@ -36,6 +37,7 @@ from fleet_contracts.subjects import (
     KV_SCRIPTS,
     REPORTS,
     SCHEDULER_COMMANDS_CONSUMER,
+    SCHEDULER_PRESENCE,
     SCHEDULER_REPORTS_CONSUMER,
     SCHEDULER_WEBHOOKS_CONSUMER,
     heartbeat_subject,
@@ -229,6 +231,7 @@ def gateway_grants() -> list[Grant]:
         own_inbox(inbox_prefix("gateway")),
         Grant(publish=("cmd.>", "query.>", "agent.*.device")),  # device calls (sessions)
         Grant(subscribe=(HEARTBEAT_WILDCARD,)),  # the live heartbeat view
+        Grant(subscribe=(SCHEDULER_PRESENCE,)),  # schedulers alive, without a ping per command
         *(manage_stream(spec.name) for spec in (COMMANDS, EVENTS, REPORTS)),
         ephemeral_consumers(EVENTS.name),
         kv_manage(KV_API_KEYS),
@@ -244,6 +247,7 @@ def scheduler_grants() -> list[Grant]:
         Grant(subscribe=("query.>", HEARTBEAT_WILDCARD)),
         # The log, run / stop requests to agents, and command results to the gateways.
         Grant(publish=("evt.>", "agent.>", f"{inbox_prefix('gateway')}.>")),
+        Grant(publish=(SCHEDULER_PRESENCE,)),  # "I am alive", for the gateways
         *(manage_stream(spec.name) for spec in (COMMANDS, EVENTS, REPORTS)),
         read_messages(EVENTS.name),
         durable_consumer(COMMANDS.name, SCHEDULER_COMMANDS_CONSUMER),

@@ -149,6 +149,9 @@ def heartbeat_subject(agent_id: str) -> str:
 
 HEARTBEAT_WILDCARD = "heartbeat.*"
 
+# Core NATS, not stored: every scheduler says it is alive here (fleet_contracts.presence).
+SCHEDULER_PRESENCE = "scheduler.presence"
+
 
 # Queries (gateway -> scheduler, core NATS request/reply, queue group `schedulers`)
 QUERY_TASK_LIST = "query.task.list"

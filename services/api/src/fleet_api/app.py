@@ -116,6 +116,7 @@ async def open_gateway(settings: ApiSettings) -> Gateway:
         await nc.close()
         raise
     gw = Gateway(settings=settings, nc=nc, js=js, keys=keys, scripts=scripts)
+    await gw.presence.start(nc)
     problem = start_problem(settings, keys.entries)
     if problem:
         await close_gateway(gw)
@@ -124,6 +125,7 @@ async def open_gateway(settings: ApiSettings) -> Gateway:
 
 
 async def close_gateway(gw: Gateway) -> None:
+    await gw.presence.stop()
     await gw.keys.stop()
     await gw.scripts.stop()
     with contextlib.suppress(Exception):

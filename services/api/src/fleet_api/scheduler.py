@@ -27,8 +27,9 @@ from fleet_contracts.commands import (
     request_digest,
     subject_for,
 )
+from fleet_contracts.presence import SchedulerPresence
 from fleet_contracts.queries import QUERY_SUBJECTS, GetCommandResult, Ping, Query
-from fleet_contracts.subjects import HDR_REPLY_TO
+from fleet_contracts.subjects import HDR_REPLY_TO, SCHEDULER_PRESENCE
 from fleet_runtime import replies
 from fleet_runtime.bus import ensure_streams, headers_for
 
@@ -111,6 +112,31 @@ async def _publish(gw: Gateway, command: AnyCommand, inbox: str, within: float) 
     raise AssertionError("unreachable")
 
 
+async def require_scheduler(gw: Gateway) -> None:
+    """Return when a scheduler is known to run, else raise the 503 that says none does.
+
+    Known from the schedulers' announcements (fleet_api.presence), so a command costs no
+    query; only when none was heard within the window is one ping sent, and a ping
+    nobody answered is trusted until a scheduler announces itself again.
+    """
+    presence = gw.presence
+    verdict = presence.verdict()
+    if verdict == "present":
+        return
+    if verdict == "absent":
+        raise unavailable(
+            f"no scheduler is running (none announced itself on {SCHEDULER_PRESENCE} within "
+            f"{presence.window:g}s, and none answered a ping); start fleet_scheduler"
+        )
+    try:
+        answer = await ask(gw, Ping(), PING_TIMEOUT_SECONDS)
+    except ApiError as exc:
+        if exc.code == ErrorCode.UNAVAILABLE and gw.nc.is_connected:
+            presence.confirm_absent()
+        raise
+    presence.heard_from(SchedulerPresence(scheduler_id=str(answer.get("scheduler_id", ""))))
+
+
 def _still_pending(command: AnyCommand, keyed: bool, timeout: float) -> ApiError:
     hint = (
         "retry with the same Idempotency-Key to read its result"
@@ -163,7 +189,7 @@ async def run_command(gw: Gateway, command: AnyCommand, *, key: str | None = Non
             return _unwrap(earlier)
     else:
         # Fail fast when no scheduler runs, rather than queue a command nobody will see soon.
-        await ask(gw, Ping(), PING_TIMEOUT_SECONDS)
+        await require_scheduler(gw)
     inbox = gw.nc.new_inbox()
     sub = await gw.nc.subscribe(inbox, max_msgs=1)
     try:

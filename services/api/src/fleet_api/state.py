@@ -1,5 +1,6 @@
-"""What the running gateway holds: its settings, its one NATS connection and the two
-KV mirrors. Built by the app's lifespan, read by the routes through `gateway()`."""
+"""What the running gateway holds: its settings, its one NATS connection, the two KV
+mirrors and the schedulers it has heard from. Built by the app's lifespan, read by the
+routes through `gateway()`."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from nats.js import JetStreamContext
 
 from fleet_api.keys import KeyRecord
 from fleet_api.kv import Mirror
+from fleet_api.presence import Presence
 from fleet_api.settings import ApiSettings
 from fleet_contracts.scripts import ScriptSpec
 
@@ -24,6 +26,7 @@ class Gateway:
     scripts: Mirror[ScriptSpec]
     # Live SSE streams per caller (API key name, or "local"), for the per-caller cap.
     streams: dict[str, int] = field(default_factory=dict)
+    presence: Presence = field(default_factory=Presence)
 
 
 def gateway(request: Request) -> Gateway:

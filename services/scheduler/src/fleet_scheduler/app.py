@@ -1,8 +1,8 @@
 """The scheduler process: `Scheduler(settings)` starts every loop, `stop()` ends them.
 
 Loops: commands (COMMANDS consumer), reports (REPORTS consumer), queries (request/
-reply), heartbeats and liveness, the dispatcher and the relay. Usable in-process:
-`async with Scheduler(settings): ...`.
+reply), heartbeats and liveness, the dispatcher, the relay and the presence
+announcements. Usable in-process: `async with Scheduler(settings): ...`.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from fleet_scheduler import (
     lease_expiry,
     liveness,
     metrics,
+    presence,
     queries,
     recurring,
     relay,
@@ -121,6 +122,7 @@ class Scheduler:
         loops.append(webhook_delivery.run(ctx, stopping))
         if self.relay_enabled:
             loops.append(relay.run(ctx, stopping))
+        loops.append(presence.run(ctx.nc, settings.scheduler_id, stopping))
         self._loops = [asyncio.create_task(loop) for loop in loops]
         self.metrics = metrics.start(ctx)
         log.info("scheduler.started", scheduler_id=settings.scheduler_id)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from dataclasses import replace
 from typing import Any
 
 import asyncpg
@@ -54,7 +55,6 @@ from fleet_contracts.validation import describe
 from fleet_runtime.logs import bind_correlation
 from fleet_scheduler import (
     bulk,
-    groups,
     handlers,
     library,
     library_reads,
@@ -64,11 +64,11 @@ from fleet_scheduler import (
 )
 from fleet_scheduler.consumer import pull_loop
 from fleet_scheduler.context import Context
-from fleet_scheduler.device_limit import check_device_limit, devices_in_use
+from fleet_scheduler.creates import decide_creates
 from fleet_scheduler.errors import Rejected, database_unavailable, failure_code
 from fleet_scheduler.handlers import Outcome
 from fleet_scheduler.projections import load_tasks
-from fleet_scheduler.store import ConcurrencyError, Metadata
+from fleet_scheduler.store import ConcurrencyError, Metadata, NewEvent
 from fleet_scheduler.task import StopOnAgent
 from fleet_scheduler.uow import UnitOfWork, unit_of_work
 
@@ -96,53 +96,10 @@ async def _decide(
     now = ctx.clock()
     match cmd:
         case CreateTasks():
-            config = handlers.check_script(cmd, plugins)
-            cmd = await groups.resolve_create(conn, cmd)
-            request = cmd.request
-            if request.usernames is not None:
-                rows = await conn.fetch(
-                    "SELECT username, serial FROM accounts WHERE username = ANY($1::text[])",
-                    request.usernames,
-                )
-                targets = handlers.plan_targets(
-                    cmd, set(), {}, {r["username"]: r["serial"] for r in rows}
-                )
-            else:
-                serials = request.serials or []
-                known = {
-                    r["serial"]
-                    for r in await conn.fetch(
-                        "SELECT serial FROM devices WHERE serial = ANY($1::text[])", serials
-                    )
-                }
-                by_serial: dict[str, list[str]] = {}
-                if request.enable_multi_account:
-                    for r in await conn.fetch(
-                        "SELECT username, serial FROM accounts WHERE serial = ANY($1::text[])",
-                        serials,
-                    ):
-                        by_serial.setdefault(r["serial"], []).append(r["username"])
-                targets = handlers.plan_targets(cmd, known, by_serial, {})
-            await session_commands.check_custom_targets(conn, cmd, targets)
-            if cmd.device_limit is not None:
-                # Appends are serialized by the events table lock this transaction
-                # holds, so two creates of one key cannot both pass on the same count.
-                in_use = await devices_in_use(conn, cmd.actor)
-                check_device_limit(cmd.device_limit, in_use, (t.serial for t in targets))
-            ids = [
-                r[0]
-                for r in await conn.fetch(
-                    "SELECT nextval('task_ids') FROM generate_series(1, $1)", len(targets)
-                )
-            ]
-            outcome = handlers.create_tasks(
-                cmd, config, targets, ids, now, ctx.settings.zone, ctx.rng
-            )
-            pick = library.pick_request(request.script_name, config)
-            if pick is None:
-                return outcome
-            found = await library_reads.load_for_pick(conn, pick)
-            return library.pick_for_tasks(outcome, pick, found, ctx.rng)
+            [verdict] = await decide_creates(conn, ctx, [cmd], [plugins])
+            if isinstance(verdict, Rejected):
+                raise verdict
+            return verdict
         case StopTask():
             states = await load_tasks(conn, [cmd.task_id])
             return handlers.stop_task(cmd.task_id, states.get(cmd.task_id))
@@ -221,45 +178,85 @@ async def _apply(
         outcome = await _decide(uow.conn, ctx, cmd, plugins)
         await uow.append(outcome.events, metadata_for(cmd))
     except Rejected as exc:
-        failure = CommandResult(
-            code=int(exc.code),
-            message=exc.message,
+        return _result(cmd, exc), []
+    return _result(cmd, outcome), outcome.effects
+
+
+def _result(cmd: AnyCommand, verdict: Outcome | Rejected) -> CommandResult:
+    if isinstance(verdict, Rejected):
+        return CommandResult(
+            code=int(verdict.code),
+            message=verdict.message,
             command_id=cmd.message_id,
             request_digest=request_digest(cmd),
         )
-        return failure, []
-    result = CommandResult(
-        data=outcome.data, command_id=cmd.message_id, request_digest=request_digest(cmd)
+    return CommandResult(
+        data=verdict.data, command_id=cmd.message_id, request_digest=request_digest(cmd)
     )
-    return result, outcome.effects
+
+
+async def _apply_creates(
+    uow: UnitOfWork, ctx: Context, cmds: list[CreateTasks], plugins: list[dict[str, Any]]
+) -> list[CommandResult]:
+    """Decide a run of creates together and append all their events in one append, each
+    event under its own command's ids."""
+    verdicts = await decide_creates(uow.conn, ctx, cmds, plugins)
+    events: list[NewEvent] = []
+    for cmd, verdict in zip(cmds, verdicts, strict=True):
+        if not isinstance(verdict, Rejected):
+            meta = metadata_for(cmd)
+            events += [replace(e, metadata=e.metadata or meta) for e in verdict.events]
+    await uow.append(events)
+    return [_result(cmd, v) for cmd, v in zip(cmds, verdicts, strict=True)]
 
 
 async def _apply_once(
     uow: UnitOfWork, ctx: Context, cmds: list[AnyCommand], plugins: list[dict[str, Any]]
 ) -> list[tuple[CommandResult, list[StopOnAgent]]]:
-    """Apply the commands not handled before and record their results."""
+    """Apply the commands not handled before and record their results.
+
+    Consecutive creates are applied as one run (`_apply_creates`); any other command
+    is applied alone, after the creates before it, so it sees their tasks.
+    """
     rows = await uow.conn.fetch(
         "SELECT command_id, result FROM command_results WHERE command_id = ANY($1::text[])",
         [cmd.message_id for cmd in cmds],
     )
     seen = {r["command_id"]: CommandResult.model_validate(r["result"]) for r in rows}
-    out: list[tuple[CommandResult, list[StopOnAgent]]] = []
-    fresh: dict[str, CommandResult] = {}
+    fresh: dict[str, tuple[CommandResult, list[StopOnAgent]]] = {}
+    run: dict[str, tuple[CreateTasks, dict[str, Any]]] = {}
+
+    async def flush() -> None:
+        if run:
+            creates = list(run.values())
+            results = await _apply_creates(
+                uow, ctx, [c for c, _ in creates], [p for _, p in creates]
+            )
+            fresh.update((r.command_id, (r, [])) for r in results)
+            run.clear()
+
     for cmd, schemas in zip(cmds, plugins, strict=True):
-        known = seen.get(cmd.message_id) or fresh.get(cmd.message_id)
-        if known is not None:
-            out.append((known, []))
+        if cmd.message_id in seen or cmd.message_id in fresh or cmd.message_id in run:
+            continue  # handled before, or earlier in this batch: the same result
+        if isinstance(cmd, CreateTasks):
+            run[cmd.message_id] = (cmd, schemas)
             continue
-        result, effects = await _apply(uow, ctx, cmd, schemas)
-        fresh[cmd.message_id] = result
-        out.append((result, effects))
+        await flush()
+        fresh[cmd.message_id] = await _apply(uow, ctx, cmd, schemas)
+    await flush()
     if fresh:
         await uow.conn.execute(
             "INSERT INTO command_results (command_id, result)"
             " SELECT * FROM unnest($1::text[], $2::jsonb[])",
             list(fresh),
-            [r.model_dump(mode="json") for r in fresh.values()],
+            [r.model_dump(mode="json") for r, _ in fresh.values()],
         )
+    out: list[tuple[CommandResult, list[StopOnAgent]]] = []
+    for cmd in cmds:
+        if cmd.message_id in seen:
+            out.append((seen[cmd.message_id], []))
+        else:
+            out.append(fresh[cmd.message_id])
     return out
 
 

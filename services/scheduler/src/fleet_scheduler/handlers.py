@@ -114,24 +114,41 @@ def create_tasks(
     request = cmd.request
     due_at, reason = initial_due(request.start_time, now, zone)
     outcome = Outcome(data=CreateTaskResult(task_ids=list(task_ids), created_count=len(task_ids)))
+    captions = config.get("captions")
+    # Spintax is resolved per task; captions without a brace read the same for every
+    # task, so their per-character check is not run once per task.
+    spins = isinstance(captions, str) and ("{" in captions or "}" in captions)
+    template: TaskCreated | None = None
     for task_id, target in zip(task_ids, targets, strict=True):
-        event = TaskCreated(
-            task_id=task_id,
-            serial=target.serial,
-            username=target.username,
-            script_name=request.script_name,
-            script_config=personalise(request.script_name, config, rng),
-            source=cmd.source,
-            min_interval=request.min_interval,
-            max_interval=request.max_interval,
-            start_time=request.start_time,
-            due_at=due_at,
-            wait_reason=reason,
-            batch_id=cmd.message_id,
-            created_by=cmd.actor,
-            group=request.group,
-            retry_policy=None if request.retry is None else request.retry.model_dump(mode="json"),
-        )
+        own = {
+            "task_id": task_id,
+            "serial": target.serial,
+            "username": target.username,
+            "script_config": (
+                personalise(request.script_name, config, rng) if spins else dict(config)
+            ),
+        }
+        if template is None:
+            # Validated once; the command's other tasks differ only in these fields,
+            # whose values are already checked, so they are copies of this one.
+            template = event = TaskCreated(
+                **own,
+                script_name=request.script_name,
+                source=cmd.source,
+                min_interval=request.min_interval,
+                max_interval=request.max_interval,
+                start_time=request.start_time,
+                due_at=due_at,
+                wait_reason=reason,
+                batch_id=cmd.message_id,
+                created_by=cmd.actor,
+                group=request.group,
+                retry_policy=(
+                    None if request.retry is None else request.retry.model_dump(mode="json")
+                ),
+            )
+        else:
+            event = template.model_copy(update=own)
         outcome.events.append(NewEvent(task_stream_id(task_id), event, expected_version=0))
     outcome.data = outcome.data.model_dump()
     return outcome
