@@ -58,6 +58,16 @@ BEGIN
         GROUP BY 1, 2 HAVING sum(n) <> 0 ORDER BY 1, 2
         ON CONFLICT (script_name, status) DO UPDATE SET count = s.count + EXCLUDED.count;
     ELSIF TG_OP = 'UPDATE' THEN
+        -- Most updates (a version, a due time, progress) move no task between counters:
+        -- they cost one pass over the changed rows (ids never change), no counter row
+        -- written.
+        PERFORM 1 FROM old_rows o JOIN new_rows n ON n.id = o.id
+        WHERE (o.serial, o.script_name, o.source, o.status, o.deleted)
+              IS DISTINCT FROM (n.serial, n.script_name, n.source, n.status, n.deleted)
+        LIMIT 1;
+        IF NOT FOUND THEN
+            RETURN NULL;
+        END IF;
         WITH delta AS (
             SELECT serial, script_name, source, status, sum(d) AS n FROM (
                 SELECT serial, script_name, source, status, -1 AS d FROM old_rows WHERE NOT deleted
