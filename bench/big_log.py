@@ -15,13 +15,15 @@ at a time and p99 with 8 in flight; `rebuild-read-models` at `rebuild_at` tasks;
 scheduler's restart-to-ready (process start until it answers `query.ping`) with the
 big log; resident memory of each process.
 
-`python -m bench.big_log [big]` prints the table; `make bench` includes it.
+`python -m bench.big_log [big [rebuild_at]]` prints the table (`rebuild_at` 0: no
+rebuild); `make bench` includes it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -35,10 +37,12 @@ import aiohttp
 import asyncpg
 import nats
 import psutil
+from nats.aio.client import Client as NatsClient
 
 from bench import limits
 from bench.system import Client, Row, pct, table
-from fleet_contracts.queries import QUERY_SUBJECTS, Ping
+from fleet_contracts.codes import TaskSource, TaskStatus
+from fleet_contracts.queries import QUERY_SUBJECTS, GetStats, ListTasks, Ping, Query
 from fleet_devstack import free_port
 from fleet_devstack.stack import AgentSpec, ServiceProcess, Stack, StackConfig
 
@@ -183,6 +187,16 @@ async def _ping_after_start(svc: ServiceProcess, nats_url: str) -> float:
         await nc.close()
 
 
+async def _import_seconds() -> float:
+    """A fresh interpreter importing the scheduler: the part of a start no log changes."""
+    start = time.perf_counter()
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", "import fleet_scheduler.__main__"
+    )
+    await proc.wait()
+    return time.perf_counter() - start
+
+
 async def _rebuild_seconds(stack: Stack, limit: float) -> float | None:
     env = {**stack.base_env(), "FLEET_LOG_LEVEL": "WARNING"}
     start = time.perf_counter()
@@ -222,27 +236,51 @@ def _ms(values: list[float]) -> str:
     return f"{pct(values, 0.5) * 1000:.1f} / {pct(values, 0.99) * 1000:.1f} ms"
 
 
-async def _reads(session: aiohttp.ClientSession, base: str, samples: int, size: str) -> list[Row]:
-    reads = (
-        ("list", "/task?page=3&page_size=20"),
-        ("list status+serial", "/task?status=0&serial=device_serial_7"),
-        ("list script_name", "/task?script_name=like&page_size=20"),
-        ("list source", "/task?source=ui&page_size=20"),
-        ("stats", "/task/stats"),
-    )
+READS: tuple[tuple[str, str, Query], ...] = (
+    ("list", "/task?page=3&page_size=20", ListTasks(page=3, page_size=20)),
+    (
+        "list status+serial",
+        "/task?status=0&serial=device_serial_7",
+        ListTasks(status=TaskStatus.PENDING, serial="device_serial_7"),
+    ),
+    ("list script_name", "/task?script_name=like", ListTasks(script_name="like")),
+    ("list source", "/task?source=ui", ListTasks(source=TaskSource.UI)),
+    ("stats", "/task/stats", GetStats()),
+)
+
+
+async def _asked(nc: NatsClient, query: Query, samples: int) -> list[float]:
+    """The scheduler's answer alone: the query's NATS request, no gateway."""
+    took = []
+    for _ in range(samples):
+        start = time.perf_counter()
+        await nc.request(QUERY_SUBJECTS[type(query)], query.to_bytes(), timeout=5)
+        took.append(time.perf_counter() - start)
+    return took
+
+
+async def _reads(
+    session: aiohttp.ClientSession, base: str, nats_url: str, samples: int, size: str
+) -> list[Row]:
     rows = []
-    for name, path in reads:
-        url = f"{base}{path}"
-        await limits.hammer(session, url, min(50, samples), 1)  # warm: plans, caches
-        alone = await limits.hammer(session, url, samples, 1)
-        crowd = await limits.hammer(session, url, samples, 8)
-        rows.append(
-            (
-                f"{name} p50 / p99, {size}",
-                _ms(alone),
-                f"one at a time; p99 {pct(crowd, 0.99) * 1000:.1f} ms with 8 in flight",
+    nc = await nats.connect(nats_url)
+    try:
+        for name, path, query in READS:
+            url = f"{base}{path}"
+            await limits.hammer(session, url, min(50, samples), 1)  # warm: plans, caches
+            alone = await limits.hammer(session, url, samples, 1)
+            crowd = await limits.hammer(session, url, samples, 8)
+            direct = await _asked(nc, query, samples)
+            rows.append(
+                (
+                    f"{name} p50 / p99, {size}",
+                    _ms(alone),
+                    f"REST one at a time; p99 {pct(crowd, 0.99) * 1000:.1f} ms with 8 in flight;"
+                    f" the scheduler alone (NATS request) {_ms(direct)}",
+                )
             )
-        )
+    finally:
+        await nc.close()
     return rows
 
 
@@ -268,6 +306,8 @@ async def run(sizes: Sizes = BIG, data_dir: Path | None = None) -> list[Row]:
         return await _measure(stack, sizes, str(media))
     finally:
         await asyncio.to_thread(stack.stop)
+        if data_dir is None:  # about 5 GB at a million tasks
+            await asyncio.to_thread(shutil.rmtree, root, True)
 
 
 async def _measure(stack: Stack, sizes: Sizes, media: str) -> list[Row]:
@@ -301,39 +341,51 @@ async def _measure(stack: Stack, sizes: Sizes, media: str) -> list[Row]:
                 took = await _ping_after_start(scheduler, stack.nats.url)
                 await asyncio.to_thread(stack.wait_ready, 120)
                 events = await conn.fetchval("SELECT max(position) FROM events")
+                imports = await _import_seconds()
                 rows.append(
-                    (f"scheduler restart to ready, {what}", f"{took:.2f} s", f"{events:,} events")
+                    (
+                        f"scheduler restart to ready, {what}",
+                        f"{took:.2f} s",
+                        f"{events:,} events; importing its modules alone takes {imports:.2f} s",
+                    )
                 )
                 return took
 
             await grown(sizes.small)
             await ready(f"{sizes.small:,} tasks")
-            rows += await _reads(session, client.base, sizes.samples, f"{sizes.small:,} tasks")
-
-            await grown(sizes.rebuild_at)
-            events = await conn.fetchval("SELECT count(*) FROM events")
-            before = await counters(conn)
-            took = await _rebuild_seconds(stack, 300)
-            # The copies' events, replayed, give the rows that were seeded beside them.
-            if took is not None and await counters(conn) != before:
-                raise RuntimeError("the rebuilt read models differ from the seeded ones")
-            rows.append(
-                (
-                    f"rebuild-read-models, {sizes.rebuild_at:,} tasks",
-                    "> 300 s (stopped)" if took is None else f"{took:.1f} s",
-                    f"{events:,} events, {events / took:,.0f} events/s"
-                    if took
-                    else f"{events:,} events",
-                )
+            rows += await _reads(
+                session, client.base, stack.nats.url, sizes.samples, f"{sizes.small:,} tasks"
             )
-            if took is None:  # the read models are half rebuilt: make them whole again
-                await conn.execute("TRUNCATE tasks")
-                raise RuntimeError("rebuild stopped after 300 s: rerun with a smaller rebuild_at")
+
+            if sizes.rebuild_at > 0:
+                await grown(sizes.rebuild_at)
+                events = await conn.fetchval("SELECT count(*) FROM events")
+                before = await counters(conn)
+                took = await _rebuild_seconds(stack, 300)
+                # The copies' events, replayed, give the rows that were seeded beside them.
+                if took is not None and await counters(conn) != before:
+                    raise RuntimeError("the rebuilt read models differ from the seeded ones")
+                rows.append(
+                    (
+                        f"rebuild-read-models, {sizes.rebuild_at:,} tasks",
+                        "> 300 s (stopped)" if took is None else f"{took:.1f} s",
+                        f"{events:,} events, {events / took:,.0f} events/s"
+                        if took
+                        else f"{events:,} events",
+                    )
+                )
+                if took is None:  # the read models are half rebuilt: make them whole again
+                    await conn.execute("TRUNCATE tasks")
+                    raise RuntimeError(
+                        "rebuild stopped after 300 s: rerun with a smaller rebuild_at"
+                    )
 
             note = await grown(sizes.big)
             rows.append((f"seed to {sizes.big:,} tasks", note, "events and read models, set-wise"))
             await ready(f"{sizes.big:,} tasks")
-            rows += await _reads(session, client.base, sizes.samples, f"{sizes.big:,} tasks")
+            rows += await _reads(
+                session, client.base, stack.nats.url, sizes.samples, f"{sizes.big:,} tasks"
+            )
             total = (await client.call("GET", "/task/stats"))["total"]
             rows.append(("tasks not deleted (stats)", f"{total:,}", "the log as measured"))
         finally:
@@ -357,12 +409,13 @@ async def section(sizes: Sizes = BIG) -> str:
     return table(f"A log of {sizes.big:,} tasks", await run(sizes))
 
 
-async def _main(big: int) -> None:
-    print(await section(Sizes(big=big) if big != BIG.big else BIG))
+async def _main(args: list[int]) -> None:
+    big, rebuild_at = (args + [BIG.big, BIG.rebuild_at][len(args) :])[:2]
+    print(await section(Sizes(big=big, rebuild_at=rebuild_at)))
 
 
 if __name__ == "__main__":
     from fleet_runtime.logs import configure
 
     configure("bench", "WARNING")
-    asyncio.run(_main(int(sys.argv[1]) if len(sys.argv) > 1 else BIG.big))
+    asyncio.run(_main([int(a) for a in sys.argv[1:3]]))
