@@ -28,6 +28,7 @@ async def main() -> str:
     sections.append(system.table("Whole system", (await system.run()).rows))
     sections.append(system.table("Device sessions", await sessions.run()))
     sections.append(system.table("Cost of metrics", await metrics_cost.run()))
+    sections.append(await __import__("bench.big_log").big_log.section())
     head = (
         f"# Benchmarks\n\n{datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {platform.machine()}, "
         f"{os.cpu_count()} cores, Python {sys.version.split()[0]}\n"

@@ -16,6 +16,7 @@ from nats.js import JetStreamContext
 
 from fleet_contracts.agent import DeviceStatus
 from fleet_scheduler.settings import SchedulerSettings
+from fleet_scheduler.task_stats import StatsSnapshot
 
 
 @dataclass
@@ -43,6 +44,8 @@ class Context:
     heartbeats: dict[str, AgentSeen] = field(default_factory=dict)
     """Agents heard since the last flush to the agents table."""
     background: set[asyncio.Task[None]] = field(default_factory=set)
+    task_stats: StatsSnapshot = field(default_factory=StatsSnapshot)
+    """Stats served from memory; every commit marks them stale."""
 
     def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         """Run `coro` beside the loops, keeping a reference so it is not collected."""
@@ -54,3 +57,4 @@ class Context:
         """Called after a commit that appended events: wake whoever follows the log."""
         self.dispatch_wake.set()
         self.relay_wake.set()
+        self.task_stats.stale()

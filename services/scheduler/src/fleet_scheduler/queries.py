@@ -1,7 +1,9 @@
 """The query side: NATS request/reply answered from the read models.
 
 Every subject is served in the `schedulers` queue group, so one replica answers each
-request. Stats come from the counters table: O(1) whatever the number of tasks.
+request. Totals come from the counters (`task_counts`, `task_serial_counts`) and pages
+from index ranges, so a list costs the same at 1,000 tasks as at 1,000,000; stats are
+served from memory (`task_stats`).
 """
 
 from __future__ import annotations
@@ -37,7 +39,6 @@ from fleet_contracts.rest import (
     DeviceView,
     TaskEventView,
     TaskPage,
-    TaskStats,
     TaskView,
 )
 from fleet_contracts.subjects import SCHEDULER_QUEUE, task_stream_id
@@ -114,32 +115,66 @@ def _not_found(task_id: int) -> Reply:
     return Reply.failure(ErrorCode.NOT_FOUND, f"task {task_id} not found")
 
 
+# A filtered page is a merge of id-ordered index ranges, one per counter group the
+# filter matches (migrations 090, 091): the groups come from the counters, each group's
+# newest ids from its range (index only), then the page's rows by id. The total is the
+# same groups' counts, read in the same statement, so page and total agree.
+_GROUP_FILTER = (
+    "count > 0 AND ($1::smallint IS NULL OR status = $1) AND ($2::text IS NULL OR script_name = $2)"
+    " AND ($3::text IS NULL OR source = $3)"
+)
+_PAGE = (
+    "ids AS (SELECT r.id FROM groups g CROSS JOIN LATERAL ("
+    " SELECT id FROM tasks WHERE {range} AND script_name = g.script_name"
+    " AND source = g.source AND status = g.status AND NOT deleted ORDER BY id DESC LIMIT $5) r"
+    " ORDER BY r.id DESC LIMIT $6 OFFSET $7)"
+)
+_RESULT = (
+    "SELECT (SELECT COALESCE(sum(count), 0) FROM groups)::bigint AS total_, p.* FROM (SELECT 1) one"
+    " LEFT JOIN (SELECT {columns} FROM ids JOIN {source} ON t.id = ids.id) p ON true"
+    " ORDER BY p.id DESC"
+)
+LIST_BY_SERIAL = (
+    "WITH groups AS (SELECT script_name, source, status, count FROM task_serial_counts"
+    f" WHERE serial = $4 AND {_GROUP_FILTER}), "
+    + _PAGE.format(range="serial = $4")
+    + " "
+    + _RESULT.format(columns=TASK_COLUMNS, source=TASK_FROM)
+)
+LIST_BY_GROUP = (
+    "WITH groups AS (SELECT script_name, source, status, count FROM task_counts"
+    f" WHERE {_GROUP_FILTER} AND $4::text IS NULL), "
+    + _PAGE.format(range="true")
+    + " "
+    + _RESULT.format(columns=TASK_COLUMNS, source=TASK_FROM)
+)
+LIST_ALL = (
+    "WITH ids AS (SELECT id FROM tasks WHERE NOT deleted ORDER BY id DESC LIMIT $1 OFFSET $2) "
+    "SELECT (SELECT COALESCE(sum(count), 0) FROM task_counts)::bigint AS total_, p.*"
+    f" FROM (SELECT 1) one LEFT JOIN (SELECT {TASK_COLUMNS} FROM ids JOIN {TASK_FROM}"
+    " ON t.id = ids.id) p ON true ORDER BY p.id DESC"
+)
+
+
 async def list_tasks(ctx: Context, q: ListTasks) -> Reply:
-    where = ["NOT t.deleted"]
-    args: list[Any] = []
-    for column, value in (
-        ("t.status", None if q.status is None else int(q.status)),
-        ("t.serial", q.serial),
-        ("t.script_name", q.script_name),
-        ("t.source", None if q.source is None else str(q.source)),
-    ):
-        if value is not None:
-            args.append(value)
-            where.append(f"{column} = ${len(args)}")
-    clause = " AND ".join(where)
+    """One statement, whatever the filter: a page of the newest tasks and their total,
+    both answered from indexes and counters (never a count over the table)."""
+    offset = (q.page - 1) * q.page_size
+    status = None if q.status is None else int(q.status)
+    source = None if q.source is None else str(q.source)
     async with ctx.pool.acquire() as conn:
-        if len(where) == 1:
-            total = await conn.fetchval("SELECT COALESCE(sum(count), 0) FROM task_script_stats")
+        if status is None and q.serial is None and q.script_name is None and source is None:
+            rows = await conn.fetch(LIST_ALL, q.page_size, offset)
         else:
-            total = await conn.fetchval(f"SELECT count(*) FROM tasks t WHERE {clause}", *args)
-        rows = await conn.fetch(
-            f"SELECT {TASK_COLUMNS} FROM {TASK_FROM} WHERE {clause}"
-            f" ORDER BY t.id DESC LIMIT {q.page_size} OFFSET {(q.page - 1) * q.page_size}",
-            *args,
-        )
+            sql = LIST_BY_GROUP if q.serial is None else LIST_BY_SERIAL
+            args = (status, q.script_name, source, q.serial, offset + q.page_size)
+            rows = await conn.fetch(sql, *args, q.page_size, offset)
     now = ctx.clock()
     page = TaskPage(
-        tasks=[task_view(r, now) for r in rows], total=total, page=q.page, page_size=q.page_size
+        tasks=[task_view(r, now) for r in rows if r["id"] is not None],
+        total=rows[0]["total_"],
+        page=q.page,
+        page_size=q.page_size,
     )
     return Reply(data=page.model_dump(mode="json"))
 
@@ -155,12 +190,8 @@ async def get_task(ctx: Context, q: GetTask) -> Reply:
 
 
 async def get_stats(ctx: Context, q: GetStats) -> Reply:
-    async with ctx.pool.acquire() as conn:
-        rows = await conn.fetch(
-            "SELECT status, sum(count)::bigint AS count FROM task_script_stats GROUP BY status"
-        )
-    counts = {TaskStatus(r["status"]).name.lower(): r["count"] for r in rows}
-    stats = TaskStats(total=sum(counts.values()), **counts)
+    """From memory while no commit was heard since the last read (`task_stats`)."""
+    stats = await ctx.task_stats.get(ctx.pool)
     return Reply(data=stats.model_dump())
 
 
@@ -265,6 +296,7 @@ ANSWERS: dict[type[Query], Answer] = {
 
 
 async def subscribe(ctx: Context) -> None:
+    ctx.spawn(ctx.task_stats.listen(ctx.settings.database_url))
     for model, answer in ANSWERS.items():
         await ctx.nc.subscribe(
             QUERY_SUBJECTS[model], queue=SCHEDULER_QUEUE, cb=_responder(ctx, model, answer)
