@@ -78,11 +78,16 @@ def _outermost(roots: set[int], stats: Mapping[int, StatTimes]) -> set[int]:
     return {r for r in roots if not has_root_ancestor(r)}
 
 
-def seconds_per_task(before: int, after: int, tasks: int, ticks_per_second: int) -> float:
-    """CPU seconds per task from two tick counts over `tasks` tasks."""
+def spent_seconds(before: int, after: int, ticks_per_second: int) -> float:
+    """CPU seconds between two tick counts of the same processes."""
+    return (after - before) / ticks_per_second
+
+
+def per_task(seconds: float, tasks: int) -> float:
+    """`seconds` shared between `tasks` tasks."""
     if tasks <= 0:
         raise ValueError("no tasks to share the time between")
-    return (after - before) / ticks_per_second / tasks
+    return seconds / tasks
 
 
 def ratio(ours: float, theirs: float) -> float:

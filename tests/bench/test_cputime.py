@@ -13,8 +13,9 @@ from bench import proc
 from bench.cputime import (
     StatTimes,
     parse_stat,
+    per_task,
     ratio,
-    seconds_per_task,
+    spent_seconds,
     times,
     tree_ticks,
     trees_ticks,
@@ -61,9 +62,10 @@ def test_a_process_under_two_roots_counts_once() -> None:
 
 
 def test_seconds_per_task_and_ratios() -> None:
-    assert seconds_per_task(100, 300, 1000, 100) == pytest.approx(0.002)
+    assert spent_seconds(100, 300, 100) == pytest.approx(2.0)
+    assert per_task(2.0, 1000) == pytest.approx(0.002)
     with pytest.raises(ValueError, match="no tasks"):
-        seconds_per_task(0, 1, 0, 100)
+        per_task(1.0, 0)
     assert ratio(900.0, 300.0) == pytest.approx(3.0)
     assert ratio(1.0, 0.0) == float("inf")
     assert times(3.0) == "3.00 x"
