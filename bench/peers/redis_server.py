@@ -35,13 +35,13 @@ def redis_binary() -> str:
             "install the redis-server package to run the Celery + Redis peer"
         )
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    subprocess.run(["apt-get", "update", "-qq"], check=True, env=env, capture_output=True)
-    subprocess.run(
+    for step in (
+        ["apt-get", "update", "-qq"],
         ["apt-get", "install", "-y", "-qq", "--no-install-recommends", "redis-server"],
-        check=True,
-        env=env,
-        capture_output=True,
-    )
+    ):
+        done = subprocess.run(step, env=env, capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            raise RuntimeError(f"{' '.join(step)} failed: {done.stderr.strip()[-500:]}")
     found = shutil.which(BINARY) or (
         "/usr/bin/redis-server" if Path("/usr/bin/redis-server").exists() else None
     )
