@@ -12,6 +12,7 @@ limits of the machine in the same run.
 from __future__ import annotations
 
 import asyncio
+import math
 import statistics
 import tempfile
 import time
@@ -55,6 +56,10 @@ SMALL = Scale(
 
 
 def pct(values: list[float], q: float) -> float:
+    """The `q` quantile; NaN when there is nothing to rank (every task of a scenario
+    failed before it started), so the table says so instead of the run dying."""
+    if not values:
+        return math.nan
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
@@ -80,7 +85,7 @@ def dispatch_waits(tasks: list[dict[str, Any]]) -> list[float]:
 
 
 def ms(seconds: float) -> str:
-    return f"{seconds * 1000:.1f} ms"
+    return "none started" if math.isnan(seconds) else f"{seconds * 1000:.1f} ms"
 
 
 @dataclass(frozen=True)
