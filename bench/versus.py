@@ -46,7 +46,8 @@ async def _beside_peer(ours: Result) -> list[Row]:
         (
             "end to end: ours / Celery + Redis",
             times(ratio(flood.rate, peer.rate)),
-            f"{flood.rate:,.0f} vs {peer.rate:,.0f} tasks/s, {len(flood.ids)} tasks each; "
+            f"{flood.rate:,.0f} vs {peer.rate:,.0f} tasks/s, {len(flood.ids)} tasks each"
+            f"{f' ({flood.failed} of ours failed)' if flood.failed else ''}; "
             "goal >= 3 x, aim 5 x",
         ),
         (
