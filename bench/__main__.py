@@ -13,7 +13,7 @@ import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bench import metrics_cost, sessions, system
+from bench import metrics_cost, sessions, system, versus
 from fleet_runtime.logs import configure
 
 
@@ -25,13 +25,17 @@ async def main() -> str:
         sections.append(system.table("Scheduler alone", await scheduler_bench.run()))
     except ImportError as exc:
         sections.append(f"## Scheduler alone\n\nnot run: {exc}\n")
-    sections.append(system.table("Whole system", (await system.run()).rows))
+    ours = await system.run()
+    sections.append(system.table("Whole system", ours.rows))
+    sections.append(
+        system.table("Beside Celery + Redis, and two schedulers", await versus.run(ours))
+    )
     sections.append(system.table("Device sessions", await sessions.run()))
     sections.append(system.table("Cost of metrics", await metrics_cost.run()))
     sections.append(await __import__("bench.big_log").big_log.section())
     head = (
         f"# Benchmarks\n\n{datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {platform.machine()}, "
-        f"{os.cpu_count()} cores, Python {sys.version.split()[0]}\n"
+        f"{os.cpu_count()} cores, Python {sys.version.split()[0]}; made by `make bench`\n"
     )
     return "\n".join([head, *sections])
 

@@ -26,10 +26,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
-import psutil
 
-from bench.system import Client, Row, _create_many, _finished, bench_stack
-from fleet_devstack.stack import Stack
+from bench import proc
+from bench.cputime import spent_seconds
+from bench.system import Client, Row, _create_many, _finished, bench_stack, our_processes
 
 SCRAPE_EVERY_SECONDS = 1.0
 
@@ -98,26 +98,6 @@ def hook_seconds_per_task(repeat: int = 5000) -> float:
     return (time.process_time() - start) / repeat
 
 
-def cpu_seconds(pids: list[int]) -> dict[int, float]:
-    """CPU time (user + system) of each process in the trees rooted at `pids`."""
-    seen: dict[int, float] = {}
-    for pid in pids:
-        try:
-            root = psutil.Process(pid)
-            for proc in [root, *root.children(recursive=True)]:
-                times = proc.cpu_times()
-                seen[proc.pid] = times.user + times.system
-        except psutil.NoSuchProcess:
-            continue
-    return seen
-
-
-def stack_pids(stack: Stack) -> list[int]:
-    procs = [stack.nats.proc, stack.postgres.proc]
-    pids = [p.pid for p in procs if p is not None]
-    return pids + [s.pid for s in stack.services() if s.pid is not None]
-
-
 async def one_round(scale: CostScale, metrics: bool, root: Path) -> Round:
     stack, media = bench_stack(root, scale.devices, metrics)
     await asyncio.to_thread(stack.start_infrastructure)
@@ -138,15 +118,19 @@ async def one_round(scale: CostScale, metrics: bool, root: Path) -> Round:
                 await asyncio.sleep(0.1)
             stop = asyncio.Event()
             scraper = asyncio.create_task(_scrape_until(urls, stop, session))
-            cpu_before = cpu_seconds(stack_pids(stack))
+            # One reading for every process of ours: PostgreSQL backends that end
+            # mid-flood keep their time (the postmaster's reaped-children counters).
+            groups = our_processes(stack)
+            cpu_before = proc.ticks(groups)
             ids, create_seconds = await _create_many(client, serials, scale.tasks, quick)
             start = time.perf_counter() - create_seconds
             stats = await _finished(client, len(ids))
             elapsed = time.perf_counter() - start
-            cpu_after = cpu_seconds(stack_pids(stack))
+            cpu_after = proc.ticks(groups)
             stop.set()
             scrapes = await scraper
-        cpu = sum(t - cpu_before.get(pid, 0.0) for pid, t in cpu_after.items())
+        hz = proc.TICKS_PER_SECOND
+        cpu = sum(spent_seconds(cpu_before[g], cpu_after[g], hz) for g in groups)
         return Round(
             metrics, len(ids) / elapsed, scrapes, stats["completed"], cpu * 1000 / len(ids)
         )

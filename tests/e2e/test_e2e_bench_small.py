@@ -20,5 +20,19 @@ def test_system_benchmark_small_scale(tmp_path: Path) -> None:
     metrics = [row[0] for row in result.rows]
     assert any("dispatch latency" in m for m in metrics)
     assert any(m.startswith("raw: JetStream") for m in metrics)
+    assert "REST create / raw JetStream publish" in metrics
+    # Every process of ours worked during the flood, and its CPU time was read.
+    cpu = result.flood.cpu_seconds
+    assert set(cpu) == {"NATS", "PostgreSQL", "gateway", "scheduler", "agent"}
+    assert all(s > 0 for s in cpu.values()), cpu
+    assert "CPU per task lifecycle, all our processes" in metrics
     table = system.table("small", result.rows)
     assert table.count("\n|") == len(result.rows) + 2
+
+
+def test_e2e_flood_with_two_schedulers_small_scale(tmp_path: Path) -> None:
+    flood = asyncio.run(system.e2e(system.SMALL, schedulers=2, data_dir=tmp_path))
+    assert len(flood.ids) == system.SMALL.e2e_tasks
+    assert flood.completed == len(flood.ids)
+    assert flood.failed == 0
+    assert len(flood.cpu_seconds) == 5
