@@ -13,7 +13,7 @@ import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bench import metrics_cost, sessions, system, versus
+from bench import big_log, metrics_cost, sessions, system, versus
 from fleet_runtime.logs import configure
 
 
@@ -32,7 +32,7 @@ async def main() -> str:
     )
     sections.append(system.table("Device sessions", await sessions.run()))
     sections.append(system.table("Cost of metrics", await metrics_cost.run()))
-    sections.append(await __import__("bench.big_log").big_log.section())
+    sections.append(await big_log.section())
     head = (
         f"# Benchmarks\n\n{datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {platform.machine()}, "
         f"{os.cpu_count()} cores, Python {sys.version.split()[0]}; made by `make bench`\n"
