@@ -34,6 +34,7 @@ from fleet_contracts.subjects import (
 )
 from fleet_runtime.link import NatsLink
 from fleet_runtime.metrics import NATS_DISCONNECTS, NATS_RECONNECTS
+from fleet_runtime.optional_imports import nats_websockets
 
 log = structlog.get_logger(__name__)
 
@@ -50,6 +51,8 @@ async def connect(
 ) -> Client:
     """Connect with the service defaults; `link` adds an identity, TLS and an inbox."""
     servers = [u.strip() for u in url.split(",") if u.strip()]
+    if any(s.startswith(("ws://", "wss://")) for s in servers):
+        nats_websockets()
 
     async def _error(exc: Exception) -> None:
         log.warning("nats.error", error=str(exc))

@@ -1,14 +1,15 @@
 """structlog, set up once per process.
 
 JSON lines when stderr is not a terminal (containers, CI, log shippers), coloured
-console lines on one. The correlation id is bound with `bind_correlation` (contextvars),
-so every line written while a request or command is handled carries it.
+console lines on one; FLEET_LOG_FORMAT=json|console overrides (`optional_imports.
+json_lines`, which also keeps rich out of a process logging JSON). The correlation id is
+bound with `bind_correlation` (contextvars), so every line written while a request or
+command is handled carries it.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -16,11 +17,11 @@ from typing import Any
 
 import structlog
 
+from fleet_runtime.optional_imports import json_lines
+
 
 def configure(service: str, level: str = "INFO", json: bool | None = None) -> None:
-    use_json = (not sys.stderr.isatty()) if json is None else json
-    if os.environ.get("FLEET_LOG_FORMAT") in ("json", "console"):
-        use_json = os.environ["FLEET_LOG_FORMAT"] == "json"
+    use_json = json_lines(json)
     shared: list[Any] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,

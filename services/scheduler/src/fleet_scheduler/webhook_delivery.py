@@ -25,9 +25,9 @@ import contextlib
 import json
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING
 
 import asyncpg
-import httpx
 import structlog
 from nats.aio.msg import Msg
 from nats.errors import TimeoutError as NatsTimeoutError
@@ -40,6 +40,11 @@ from fleet_contracts.subjects import EVENTS, SCHEDULER_WEBHOOKS_CONSUMER
 from fleet_contracts.webhooks import BATCH_FINISHED, payload
 from fleet_runtime.bus import ensure_streams
 from fleet_scheduler.context import Context
+
+if TYPE_CHECKING:
+    # httpx (with the click and rich it imports) is a tenth of a second of every start;
+    # it is imported when the first hook appears, and most fleets never register one.
+    import httpx
 
 log = structlog.get_logger(__name__)
 
@@ -159,6 +164,8 @@ async def _attempt(ctx: Context, client: httpx.AsyncClient, hook: Hook, delivery
     now = datetime.now(UTC)
     status: int | None = None
     error: str | None = None
+    import httpx  # imported already by whoever made `client`: a dictionary look-up
+
     try:
         response = await client.post(
             hook.url,
@@ -263,9 +270,16 @@ async def _drop_consumer(ctx: Context) -> None:
         await ctx.js.delete_consumer(EVENTS.name, SCHEDULER_WEBHOOKS_CONSUMER)
 
 
-async def run(ctx: Context, stopping: asyncio.Event) -> None:
+def _http_client(ctx: Context) -> httpx.AsyncClient:
+    import httpx
+
     timeout = httpx.Timeout(ctx.settings.scheduler_webhook_timeout_seconds)
-    async with httpx.AsyncClient(timeout=timeout, follow_redirects=False) as client:
+    return httpx.AsyncClient(timeout=timeout, follow_redirects=False)
+
+
+async def run(ctx: Context, stopping: asyncio.Event) -> None:
+    async with contextlib.AsyncExitStack() as stack:
+        client: httpx.AsyncClient | None = None
         dropped = False
         while not stopping.is_set():
             try:
@@ -277,6 +291,8 @@ async def run(ctx: Context, stopping: asyncio.Event) -> None:
                     await _pause(stopping, IDLE_SECONDS)
                     continue
                 dropped = False
+                if client is None:
+                    client = await stack.enter_async_context(_http_client(ctx))
                 settings = ctx.settings
                 await ensure_streams(
                     ctx.js, settings.streams, replicas=settings.nats_stream_replicas

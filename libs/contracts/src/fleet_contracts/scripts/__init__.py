@@ -11,7 +11,6 @@ import random
 from collections.abc import Mapping
 from typing import Any
 
-import jsonschema
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from fleet_contracts.scripts.post import PostConfig
@@ -75,6 +74,10 @@ def validate_script_config(
     schema = plugins.get(name)
     if schema is None:
         raise UnknownScriptError(name, sorted({*BUILTIN_CONFIGS, *plugins}))
+    # Imported here: only plugin scripts need it, and it is a twentieth of a second of
+    # every service start.
+    import jsonschema
+
     validator = jsonschema.Draft202012Validator(schema)
     problems = sorted(validator.iter_errors(dict(config)), key=lambda e: list(e.path))
     if problems:
