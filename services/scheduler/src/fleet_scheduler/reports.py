@@ -43,7 +43,7 @@ from fleet_scheduler.consumer import pull_loop
 from fleet_scheduler.context import Context
 from fleet_scheduler.errors import database_unavailable
 from fleet_scheduler.handlers import Outcome
-from fleet_scheduler.projections import load_tasks, task_state
+from fleet_scheduler.projections import task_state
 from fleet_scheduler.store import ConcurrencyError, Metadata, NewEvent
 from fleet_scheduler.task import Task
 from fleet_scheduler.uow import UnitOfWork, unit_of_work
@@ -189,10 +189,8 @@ async def _task_reports(uow: UnitOfWork, reports: list[TaskReport]) -> None:
     A thousand phones send a lot of these; a statement per report was the scheduler's
     bottleneck. Each event still carries the ids of the report that caused it.
     """
-    tasks = {
-        tid: Task(state)
-        for tid, state in (await load_tasks(uow.conn, sorted({r.task_id for r in reports}))).items()
-    }
+    states = await uow.load_tasks({r.task_id for r in reports})
+    tasks = {tid: Task(state) for tid, state in states.items()}
     events: list[NewEvent] = []
     for report in reports:
         task = tasks.get(report.task_id)
