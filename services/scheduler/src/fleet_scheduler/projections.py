@@ -11,6 +11,7 @@ changes only the device: it frees it, it never brings the task back.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, cast
 
@@ -358,6 +359,23 @@ async def hold_tasks(conn: asyncpg.Connection, held: Held, ids: list[int]) -> li
         held.keep(rows, partial=False)
         found.update((row.id, row) for row in rows)
     return [found[i] for i in sorted(found)]
+
+
+async def hold_tasks_where(
+    conn: asyncpg.Connection, held: Held, where: str, args: Sequence[object]
+) -> list[TaskRow]:
+    """The whole rows matching `where` ($1.. = args), locked, by id, held from then on.
+    Read even when held: a held row is what the database has (every append writes its
+    rows back), so reading it again is only a wasted read, never a wrong one."""
+    rows = [
+        TaskRow(*r)
+        for r in await conn.fetch(
+            f"SELECT {', '.join(TASK_COLUMNS)} FROM tasks WHERE {where} ORDER BY id FOR UPDATE",
+            *args,
+        )
+    ]
+    held.keep(rows, partial=False)
+    return rows
 
 
 async def rebuild(conn: asyncpg.Connection, batch: int = 5000) -> int:

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import asyncpg
 
 from fleet_scheduler import metrics
-from fleet_scheduler.projections import hold_tasks, project_all
+from fleet_scheduler.projections import hold_tasks, hold_tasks_where, project_all
 from fleet_scheduler.store import Metadata, NewEvent, PostgresRecorder, RecordedEvent
 from fleet_scheduler.task import TaskState
 from fleet_scheduler.task_rows import Held, state_of
@@ -43,6 +43,11 @@ class UnitOfWork:
         (read only when not held already)."""
         rows = await hold_tasks(self.conn, self.held, list(ids))
         return {row.id: state_of(row) for row in rows}
+
+    async def load_tasks_where(self, where: str, args: Sequence[object]) -> list[TaskState]:
+        """The tasks whose rows match `where` ($1.. = args), by id, their rows locked."""
+        rows = await hold_tasks_where(self.conn, self.held, where, args)
+        return [state_of(row) for row in rows]
 
     def forget_tasks(self) -> None:
         """Tasks were changed in SQL (`bulk`), not by appended events: held rows are stale."""
