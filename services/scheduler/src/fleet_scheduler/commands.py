@@ -67,7 +67,6 @@ from fleet_scheduler.context import Context
 from fleet_scheduler.creates import decide_creates
 from fleet_scheduler.errors import Rejected, database_unavailable, failure_code
 from fleet_scheduler.handlers import Outcome
-from fleet_scheduler.projections import load_tasks
 from fleet_scheduler.store import ConcurrencyError, Metadata, NewEvent
 from fleet_scheduler.task import StopOnAgent
 from fleet_scheduler.uow import UnitOfWork, unit_of_work
@@ -91,8 +90,9 @@ async def plugin_schemas(ctx: Context, name: str) -> dict[str, dict[str, Any]]:
 
 
 async def _decide(
-    conn: asyncpg.Connection, ctx: Context, cmd: AnyCommand, plugins: dict[str, Any]
+    uow: UnitOfWork, ctx: Context, cmd: AnyCommand, plugins: dict[str, Any]
 ) -> Outcome:
+    conn = uow.conn
     now = ctx.clock()
     match cmd:
         case CreateTasks():
@@ -101,15 +101,15 @@ async def _decide(
                 raise verdict
             return verdict
         case StopTask():
-            states = await load_tasks(conn, [cmd.task_id])
+            states = await uow.load_tasks([cmd.task_id])
             return handlers.stop_task(cmd.task_id, states.get(cmd.task_id))
         case DeleteTask():
-            states = await load_tasks(conn, [cmd.task_id])
+            states = await uow.load_tasks([cmd.task_id])
             return handlers.delete_task(cmd.task_id, states.get(cmd.task_id))
         case BatchDeleteTasks():
-            return handlers.batch_delete(cmd, await load_tasks(conn, cmd.task_ids))
+            return handlers.batch_delete(cmd, await uow.load_tasks(cmd.task_ids))
         case RetryTask():
-            states = await load_tasks(conn, [cmd.task_id])
+            states = await uow.load_tasks([cmd.task_id])
             return handlers.retry_task(cmd.task_id, states.get(cmd.task_id), now)
         case RegisterAccount():
             known = await conn.fetchval(
@@ -149,11 +149,11 @@ async def _decide(
 
 
 async def decide(
-    conn: asyncpg.Connection, ctx: Context, cmd: AnyCommand, plugins: dict[str, Any]
+    uow: UnitOfWork, ctx: Context, cmd: AnyCommand, plugins: dict[str, Any]
 ) -> Outcome:
     """Decide one command without recording its result (a schedule's fire creates
     its tasks through here, as a REST create would)."""
-    return await _decide(conn, ctx, cmd, plugins)
+    return await _decide(uow, ctx, cmd, plugins)
 
 
 async def recorded_result(conn: asyncpg.Connection, command_id: str) -> CommandResult | None:
@@ -173,9 +173,10 @@ async def _apply(
     """Decide and append one command; its result is for the caller to record."""
     if isinstance(cmd, RetryAllTasks):
         data = await bulk.retry_all(uow, metadata_for(cmd), ctx.clock())
+        uow.forget_tasks()
         return CommandResult(data=data, command_id=cmd.message_id), []
     try:
-        outcome = await _decide(uow.conn, ctx, cmd, plugins)
+        outcome = await _decide(uow, ctx, cmd, plugins)
         await uow.append(outcome.events, metadata_for(cmd))
     except Rejected as exc:
         return _result(cmd, exc), []

@@ -34,7 +34,6 @@ from fleet_runtime.failpoints import failpoint
 from fleet_scheduler import task_leases
 from fleet_scheduler.context import Context
 from fleet_scheduler.handlers import Outcome
-from fleet_scheduler.projections import load_tasks
 from fleet_scheduler.schedule import Candidate, Dispatch, Reschedule, Slot, decide
 from fleet_scheduler.store import ConcurrencyError, Metadata
 from fleet_scheduler.task import Task
@@ -117,12 +116,8 @@ async def claim(ctx: Context, cooling: dict[str, datetime]) -> list[Claim]:
         decisions = decide(slots, candidates, now, ctx.rng)
         if not decisions:
             return []
-        tasks = {
-            tid: Task(state)
-            for tid, state in (
-                await load_tasks(conn, sorted({d.task_id for d in decisions}))
-            ).items()
-        }
+        states = await uow.load_tasks({d.task_id for d in decisions})
+        tasks = {tid: Task(state) for tid, state in states.items()}
         claims: list[Claim] = []
         for decision in decisions:
             task = tasks[decision.task_id]
@@ -361,7 +356,7 @@ async def _refused(
             async with unit_of_work(
                 ctx.pool, Metadata(run.correlation_id, run.message_id), ctx.appended
             ) as uow:
-                state = (await load_tasks(uow.conn, [run.task_id])).get(run.task_id)
+                state = (await uow.load_tasks([run.task_id])).get(run.task_id)
                 if state is None:
                     return
                 task = Task(state)

@@ -11,6 +11,7 @@ changes only the device: it frees it, it never brings the task back.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, cast
 
@@ -42,6 +43,7 @@ from fleet_scheduler.task_rows import (
     ROW_EVENT_TYPES,
     TASK_COLUMNS,
     DeviceRow,
+    Held,
     RowBatch,
     RowEvent,
     TaskRow,
@@ -96,6 +98,10 @@ _TASK_SELECT = (
     f"SELECT {', '.join(CHANGED_COLUMNS)} FROM tasks"
     " WHERE id = ANY($1::bigint[]) ORDER BY id FOR UPDATE"
 )
+_WHOLE_TASK_SELECT = (
+    f"SELECT {', '.join(TASK_COLUMNS)} FROM tasks"
+    " WHERE id = ANY($1::bigint[]) ORDER BY id FOR UPDATE"
+)
 _DEVICE_SELECT = (
     f"SELECT {', '.join(DEVICE_COLUMNS)} FROM devices"
     " WHERE serial = ANY($1::text[]) OR current_task_id = ANY($2::bigint[])"
@@ -123,9 +129,11 @@ async def _project_rows(
     conn: asyncpg.Connection,
     run: list[tuple[RecordedEvent, RowEvent]],
     ready_at: dict[int, datetime | None] | None,
+    held: Held,
 ) -> None:
-    """Apply a run of task events: one read of the task rows and one of the device rows
-    they touch (locked), the events played on them in order, one write of each kind.
+    """Apply a run of task events: one read of the task rows they touch that `held`
+    lacks and one of the device rows (locked), the events played on them in order, one
+    write of each kind. `held` is left holding every task row of the run, as written.
 
     `ready_at` collects, for each task first seen here, when it became ready to start if
     it is dispatched: the rows as loaded are the state before this append."""
@@ -146,7 +154,12 @@ async def _project_rows(
             serials.add(event.serial)
     batch = RowBatch()
     if loaded:
-        batch.tasks = {r["id"]: TaskRow(*r) for r in await conn.fetch(_TASK_SELECT, list(loaded))}
+        batch.tasks = {i: row for i in loaded if (row := held.rows.get(i)) is not None}
+        unseen = sorted(loaded - batch.tasks.keys())
+        if unseen:
+            rows = [TaskRow(*r) for r in await conn.fetch(_TASK_SELECT, unseen)]
+            held.keep(rows, partial=True)
+            batch.tasks.update((row.id, row) for row in rows)
         serials.update(row.serial for row in batch.tasks.values())
     if wants_devices:
         rows = await conn.fetch(_DEVICE_SELECT, list(serials), list(loaded | created))
@@ -164,7 +177,9 @@ async def _project_rows(
     for rec, event in run:
         batch.apply(rec, event)
     if batch.created:
-        await conn.execute(_TASK_INSERT, *_arrays(list(batch.created.values()), TASK_COLUMNS))
+        inserted = list(batch.created.values())
+        await conn.execute(_TASK_INSERT, *_arrays(inserted, TASK_COLUMNS))
+        held.keep(inserted, partial=False)
     if batch.changed:
         changed = [batch.tasks[i] for i in sorted(batch.changed)]
         await conn.execute(_TASK_UPDATE, *_arrays(changed, _WRITTEN))
@@ -174,12 +189,18 @@ async def _project_rows(
 
 
 async def project_all(
-    conn: asyncpg.Connection, recs: list[RecordedEvent], latencies: list[float] | None = None
+    conn: asyncpg.Connection,
+    recs: list[RecordedEvent],
+    latencies: list[float] | None = None,
+    held: Held | None = None,
 ) -> None:
     """Project events in log order. Each run of task events is applied set-wise
     (`_project_rows`); any other event by its own statements, between the runs.
 
-    With `latencies`, the dispatch latency of each task started here is added to it."""
+    With `latencies`, the dispatch latency of each task started here is added to it.
+    `held`: the task rows the transaction holds already (`UnitOfWork.held`), not read
+    again, and left holding those these events touched."""
+    held = Held() if held is None else held
     run: list[tuple[RecordedEvent, RowEvent]] = []
     ready_at: dict[int, datetime | None] | None = {} if latencies is not None else None
     started: dict[int, datetime] = {}
@@ -190,12 +211,12 @@ async def project_all(
                 started[rec.data["task_id"]] = rec.recorded_at
             continue
         if run:
-            await _project_rows(conn, run, ready_at)
+            await _project_rows(conn, run, ready_at, held)
             run = []
         await _project_other(conn, rec)
         await scheduling_read_models.project_many(conn, [rec])
     if run:
-        await _project_rows(conn, run, ready_at)
+        await _project_rows(conn, run, ready_at, held)
     if latencies is not None and ready_at is not None:
         for task_id, at in started.items():
             ready = ready_at.get(task_id)
@@ -326,6 +347,35 @@ async def load_tasks(
         ids,
     )
     return {r["id"]: task_state(r) for r in rows}
+
+
+async def hold_tasks(conn: asyncpg.Connection, held: Held, ids: list[int]) -> list[TaskRow]:
+    """The whole rows of `ids` that exist, locked, by id: those `held` lacks read in one
+    statement, and held from then on (the projection then reads none of them again)."""
+    found = held.whole(ids)
+    unseen = sorted({i for i in ids if i not in found})
+    if unseen:
+        rows = [TaskRow(*r) for r in await conn.fetch(_WHOLE_TASK_SELECT, unseen)]
+        held.keep(rows, partial=False)
+        found.update((row.id, row) for row in rows)
+    return [found[i] for i in sorted(found)]
+
+
+async def hold_tasks_where(
+    conn: asyncpg.Connection, held: Held, where: str, args: Sequence[object]
+) -> list[TaskRow]:
+    """The whole rows matching `where` ($1.. = args), locked, by id, held from then on.
+    Read even when held: a held row is what the database has (every append writes its
+    rows back), so reading it again is only a wasted read, never a wrong one."""
+    rows = [
+        TaskRow(*r)
+        for r in await conn.fetch(
+            f"SELECT {', '.join(TASK_COLUMNS)} FROM tasks WHERE {where} ORDER BY id FOR UPDATE",
+            *args,
+        )
+    ]
+    held.keep(rows, partial=False)
+    return rows
 
 
 async def rebuild(conn: asyncpg.Connection, batch: int = 5000) -> int:

@@ -142,7 +142,7 @@ async def _fire(
             actor=f"schedule {schedule_id}",
         )
         plugins = await commands.plugin_schemas(ctx, spec.script_name)
-        outcome = await commands.decide(uow.conn, ctx, cmd, plugins)
+        outcome = await commands.decide(uow, ctx, cmd, plugins)
     except Rejected as exc:
         return fired.model_copy(update={"skipped": exc.message})
     except ValidationError as exc:

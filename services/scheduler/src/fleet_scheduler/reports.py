@@ -43,7 +43,6 @@ from fleet_scheduler.consumer import pull_loop
 from fleet_scheduler.context import Context
 from fleet_scheduler.errors import database_unavailable
 from fleet_scheduler.handlers import Outcome
-from fleet_scheduler.projections import load_tasks, task_state
 from fleet_scheduler.store import ConcurrencyError, Metadata, NewEvent
 from fleet_scheduler.task import Task
 from fleet_scheduler.uow import UnitOfWork, unit_of_work
@@ -67,18 +66,14 @@ def connected_event(agent_id: str, host: str, device: DeviceInfo) -> NewEvent:
 
 async def fail_active(uow: UnitOfWork, where: str, args: list[object], reason: str) -> list[int]:
     """Fail every dispatched or running task matching `where` ($1.. = args)."""
-    rows = await uow.conn.fetch(
-        f"SELECT * FROM tasks WHERE state IN ('dispatched', 'running') AND {where}"
-        " ORDER BY id FOR UPDATE",
-        *args,
-    )
+    states = await uow.load_tasks_where(f"state IN ('dispatched', 'running') AND {where}", args)
     outcome = Outcome()
-    for row in rows:
-        task = Task(task_state(row))
+    for state in states:
+        task = Task(state)
         task.lost(reason)
         outcome.take(task)
     await uow.append(outcome.events)
-    return [r["id"] for r in rows]
+    return [state.id for state in states]
 
 
 async def upsert_agent(
@@ -189,10 +184,8 @@ async def _task_reports(uow: UnitOfWork, reports: list[TaskReport]) -> None:
     A thousand phones send a lot of these; a statement per report was the scheduler's
     bottleneck. Each event still carries the ids of the report that caused it.
     """
-    tasks = {
-        tid: Task(state)
-        for tid, state in (await load_tasks(uow.conn, sorted({r.task_id for r in reports}))).items()
-    }
+    states = await uow.load_tasks({r.task_id for r in reports})
+    tasks = {tid: Task(state) for tid, state in states.items()}
     events: list[NewEvent] = []
     for report in reports:
         task = tasks.get(report.task_id)

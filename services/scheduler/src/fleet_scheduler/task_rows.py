@@ -32,6 +32,7 @@ from fleet_contracts.events import (
 from fleet_scheduler import late
 from fleet_scheduler.late import Verdict
 from fleet_scheduler.store import RecordedEvent
+from fleet_scheduler.task import TaskState
 
 ROW_EVENTS = (
     TaskCreated,
@@ -121,6 +122,58 @@ TASK_COLUMNS = tuple(f.name for f in fields(TaskRow))
 CHANGED_COLUMNS = TASK_COLUMNS[: TASK_COLUMNS.index("auto_retries") + 1]
 """id, serial, then every column an event after the creation may change: what is
 loaded of a row, and written back."""
+
+
+def state_of(row: TaskRow) -> TaskState:
+    """What the task aggregate decides on, from a whole row (`Held.whole`)."""
+    return TaskState(
+        id=row.id,
+        serial=row.serial,
+        state=row.state,
+        version=row.version,
+        script_name=row.script_name,
+        script_config=row.script_config,
+        username=row.username,
+        agent_id=row.agent_id,
+        dispatch_id=row.dispatch_id,
+        retry_count=row.retry_count,
+        deleted=row.deleted,
+        correlation_id=row.correlation_id,
+        ended_by=row.ended_by,
+    )
+
+
+@dataclass
+class Held:
+    """The task rows one transaction has locked or inserted, as its events leave them.
+
+    Nobody else can change a row this transaction holds, and every change this
+    transaction makes goes through `RowBatch` on these same objects, so they stay the
+    rows' true state until commit: a second read of them is never needed. A writer that
+    changes `tasks` in SQL behind them must `forget` them."""
+
+    rows: dict[int, TaskRow] = field(default_factory=dict)
+    partial: set[int] = field(default_factory=set)
+    """Rows read with `CHANGED_COLUMNS` only (the projection's read): right for
+    projecting, but their creation columns are unknown."""
+
+    def whole(self, ids: list[int]) -> dict[int, TaskRow]:
+        """The rows of `ids` held with every column."""
+        return {
+            i: row for i in ids if (row := self.rows.get(i)) is not None and i not in self.partial
+        }
+
+    def keep(self, rows: list[TaskRow], *, partial: bool) -> None:
+        for row in rows:
+            self.rows[row.id] = row
+            if partial:
+                self.partial.add(row.id)
+            else:
+                self.partial.discard(row.id)
+
+    def forget(self) -> None:
+        self.rows.clear()
+        self.partial.clear()
 
 
 @dataclass(slots=True)
