@@ -67,3 +67,19 @@ async def test_a_lost_part_is_an_incomplete_answer_not_a_hang(nc: Client) -> Non
     with pytest.raises(replies.IncompleteReply) as err:
         await replies.request(nc, "q.lossy", b"{}", 0.5)
     assert (err.value.got, err.value.expected) == (1, 2)
+
+
+async def test_requests_in_flight_together_each_get_their_own_answer(nc: Client) -> None:
+    async def answer(msg: Msg) -> None:
+        # Answered out of order: the later requests first.
+        await asyncio.sleep(0.001 * (50 - int(msg.data)))
+        await replies.respond(nc, msg.reply, b"re " + msg.data)
+
+    async def cb(msg: Msg) -> None:
+        asyncio.get_running_loop().create_task(answer(msg))
+
+    await nc.subscribe("q.echo", cb=cb)
+    got = await asyncio.gather(
+        *(replies.request(nc, "q.echo", str(i).encode(), 5) for i in range(50))
+    )
+    assert got == [f"re {i}".encode() for i in range(50)]

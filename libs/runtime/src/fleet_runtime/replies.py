@@ -19,10 +19,12 @@ at its deadline, and `respond` refuses answers above `MAX_REPLY_BYTES` with
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import weakref
 
 import nats.errors
 from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 
 HDR_CHUNK = "Fleet-Chunk"
 HDR_STATUS = "Status"
@@ -82,6 +84,45 @@ def _part(header: str) -> tuple[int, int] | None:
     return (i, n) if 1 <= i <= n else None
 
 
+class _Inboxes:
+    """One wildcard subscription per client that every request's answers arrive on,
+    each request under its own token: a subscription per request cost a SUB and an
+    UNSUB message to the server per query (as `nc.request` avoids the same way)."""
+
+    def __init__(self, nc: Client) -> None:
+        self.nc = nc
+        self.prefix = ""
+        self.waiting: dict[str, asyncio.Queue[Msg]] = {}
+        self._sub: Subscription | None = None
+        self._lock = asyncio.Lock()
+        self._next = 0
+
+    async def open(self) -> tuple[str, asyncio.Queue[Msg]]:
+        """A reply subject and the queue its messages land in; `close` it after."""
+        if self._sub is None:
+            async with self._lock:
+                if self._sub is None:
+                    prefix = self.nc.new_inbox()
+                    self._sub = await self.nc.subscribe(f"{prefix}.*", cb=self._route)
+                    self.prefix = prefix
+        self._next += 1
+        token = str(self._next)
+        queue: asyncio.Queue[Msg] = asyncio.Queue()
+        self.waiting[token] = queue
+        return f"{self.prefix}.{token}", queue
+
+    def close(self, subject: str) -> None:
+        self.waiting.pop(subject.rpartition(".")[2], None)
+
+    async def _route(self, msg: Msg) -> None:
+        queue = self.waiting.get(msg.subject.rpartition(".")[2])
+        if queue is not None:  # else its requester gave up: dropped
+            queue.put_nowait(msg)
+
+
+_INBOXES: weakref.WeakKeyDictionary[Client, _Inboxes] = weakref.WeakKeyDictionary()
+
+
 async def request(nc: Client, subject: str, payload: bytes, within: float) -> bytes:
     """The whole answer to `payload` on `subject`, joined from its parts.
 
@@ -91,8 +132,10 @@ async def request(nc: Client, subject: str, payload: bytes, within: float) -> by
     """
     loop = asyncio.get_running_loop()
     deadline = loop.time() + within
-    inbox = nc.new_inbox()
-    sub = await nc.subscribe(inbox)
+    inboxes = _INBOXES.get(nc)
+    if inboxes is None:
+        inboxes = _INBOXES[nc] = _Inboxes(nc)
+    inbox, queue = await inboxes.open()
     try:
         await nc.publish(subject, payload, reply=inbox)
         parts: dict[int, bytes] = {}
@@ -101,9 +144,9 @@ async def request(nc: Client, subject: str, payload: bytes, within: float) -> by
             remaining = deadline - loop.time()
             try:
                 if remaining <= 0:
-                    raise nats.errors.TimeoutError
-                msg = await sub.next_msg(timeout=remaining)
-            except nats.errors.TimeoutError:
+                    raise TimeoutError
+                msg = await asyncio.wait_for(queue.get(), remaining)
+            except TimeoutError:
                 if parts:
                     raise IncompleteReply(subject, len(parts), expected) from None
                 raise TimeoutError(f"no answer to {subject} within {within:g}s") from None
@@ -118,5 +161,4 @@ async def request(nc: Client, subject: str, payload: bytes, within: float) -> by
             if len(parts) == expected:
                 return b"".join(parts[i] for i in range(1, expected + 1))
     finally:
-        with contextlib.suppress(nats.errors.Error):
-            await sub.unsubscribe()
+        inboxes.close(inbox)

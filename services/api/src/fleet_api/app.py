@@ -166,6 +166,9 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
         version="1.0.0",
         description=DESCRIPTION,
         lifespan=lifespan,
+        # Metrics are Prometheus (fleet_api.metrics), not OpenTelemetry: FastAPI's native
+        # telemetry would only ask OpenTelemetry for a provider on every request.
+        telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     app.state.settings = settings
     if settings.metrics_enabled:

@@ -95,12 +95,15 @@ def identify(secret: str | None, settings: ApiSettings, keys: dict[str, KeyRecor
     )
 
 
-def any_caller(
+async def any_caller(
     request: Request,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Security(bearer)],
     api_key: Annotated[str | None, Security(api_key_header)],
 ) -> Caller:
-    """The caller, whatever their plan (the license check answers starter keys too)."""
+    """The caller, whatever their plan (the license check answers starter keys too).
+
+    Async, as every per-request dependency here: FastAPI runs a plain `def` dependency
+    on a worker thread, a hop that cost more than the whole query on a busy machine."""
     gw = gateway(request)
     secret = credentials.credentials if credentials else api_key
     return identify(secret, gw.settings, gw.keys.entries)
@@ -120,7 +123,7 @@ def require_role(caller: Caller, needed: Role, what: str) -> Caller:
     return caller
 
 
-def api_caller(request: Request, caller: Annotated[Caller, Depends(any_caller)]) -> Caller:
+async def api_caller(request: Request, caller: Annotated[Caller, Depends(any_caller)]) -> Caller:
     """The caller, refused with 40301 when their plan has no API access, and with 40302
     when a viewer key asks for anything but a read."""
     if not caller.license.api_enabled:

@@ -27,6 +27,7 @@ from fleet_contracts.commands import (
     request_digest,
     subject_for,
 )
+from fleet_contracts.envelope import Envelope
 from fleet_contracts.presence import SchedulerPresence
 from fleet_contracts.queries import QUERY_SUBJECTS, GetCommandResult, Ping, Query
 from fleet_contracts.subjects import HDR_REPLY_TO, SCHEDULER_PRESENCE
@@ -44,13 +45,17 @@ def _require_bus(gw: Gateway) -> None:
         raise unavailable("the message bus (NATS) is not reachable; try again shortly")
 
 
-async def ask(gw: Gateway, query: Query, within: float | None = None) -> Any:
-    """The `data` of the scheduler's answer to `query`; its error as an ApiError."""
+# A scheduler's success answer is the REST envelope itself (`Reply`'s fields are the
+# envelope's, dumped by pydantic in this order), so it can be sent on untouched.
+_SUCCESS_PREFIX = b'{"code":0,"message":"success","data":'
+
+
+async def _request(gw: Gateway, query: Query, within: float | None) -> tuple[str, bytes]:
     subject = QUERY_SUBJECTS[type(query)]
     limit = within if within is not None else gw.settings.api_query_timeout_seconds
     _require_bus(gw)
     try:
-        raw = await replies.request(gw.nc, subject, query.to_bytes(), limit)
+        return subject, await replies.request(gw.nc, subject, query.to_bytes(), limit)
     except nats.errors.NoRespondersError as exc:
         raise unavailable(
             f"no scheduler is running (nobody answers {subject}); start fleet_scheduler"
@@ -63,6 +68,9 @@ async def ask(gw: Gateway, query: Query, within: float | None = None) -> Any:
         raise unavailable(f"no scheduler answered {subject} within {limit:g}s") from exc
     except nats.errors.Error as exc:
         raise unavailable(f"the message bus (NATS) failed: {exc}") from exc
+
+
+def _data(subject: str, raw: bytes) -> Any:
     try:
         reply = Reply.model_validate_json(raw)
     except ValidationError as exc:
@@ -72,6 +80,28 @@ async def ask(gw: Gateway, query: Query, within: float | None = None) -> Any:
     if not reply.ok:
         raise ApiError.from_reply(reply)
     return reply.data
+
+
+async def ask(gw: Gateway, query: Query, within: float | None = None) -> Any:
+    """The `data` of the scheduler's answer to `query`; its error as an ApiError."""
+    subject, raw = await _request(gw, query, within)
+    return _data(subject, raw)
+
+
+async def ask_envelope(gw: Gateway, query: Query, within: float | None = None) -> bytes:
+    """The scheduler's success answer to `query` as REST envelope bytes, its error as an
+    ApiError.
+
+    For the hot reads (list, stats): parsing the answer into models only to dump the
+    same JSON again cost more than the scheduler's whole answer. The scheduler is
+    trusted to send the contract's shape, as it is for every other answer's `data`; an
+    answer that does not start as a success envelope takes the checked path.
+    """
+    subject, raw = await _request(gw, query, within)
+    if raw.startswith(_SUCCESS_PREFIX) and raw.endswith(b"}"):
+        return raw
+    data = _data(subject, raw)
+    return Envelope(data=data).model_dump_json().encode()
 
 
 async def recorded_result(

@@ -176,7 +176,8 @@ async def list_tasks(ctx: Context, q: ListTasks) -> Reply:
         page=q.page,
         page_size=q.page_size,
     )
-    return Reply(data=page.model_dump(mode="json"))
+    # The page itself, not its dict: the reply is dumped to JSON once (`_send`).
+    return Reply(data=page)
 
 
 async def get_task(ctx: Context, q: GetTask) -> Reply:
@@ -191,8 +192,7 @@ async def get_task(ctx: Context, q: GetTask) -> Reply:
 
 async def get_stats(ctx: Context, q: GetStats) -> Reply:
     """From memory while no commit was heard since the last read (`task_stats`)."""
-    stats = await ctx.task_stats.get(ctx.pool)
-    return Reply(data=stats.model_dump())
+    return Reply(data=await ctx.task_stats.get(ctx.pool))
 
 
 async def task_events(ctx: Context, q: TaskEvents) -> Reply:

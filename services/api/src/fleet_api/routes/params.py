@@ -33,7 +33,7 @@ Text = Annotated[str | None, Query(max_length=200, pattern=NO_NUL)]
 ApiCaller = Annotated[Caller, Depends(api_caller)]
 
 
-def request_id(request: Request) -> str:
+async def request_id(request: Request) -> str:
     return correlation_id(request.scope)
 
 
