@@ -40,11 +40,10 @@ import psutil
 from nats.aio.client import Client as NatsClient
 
 from bench import limits
-from bench.system import Client, Row, pct, table
+from bench.system import Client, Row, bench_stack, pct, table
 from fleet_contracts.codes import TaskSource, TaskStatus
 from fleet_contracts.queries import QUERY_SUBJECTS, GetStats, ListTasks, Ping, Query
-from fleet_devstack import free_port
-from fleet_devstack.stack import AgentSpec, ServiceProcess, Stack, StackConfig
+from fleet_devstack.stack import ServiceProcess, Stack
 
 SERIALS = 1000
 SCRIPTS = ("post", "follow", "like")
@@ -286,19 +285,7 @@ async def _reads(
 
 async def run(sizes: Sizes = BIG, data_dir: Path | None = None) -> list[Row]:
     root = data_dir or Path(tempfile.mkdtemp(prefix="fleet-big-log-"))
-    media = root / "clip.mp4"
-    media.parent.mkdir(parents=True, exist_ok=True)
-    media.write_bytes(b"\x00" * 1024)
-    stack = Stack(
-        StackConfig(
-            data_dir=root / "stack",
-            api_port=free_port(),
-            durable_postgres=False,
-            agents=[AgentSpec(agent_id="bench", sim_devices=3, sim_speed=0.0)],
-            env={"FLEET_LOG_LEVEL": "WARNING"},
-            metrics=False,
-        )
-    )
+    stack, media = bench_stack(root, 3, metrics=False)
     await asyncio.to_thread(stack.start_infrastructure)
     await asyncio.to_thread(stack.start_services)
     try:
