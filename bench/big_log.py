@@ -40,7 +40,7 @@ import psutil
 from nats.aio.client import Client as NatsClient
 
 from bench import limits
-from bench.system import Client, Row, bench_stack, pct, table
+from bench.system import Client, Row, bench_stack, pct, running, table
 from fleet_contracts.codes import TaskSource, TaskStatus
 from fleet_contracts.queries import QUERY_SUBJECTS, GetStats, ListTasks, Ping, Query
 from fleet_devstack.stack import ServiceProcess, Stack
@@ -286,13 +286,10 @@ async def _reads(
 async def run(sizes: Sizes = BIG, data_dir: Path | None = None) -> list[Row]:
     root = data_dir or Path(tempfile.mkdtemp(prefix="fleet-big-log-"))
     stack, media = bench_stack(root, 3, metrics=False)
-    await asyncio.to_thread(stack.start_infrastructure)
-    await asyncio.to_thread(stack.start_services)
     try:
-        await asyncio.to_thread(stack.wait_ready, 120)
-        return await _measure(stack, sizes, str(media))
+        async with running(stack):
+            return await _measure(stack, sizes, str(media))
     finally:
-        await asyncio.to_thread(stack.stop)
         if data_dir is None:  # about 5 GB at a million tasks
             await asyncio.to_thread(shutil.rmtree, root, True)
 

@@ -29,7 +29,16 @@ import aiohttp
 
 from bench import proc
 from bench.cputime import spent_seconds
-from bench.system import Client, Row, _create_many, _finished, bench_stack, our_processes
+from bench.system import (
+    Client,
+    Row,
+    _create_many,
+    _finished,
+    bench_stack,
+    devices_online,
+    our_processes,
+    running,
+)
 
 SCRAPE_EVERY_SECONDS = 1.0
 
@@ -100,10 +109,7 @@ def hook_seconds_per_task(repeat: int = 5000) -> float:
 
 async def one_round(scale: CostScale, metrics: bool, root: Path) -> Round:
     stack, media = bench_stack(root, scale.devices, metrics)
-    await asyncio.to_thread(stack.start_infrastructure)
-    await asyncio.to_thread(stack.start_services)
-    try:
-        await asyncio.to_thread(stack.wait_ready, 120)
+    async with running(stack):
         urls = list(stack.metrics_urls().values())
         assert bool(urls) == metrics, urls
         serials = [f"device_serial_{i}" for i in range(1, scale.devices + 1)]
@@ -111,11 +117,7 @@ async def one_round(scale: CostScale, metrics: bool, root: Path) -> Round:
         timeout = aiohttp.ClientTimeout(total=120)
         async with aiohttp.ClientSession(timeout=timeout) as session:
             client = Client(session, stack.api_url)
-            for _ in range(600):
-                devices = await client.call("GET", "/device", params={"online": "true"})
-                if devices["total"] >= scale.devices:
-                    break
-                await asyncio.sleep(0.1)
+            await devices_online(client, scale.devices)
             stop = asyncio.Event()
             scraper = asyncio.create_task(_scrape_until(urls, stop, session))
             # One reading for every process of ours: PostgreSQL backends that end
@@ -134,8 +136,6 @@ async def one_round(scale: CostScale, metrics: bool, root: Path) -> Round:
         return Round(
             metrics, len(ids) / elapsed, scrapes, stats["completed"], cpu * 1000 / len(ids)
         )
-    finally:
-        await asyncio.to_thread(stack.stop)
 
 
 async def run(scale: CostScale = BIG, data_dir: Path | None = None) -> list[Row]:

@@ -18,7 +18,7 @@ from typing import Any
 
 import aiohttp
 
-from bench.system import Client, Row, pct, table
+from bench.system import Client, Row, pct, running, table
 from fleet_devstack import free_port
 from fleet_devstack.stack import AgentSpec, Stack, StackConfig
 
@@ -85,13 +85,8 @@ async def run(samples: int = 50) -> list[Row]:
             env={"FLEET_LOG_LEVEL": "WARNING"},
         )
     )
-    await asyncio.to_thread(stack.start_infrastructure)
-    await asyncio.to_thread(stack.start_services)
-    try:
-        await asyncio.to_thread(stack.wait_ready, 120)
+    async with running(stack):
         return await _measure(stack, samples)
-    finally:
-        await asyncio.to_thread(stack.stop)
 
 
 if __name__ == "__main__":

@@ -16,6 +16,8 @@ import math
 import statistics
 import tempfile
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -191,33 +193,35 @@ def bench_stack(
     return stack, media
 
 
-async def run(scale: Scale = BIG, data_dir: Path | None = None) -> Result:
-    root = data_dir or Path(tempfile.mkdtemp(prefix="fleet-bench-"))
-    stack, media = bench_stack(root, scale.devices)
+@asynccontextmanager
+async def running(stack: Stack) -> AsyncIterator[Stack]:
+    """`stack` started and ready for the block, stopped after it."""
     await asyncio.to_thread(stack.start_infrastructure)
     await asyncio.to_thread(stack.start_services)
     try:
         await asyncio.to_thread(stack.wait_ready, 120)
-        return await _measure(stack, scale, str(media))
+        yield stack
     finally:
         await asyncio.to_thread(stack.stop)
+
+
+async def run(scale: Scale = BIG, data_dir: Path | None = None) -> Result:
+    root = data_dir or Path(tempfile.mkdtemp(prefix="fleet-bench-"))
+    stack, media = bench_stack(root, scale.devices)
+    async with running(stack):
+        return await _measure(stack, scale, str(media))
 
 
 async def e2e(scale: Scale, schedulers: int, data_dir: Path | None = None) -> Flood:
     """The end-to-end flood alone, on a fresh stack with `schedulers` schedulers."""
     root = data_dir or Path(tempfile.mkdtemp(prefix="fleet-bench-e2e-"))
     stack, media = bench_stack(root, scale.devices, schedulers=schedulers)
-    await asyncio.to_thread(stack.start_infrastructure)
-    await asyncio.to_thread(stack.start_services)
-    try:
-        await asyncio.to_thread(stack.wait_ready, 120)
+    async with running(stack):
         serials = [f"device_serial_{i}" for i in range(1, scale.devices + 1)]
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=120)) as session:
             client = Client(session, stack.api_url)
-            await _devices_online(client, scale.devices)
+            await devices_online(client, scale.devices)
             return await flood(stack, client, serials, scale.e2e_tasks, str(media))
-    finally:
-        await asyncio.to_thread(stack.stop)
 
 
 def our_processes(stack: Stack) -> dict[str, list[int]]:
@@ -233,7 +237,7 @@ def our_processes(stack: Stack) -> dict[str, list[int]]:
     return groups
 
 
-async def _devices_online(client: Client, count: int) -> None:
+async def devices_online(client: Client, count: int) -> None:
     for _ in range(600):  # the agent announces its devices just after readiness
         devices = await client.call("GET", "/device", params={"online": "true"})
         if devices["total"] >= count:
@@ -283,7 +287,7 @@ async def _measure(stack: Stack, scale: Scale, media: str) -> Result:
     quick = {"material_list": [media], "upload_wait_time": 0}
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=120)) as session:
         client = Client(session, stack.api_url)
-        await _devices_online(client, scale.devices)
+        await devices_online(client, scale.devices)
 
         # 1 + 2: create through REST, then wait for every task to complete.
         e2e_flood = await flood(stack, client, serials, scale.e2e_tasks, media)
