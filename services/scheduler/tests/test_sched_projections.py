@@ -30,7 +30,7 @@ from fleet_contracts.subjects import device_stream_id, task_stream_id
 from fleet_scheduler import late
 from fleet_scheduler.late import Verdict
 from fleet_scheduler.migrate import migrate
-from fleet_scheduler.projections import load_tasks, project_all, rebuild
+from fleet_scheduler.projections import project_all, rebuild, task_state
 from fleet_scheduler.store import Metadata, NewEvent, PostgresRecorder, init_connection
 from fleet_scheduler.task import Task
 
@@ -115,7 +115,7 @@ async def assert_rebuilt_from_its_events(pool: asyncpg.Pool, task_id: int) -> No
     """The aggregate replayed from its stream is the state loaded from the read model."""
     async with pool.acquire() as conn:
         stream = await PostgresRecorder(conn).read_stream(task_stream_id(task_id))
-        loaded = (await load_tasks(conn, [task_id], lock=False))[task_id]
+        loaded = task_state(await conn.fetchrow("SELECT * FROM tasks WHERE id = $1", task_id))
     replayed = Task.from_events([rec.event() for rec in stream], correlation_id="c-1")
     assert replayed.state == loaded
 

@@ -35,7 +35,7 @@ from fleet_scheduler import metrics, scheduling_read_models
 from fleet_scheduler.session_projections import SESSION_EVENTS, SESSION_TABLES
 from fleet_scheduler.session_projections import project as project_session
 from fleet_scheduler.store import RecordedEvent, recorded_from_row
-from fleet_scheduler.task import TaskState
+from fleet_scheduler.task import STATE_FIELDS, TaskState
 from fleet_scheduler.task_rows import (
     CHANGED_COLUMNS,
     DEVICE_COLUMNS,
@@ -321,32 +321,7 @@ async def _project_other(conn: asyncpg.Connection, rec: RecordedEvent) -> None:
 
 
 def task_state(row: asyncpg.Record) -> TaskState:
-    return TaskState(
-        id=row["id"],
-        serial=row["serial"],
-        state=row["state"],
-        version=row["version"],
-        script_name=row["script_name"],
-        script_config=row["script_config"],
-        username=row["username"],
-        agent_id=row["agent_id"],
-        dispatch_id=row["dispatch_id"],
-        retry_count=row["retry_count"],
-        deleted=row["deleted"],
-        correlation_id=row["correlation_id"],
-        ended_by=row["ended_by"],
-    )
-
-
-async def load_tasks(
-    conn: asyncpg.Connection, ids: list[int], *, lock: bool = True
-) -> dict[int, TaskState]:
-    rows = await conn.fetch(
-        "SELECT * FROM tasks WHERE id = ANY($1::bigint[]) ORDER BY id"
-        + (" FOR UPDATE" if lock else ""),
-        ids,
-    )
-    return {r["id"]: task_state(r) for r in rows}
+    return TaskState(**{name: row[name] for name in STATE_FIELDS})
 
 
 async def hold_tasks(conn: asyncpg.Connection, held: Held, ids: list[int]) -> list[TaskRow]:

@@ -10,7 +10,7 @@ of it, not a second source of truth.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from datetime import datetime
 from typing import Any
 
@@ -64,6 +64,10 @@ class TaskState:
     @property
     def status(self) -> TaskStatus:
         return STATUS_OF_STATE[self.state]
+
+
+STATE_FIELDS = tuple(f.name for f in fields(TaskState))
+"""The read model's columns a task's state is made of (`tasks` has them by these names)."""
 
 
 @dataclass(frozen=True)

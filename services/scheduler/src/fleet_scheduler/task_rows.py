@@ -32,7 +32,7 @@ from fleet_contracts.events import (
 from fleet_scheduler import late
 from fleet_scheduler.late import Verdict
 from fleet_scheduler.store import RecordedEvent
-from fleet_scheduler.task import TaskState
+from fleet_scheduler.task import STATE_FIELDS, TaskState
 
 ROW_EVENTS = (
     TaskCreated,
@@ -126,21 +126,7 @@ loaded of a row, and written back."""
 
 def state_of(row: TaskRow) -> TaskState:
     """What the task aggregate decides on, from a whole row (`Held.whole`)."""
-    return TaskState(
-        id=row.id,
-        serial=row.serial,
-        state=row.state,
-        version=row.version,
-        script_name=row.script_name,
-        script_config=row.script_config,
-        username=row.username,
-        agent_id=row.agent_id,
-        dispatch_id=row.dispatch_id,
-        retry_count=row.retry_count,
-        deleted=row.deleted,
-        correlation_id=row.correlation_id,
-        ended_by=row.ended_by,
-    )
+    return TaskState(**{name: getattr(row, name) for name in STATE_FIELDS})
 
 
 @dataclass
