@@ -93,7 +93,7 @@ async def seed(conn: asyncpg.Connection, templates: dict[str, int], upto: int) -
         r["column_name"]
         for r in await conn.fetch(
             "SELECT column_name FROM information_schema.columns"
-            " WHERE table_name = 'tasks' ORDER BY ordinal_position"
+            " WHERE table_name = 'tasks' AND is_generated = 'NEVER' ORDER BY ordinal_position"
         )
     ]
     replaced = {"id": "c.id", "serial": "c.serial", "script_name": "c.script_name"}
@@ -102,10 +102,18 @@ async def seed(conn: asyncpg.Connection, templates: dict[str, int], upto: int) -
     async with conn.transaction():
         await conn.execute("LOCK TABLE events IN EXCLUSIVE MODE")
         await conn.execute(
-            "INSERT INTO events (stream_id, version, type, data, metadata, recorded_at)"
+            "INSERT INTO events (stream_id, version, type, data, metadata, recorded_at,"
+            " partition, partition_position)"
             f" SELECT 'task-' || c.id, e.version, e.type, e.data || {overrides}, e.metadata,"
-            f" e.recorded_at FROM {copies} c JOIN events e ON e.stream_id = 'task-' || c.template"
+            " e.recorded_at, fleet_partition(c.serial), l.next_position + row_number()"
+            " OVER (PARTITION BY fleet_partition(c.serial) ORDER BY c.i, e.version)"
+            f" FROM {copies} c JOIN events e ON e.stream_id = 'task-' || c.template"
+            " JOIN log_partitions l ON l.id = fleet_partition(c.serial)"
             " ORDER BY c.i, e.version"
+        )
+        await conn.execute(
+            "UPDATE log_partitions l SET next_position = m.last FROM (SELECT partition,"
+            " max(partition_position) AS last FROM events GROUP BY 1) m WHERE l.id = m.partition"
         )
         await conn.execute(
             f"INSERT INTO tasks ({', '.join(columns)}) SELECT {picked}"
@@ -116,6 +124,10 @@ async def seed(conn: asyncpg.Connection, templates: dict[str, int], upto: int) -
         # the relay's record says they were sent, its stream sequence unchanged.
         await conn.execute(
             "UPDATE relay_position SET position = (SELECT max(position) FROM events) WHERE id = 1"
+        )
+        await conn.execute(
+            "UPDATE relay_partitions r SET position = l.next_position"
+            " FROM log_partitions l WHERE l.id = r.partition"
         )
     await conn.execute("VACUUM ANALYZE tasks")
     await conn.execute("VACUUM ANALYZE events")

@@ -98,7 +98,12 @@ def connected(*serials: str) -> list[NewEvent]:
 
 async def task_row(pool: asyncpg.Pool, task_id: int) -> dict[str, Any]:
     row = dict(await pool.fetchrow("SELECT * FROM tasks WHERE id = $1", task_id))
-    return {k: v for k, v in row.items() if k not in (*TIMES, "id", "serial", "dispatch_id")}
+    # Tasks on other phones: their serials, and so their partitions, differ.
+    return {
+        k: v
+        for k, v in row.items()
+        if k not in (*TIMES, "id", "serial", "partition", "dispatch_id")
+    }
 
 
 async def device(pool: asyncpg.Pool, serial: str) -> dict[str, Any]:

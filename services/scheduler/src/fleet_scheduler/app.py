@@ -37,7 +37,7 @@ from fleet_scheduler import (
     webhook_delivery,
 )
 from fleet_scheduler.context import Context
-from fleet_scheduler.migrate import migrate
+from fleet_scheduler.migrate import installed_partitions, migrate
 from fleet_scheduler.settings import SchedulerSettings
 from fleet_scheduler.store import init_connection
 
@@ -54,7 +54,15 @@ async def open_pool(settings: SchedulerSettings) -> asyncpg.Pool:
             log.warning("database.unavailable", error=str(exc))
             await asyncio.sleep(1.0)
     try:
-        await migrate(conn)
+        await migrate(conn, settings.scheduler_partitions)
+        installed = await installed_partitions(conn)
+        if installed != settings.scheduler_partitions:
+            log.warning(
+                "partitions.setting_ignored",
+                setting=settings.scheduler_partitions,
+                installed=installed,
+                reason="the partition count is fixed when the log is installed",
+            )
     finally:
         await conn.close()
     pool = await asyncpg.create_pool(

@@ -21,20 +21,27 @@ from fleet_scheduler.store import ConcurrencyError, Metadata
 from fleet_scheduler.uow import UnitOfWork
 
 RETRY_ALL = (
-    "WITH failed AS (SELECT id, version, retry_count FROM tasks"
+    "WITH failed AS (SELECT id, version, retry_count, partition,"
+    " row_number() OVER (PARTITION BY partition ORDER BY id) AS n FROM tasks"
     " WHERE state = 'failed' AND NOT deleted),"
-    " appended AS (INSERT INTO events (stream_id, version, type, data, metadata)"
-    " SELECT 'task-' || id, version + 1, 'task.retried',"
-    " jsonb_build_object('task_id', id, 'retry_count', retry_count + 1, 'due_at', $1::text),"
-    " jsonb_build_object('message_id', md5(id::text || clock_timestamp()::text"
+    # Each partition's next positions, taken under the row locks the unit of work holds.
+    " bumped AS (UPDATE log_partitions l SET next_position = l.next_position + c.n"
+    " FROM (SELECT partition, count(*) AS n FROM failed GROUP BY 1) c"
+    " WHERE l.id = c.partition RETURNING l.id, l.next_position - c.n AS base),"
+    " appended AS (INSERT INTO events (stream_id, version, type, data, metadata,"
+    " partition, partition_position)"
+    " SELECT 'task-' || f.id, f.version + 1, 'task.retried',"
+    " jsonb_build_object('task_id', f.id, 'retry_count', f.retry_count + 1, 'due_at', $1::text),"
+    " jsonb_build_object('message_id', md5(f.id::text || clock_timestamp()::text"
     " || random()::text), 'correlation_id', $2::text, 'causation_id', $3::text,"
-    " 'actor', $4::text)"
-    " FROM failed ORDER BY id RETURNING 1)"
+    " 'actor', $4::text), f.partition, b.base + f.n"
+    " FROM failed f JOIN bumped b ON b.id = f.partition ORDER BY f.partition, f.n RETURNING 1)"
     " UPDATE tasks t SET state = 'pending', status = 0, reason = NULL, wait_reason = '',"
     " retry_count = t.retry_count + 1, due_at = $5, started_at = NULL, finished_at = NULL,"
     " progress = NULL, version = t.version + 1, ended_by = NULL"
     " FROM failed f WHERE t.id = f.id RETURNING t.id"
 )
+"""Runs in a unit of work holding every partition (retry-all names none)."""
 
 
 async def retry_all(uow: UnitOfWork, metadata: Metadata, now: datetime) -> dict[str, Any]:

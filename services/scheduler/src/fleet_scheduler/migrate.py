@@ -2,6 +2,10 @@
 
 Two schedulers starting at once must not both apply a file: a session advisory lock
 serializes them, and the second finds the version already recorded.
+
+A file may hold `@PARTITIONS@`: the partition count of the log (`partitions.py`),
+fixed when that file is applied (`FLEET_SCHEDULER_PARTITIONS` at install). A later
+start with another setting keeps the installed count (`installed_partitions`).
 """
 
 from __future__ import annotations
@@ -10,6 +14,8 @@ from importlib import resources
 
 import asyncpg
 import structlog
+
+from fleet_scheduler import partitions as parts
 
 log = structlog.get_logger(__name__)
 
@@ -26,8 +32,9 @@ def migration_files() -> list[tuple[int, str, str]]:
     return sorted(found)
 
 
-async def migrate(conn: asyncpg.Connection) -> list[int]:
-    """Apply what is missing; return the versions applied now."""
+async def migrate(conn: asyncpg.Connection, partitions: int = parts.DEFAULT_COUNT) -> list[int]:
+    """Apply what is missing; return the versions applied now. `partitions`: the count a
+    new log is installed with."""
     applied_now: list[int] = []
     await conn.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK)
     try:
@@ -41,7 +48,7 @@ async def migrate(conn: asyncpg.Connection) -> list[int]:
             if version in done:
                 continue
             async with conn.transaction():
-                await conn.execute(sql)
+                await conn.execute(sql.replace("@PARTITIONS@", str(int(partitions))))
                 await conn.execute(
                     "INSERT INTO schema_migrations (version, name) VALUES ($1, $2)", version, name
                 )
@@ -50,3 +57,8 @@ async def migrate(conn: asyncpg.Connection) -> list[int]:
     finally:
         await conn.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK)
     return applied_now
+
+
+async def installed_partitions(conn: asyncpg.Connection) -> int:
+    """The log's partition count, fixed when it was installed."""
+    return int(await conn.fetchval("SELECT count(*) - 1 FROM log_partitions"))

@@ -31,6 +31,8 @@ class SchedulerSettings(NatsLinkSettings):  # + NATS identity, TLS, stream limit
     scheduler_dispatch_poll_seconds: float = Field(1.0, gt=0)
     scheduler_db_pool_size: int = Field(10, ge=2)
     scheduler_seed: int | None = None
+    scheduler_partitions: int = Field(16, ge=1, le=1024)
+    """Partitions of a new log (fixed at install; a later change is ignored, logged)."""
     # Past these, a command / report id is forgotten: each must exceed the max age of
     # its stream (COMMANDS 7 days, REPORTS 1 day), or a redelivery could apply twice.
     scheduler_command_results_keep_seconds: float = Field(8 * 24 * 3600.0, gt=0)

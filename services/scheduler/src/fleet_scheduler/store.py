@@ -2,14 +2,21 @@
 
 Two recorders keep the same contract: `PostgresRecorder` (the real log, written inside
 the caller's transaction so read models change with it) and `InMemoryRecorder` (for
-pure tests). Appends are serialized with `LOCK TABLE events IN EXCLUSIVE MODE`: a
-bigserial position is taken at insert, not at commit, so without the lock a reader
-tailing by position could pass a row whose transaction commits late.
+pure tests).
+
+The log is partitioned (`partitions.py`): each event also takes the next gap-free
+position of its stream's partition, counted in that partition's `log_partitions` row,
+which the appending transaction keeps locked until it commits. So within a partition
+positions become visible in order and a reader tailing one partition (the relay) never
+passes a row whose transaction commits late, while writers of different partitions do
+not wait for each other. The global `position` (a bigserial, taken at insert) still
+orders each stream and each partition, but not the log as a whole.
 """
 
 from __future__ import annotations
 
 import json
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -19,6 +26,7 @@ import asyncpg
 
 from fleet_contracts.events import AnyEvent, DomainEvent, EventEnvelope, parse_event
 from fleet_contracts.messages import new_id
+from fleet_scheduler import partitions as parts
 
 
 class ConcurrencyError(Exception):
@@ -33,6 +41,8 @@ class NewEvent:
     """The stream's version before this event; None appends after whatever is there."""
     metadata: Metadata | None = None
     """This event's own ids, when one append carries events of several causes."""
+    partition: int | None = None
+    """The stream's partition when the caller knows it; else the recorder finds it."""
 
 
 @dataclass(frozen=True)
@@ -44,6 +54,8 @@ class RecordedEvent:
     data: dict[str, Any]
     metadata: dict[str, Any]
     recorded_at: datetime
+    partition: int = 0
+    partition_position: int = 0
 
     def event(self) -> AnyEvent:
         return parse_event(self.type, self.data)
@@ -139,7 +151,9 @@ class InMemoryRecorder:
         return [r for r in self.rows if r.stream_id == stream_id]
 
 
-_COLUMNS = "position, stream_id, version, type, data, metadata, recorded_at"
+_COLUMNS = (
+    "position, stream_id, version, type, data, metadata, recorded_at, partition, partition_position"
+)
 
 
 def recorded_from_row(record: asyncpg.Record) -> RecordedEvent:
@@ -151,22 +165,58 @@ def recorded_from_row(record: asyncpg.Record) -> RecordedEvent:
         data=record["data"],
         metadata=record["metadata"],
         recorded_at=record["recorded_at"],
+        partition=record.get("partition", 0),
+        partition_position=record.get("partition_position", 0),
     )
 
 
 class PostgresRecorder:
     """The log in PostgreSQL. `append` must run inside a transaction of `conn`."""
 
-    def __init__(self, conn: asyncpg.Connection, *, locked: bool = False) -> None:
+    def __init__(
+        self, conn: asyncpg.Connection, *, locked: bool = False, partition_count: int = 0
+    ) -> None:
         self.conn = conn
         self.locked = locked
-        """True when the caller's transaction already holds the events lock."""
+        """True when the caller's unit of work holds the partitions and sends the NOTIFY."""
+        self.partition_count = partition_count
+        """The log's partition count; 0: read it when first needed."""
+
+    async def _partitions(self, events: Sequence[NewEvent]) -> list[int]:
+        """Each event's partition: given, from its stream's id or its task's creation,
+        else the partition the stream's first event was written to (else the fleet's)."""
+        if not self.partition_count:
+            self.partition_count = int(
+                await self.conn.fetchval("SELECT count(*) - 1 FROM log_partitions")
+            )
+        count = self.partition_count
+        found: dict[str, int] = {}
+        for new in events:
+            if new.partition is not None:
+                found.setdefault(new.stream_id, new.partition)
+                continue
+            serial = (
+                getattr(new.event, "serial", None) if new.stream_id.startswith("task-") else None
+            )
+            part = parts.of_stream(new.stream_id, count, serial)
+            if part is not None:
+                found.setdefault(new.stream_id, part)
+        unknown = sorted({e.stream_id for e in events} - found.keys())
+        if unknown:
+            rows = await self.conn.fetch(
+                "SELECT stream_id, partition FROM events"
+                " WHERE stream_id = ANY($1::text[]) AND version = 1",
+                unknown,
+            )
+            found.update((r["stream_id"], r["partition"]) for r in rows)
+        # A new stream that names no phone (in production a task stream always begins
+        # with its creation, which does) belongs to the fleet partition.
+        return [found.get(e.stream_id, parts.FLEET) for e in events]
 
     async def append(self, events: Sequence[NewEvent], metadata: Metadata) -> list[RecordedEvent]:
         if not events:
             return []
-        if not self.locked:
-            await self.conn.execute("LOCK TABLE events IN EXCLUSIVE MODE")
+        partitions = await self._partitions(events)
         current: dict[str, int] = {}
         unknown = sorted({e.stream_id for e in events if e.expected_version is None})
         if unknown:
@@ -182,6 +232,22 @@ class PostgresRecorder:
             if new.expected_version is not None and new.stream_id not in current:
                 current[new.stream_id] = new.expected_version
         versions = _versions(events, current)
+        # The partitions' next positions, taken under their row locks (held by the unit
+        # of work already, or taken here): gap-free, since a rollback gives them back.
+        counts = Counter(partitions)
+        order = parts.lock_order(counts)
+        bumped = await self.conn.fetch(
+            "UPDATE log_partitions l SET next_position = l.next_position + c.n"
+            " FROM unnest($1::smallint[], $2::bigint[]) AS c(id, n) WHERE l.id = c.id"
+            " RETURNING l.id, l.next_position - c.n AS base",
+            order,
+            [counts[p] for p in order],
+        )
+        base = {r["id"]: r["base"] for r in bumped}
+        partition_positions: list[int] = []
+        for part in partitions:
+            base[part] += 1
+            partition_positions.append(base[part])
         data = [e.event.model_dump(mode="json", exclude={"type"}) for e in events]
         metas = [(e.metadata or metadata).for_event() for e in events]
         types = [str(e.event.type) for e in events]  # type: ignore[attr-defined]
@@ -189,14 +255,17 @@ class PostgresRecorder:
             # Only what the database decides comes back: decoding the jsonb we just
             # sent was a good part of a large append's time.
             inserted = await self.conn.fetch(
-                "INSERT INTO events (stream_id, version, type, data, metadata)"
-                " SELECT * FROM unnest($1::text[], $2::int[], $3::text[], $4::jsonb[], $5::jsonb[])"
+                "INSERT INTO events (stream_id, version, type, data, metadata, partition,"
+                " partition_position) SELECT * FROM unnest($1::text[], $2::int[], $3::text[],"
+                " $4::jsonb[], $5::jsonb[], $6::smallint[], $7::bigint[])"
                 " RETURNING position, recorded_at",
                 [e.stream_id for e in events],
                 versions,
                 types,
                 data,
                 metas,
+                partitions,
+                partition_positions,
             )
         except asyncpg.UniqueViolationError as exc:
             raise ConcurrencyError(str(exc)) from exc
@@ -214,9 +283,19 @@ class PostgresRecorder:
                 data=payload,
                 metadata=meta,
                 recorded_at=recorded_at,
+                partition=part,
+                partition_position=part_position,
             )
-            for position, new, version, kind, payload, meta in zip(
-                positions, events, versions, types, data, metas, strict=True
+            for position, new, version, kind, payload, meta, part, part_position in zip(
+                positions,
+                events,
+                versions,
+                types,
+                data,
+                metas,
+                partitions,
+                partition_positions,
+                strict=True,
             )
         ]
 

@@ -1,9 +1,14 @@
 """The unit of work: one transaction in which events are appended and projected.
 
-Every writing transaction takes the events table lock first. That serializes appends
-(the relay can then tail by position safely), and it orders every writer the same
-way, so row locks taken afterwards cannot deadlock and two schedulers claiming work
-see each other's committed claims.
+Every writing transaction first locks the log partitions it will write (`partitions.py`:
+their `log_partitions` rows, in one order), all of them unless it names fewer. Writers
+of one partition are serialized (its positions become visible in order, the relay tails
+it safely, and row locks taken afterwards cannot deadlock); writers of disjoint
+partitions run side by side. A transaction that names no partitions takes every one,
+which is what each writer did before the log was partitioned (one table lock): only the
+hot paths that know their phones (dispatch, reports, creates) name them. A scheduler's
+claim names the partitions it leases, and only those it still holds are locked
+(`owner`), so a lease taken over mid-claim fences the old holder's claim.
 
 The unit of work holds the task rows it has read or written (`Held`): a loop that reads
 tasks to decide (`load_tasks`) and then appends their events pays one read of each row,
@@ -15,11 +20,12 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import asyncpg
 
 from fleet_scheduler import metrics
+from fleet_scheduler import partitions as parts
 from fleet_scheduler.projections import hold_tasks, hold_tasks_where, project_all
 from fleet_scheduler.store import Metadata, NewEvent, PostgresRecorder, RecordedEvent
 from fleet_scheduler.task import TaskState
@@ -37,6 +43,10 @@ class UnitOfWork:
     """Dispatch latencies of the tasks started here, observed once this commits."""
     held: Held = field(default_factory=Held)
     """The task rows this transaction has locked or inserted, in their current state."""
+    partition_count: int = 0
+    """The log's partition count (serial partitions 1..count, fleet partition 0)."""
+    partitions: frozenset[int] = frozenset()
+    """The partitions locked when the transaction began."""
 
     async def load_tasks(self, ids: Iterable[int]) -> dict[int, TaskState]:
         """The tasks of `ids` that exist, by id in ascending order, their rows locked
@@ -58,12 +68,44 @@ class UnitOfWork:
     ) -> list[RecordedEvent]:
         if not events:
             return []
-        recorder = PostgresRecorder(self.conn, locked=True)
-        recorded = await recorder.append(events, metadata or self.metadata)
+        recorder = PostgresRecorder(self.conn, locked=True, partition_count=self.partition_count)
+        recorded = await recorder.append(self._with_partitions(events), metadata or self.metadata)
         latencies = self.latencies if metrics.SWITCH.on else None
         await project_all(self.conn, recorded, latencies, self.held)
         self.appended.extend(recorded)
         return recorded
+
+    def _with_partitions(self, events: Sequence[NewEvent]) -> list[NewEvent]:
+        """The events, each task event carrying its partition when its row is held (the
+        recorder looks up only the rest)."""
+        out: list[NewEvent] = []
+        for new in events:
+            task_id = parts.task_id_of(new.stream_id) if new.partition is None else None
+            row = self.held.rows.get(task_id) if task_id is not None else None
+            if row is not None:
+                new = replace(new, partition=parts.of_serial(row.serial, self.partition_count))
+            out.append(new)
+        return out
+
+
+LOCK_PARTITIONS = (
+    "SELECT (SELECT count(*) - 1 FROM log_partitions) AS count,"
+    " ARRAY(SELECT id FROM log_partitions"
+    " WHERE ($1::smallint[] IS NULL OR id = ANY($1::smallint[]))"
+    " AND ($2::text IS NULL OR (owner = $2 AND lease_expires > clock_timestamp()))"
+    f" {parts.LOCK_ORDER_SQL} FOR UPDATE) AS locked"
+)
+"""Lock the partitions named (all when NULL), only those `owner` leases when given; the
+lease is read after the lock is granted (a takeover that committed meanwhile is seen)."""
+
+
+async def lock_partitions(
+    conn: asyncpg.Connection, partitions: Iterable[int] | None, owner: str | None = None
+) -> tuple[int, frozenset[int]]:
+    """(the log's partition count, the partitions now locked)."""
+    wanted = None if partitions is None else parts.lock_order(partitions)
+    row = await conn.fetchrow(LOCK_PARTITIONS, wanted, owner)
+    return int(row["count"]), frozenset(row["locked"])
 
 
 @asynccontextmanager
@@ -71,10 +113,15 @@ async def unit_of_work(
     pool: asyncpg.Pool,
     metadata: Metadata | None = None,
     on_commit: Callable[[], None] | None = None,
+    *,
+    partitions: Iterable[int] | None = None,
+    owner: str | None = None,
 ) -> AsyncIterator[UnitOfWork]:
+    """A transaction holding `partitions` (every one when None); with `owner`, only
+    those of them `owner` leases (`uow.partitions` says which)."""
     async with pool.acquire() as conn, conn.transaction():
-        await conn.execute("LOCK TABLE events IN EXCLUSIVE MODE")
-        uow = UnitOfWork(conn, metadata or Metadata())
+        count, locked = await lock_partitions(conn, partitions, owner)
+        uow = UnitOfWork(conn, metadata or Metadata(), partition_count=count, partitions=locked)
         yield uow
         if uow.appended or uow.bulk_appended:
             await conn.execute("SELECT pg_notify('fleet_events', '')")
