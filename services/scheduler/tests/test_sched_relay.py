@@ -24,9 +24,11 @@ from fleet_runtime import bus as runtime_bus
 from fleet_runtime.bus import ensure_streams
 from fleet_scheduler import relay
 from fleet_scheduler.app import Scheduler
-from fleet_scheduler.migrate import migrate
+from fleet_scheduler.migrate import installed_partitions, migrate
+from fleet_scheduler.partitions import of_serial
 from fleet_scheduler.settings import SchedulerSettings
-from fleet_scheduler.store import Metadata, NewEvent, PostgresRecorder
+from fleet_scheduler.store import Metadata, NewEvent, PostgresRecorder, init_connection
+from fleet_scheduler.uow import lock_partitions
 
 from .conftest import Bus, FakeAgent, eventually, wait_devices
 
@@ -108,7 +110,12 @@ async def rewind_record(db: asyncpg.Connection, kept: int) -> None:
     record `kept` messages into the stream (position and sequence, written together)."""
     position = (await log_positions(db))[kept - 1]
     await db.execute(
-        "UPDATE relay_position SET position = $1, stream_seq = $2 WHERE id = 1", position, kept
+        "WITH p AS (UPDATE relay_partitions r SET position = coalesce(("
+        " SELECT max(partition_position) FROM events e"
+        " WHERE e.partition = r.partition AND e.position <= $1), 0))"
+        " UPDATE relay_position SET position = $1, stream_seq = $2 WHERE id = 1",
+        position,
+        kept,
     )
 
 
@@ -283,3 +290,54 @@ async def test_relay_leads_again_after_every_event_aged_out(
         envs = await published(bus)
     assert [e.position for e in envs] == (await log_positions(db))[-len(envs) :]
     assert envs and envs[-1].position == (await log_positions(db))[-1]
+
+
+async def test_a_partition_committing_late_is_not_passed_over(
+    bus: Bus, settings: SchedulerSettings, db: asyncpg.Connection
+) -> None:
+    # Writers of different partitions commit in any order: the event with the lower
+    # global position can become visible after the relay has published a higher one.
+    await migrate(db)
+    count = await installed_partitions(db)
+    first, second = (
+        "late-a",
+        next(
+            f"late-b{i}"
+            for i in range(100)
+            if of_serial(f"late-b{i}", count) != of_serial("late-a", count)
+        ),
+    )
+
+    def connected(serial: str) -> NewEvent:
+        return NewEvent(f"device-{serial}", DeviceConnected(serial=serial, agent_id="a", host="h"))
+
+    slow = await asyncpg.connect(settings.database_url)
+    await init_connection(slow)
+    try:
+        async with Scheduler(settings):
+            async with slow.transaction():
+                await lock_partitions(slow, [of_serial(first, count)])
+                recorder = PostgresRecorder(slow, locked=True, partition_count=count)
+                early = await recorder.append([connected(first)], Metadata())
+                async with db.transaction():
+                    await lock_partitions(db, [of_serial(second, count)])
+                    quick = PostgresRecorder(db, locked=True, partition_count=count)
+                    later = await quick.append([connected(second)], Metadata())
+                    await db.execute("SELECT pg_notify('fleet_events', '')")
+                assert early[0].position < later[0].position
+
+                async def later_published() -> bool:
+                    return [e.position for e in await published(bus)] == [later[0].position]
+
+                await eventually(later_published, what="the other partition's event published")
+            await slow.execute("SELECT pg_notify('fleet_events', '')")
+            await relayed_all(bus, db)
+    finally:
+        await slow.close()
+    envs = await published(bus)
+    assert sorted(e.position for e in envs) == [early[0].position, later[0].position]
+    record = await db.fetch("SELECT partition, position FROM relay_partitions WHERE position > 0")
+    assert {r["partition"]: r["position"] for r in record} == {
+        of_serial(first, count): 1,
+        of_serial(second, count): 1,
+    }

@@ -187,8 +187,8 @@ async def read_snapshot(ctx: Context) -> Snapshot:
         )
         snap.devices = [(r["agent"], r["host"], r["known"], r["online"], r["busy"]) for r in rows]
         snap.relay_lag = await conn.fetchval(
-            "SELECT coalesce((SELECT max(position) FROM events), 0)"
-            " - (SELECT position FROM relay_position WHERE id = 1)"
+            "SELECT coalesce(sum(l.next_position - r.position), 0)::bigint"
+            " FROM log_partitions l JOIN relay_partitions r ON r.partition = l.id"
         )
         # A single bigint key shows in pg_locks as classid (high half) / objid (low half).
         snap.relay_leaders = await conn.fetchval(

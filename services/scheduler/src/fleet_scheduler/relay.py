@@ -1,15 +1,22 @@
-"""The relay: publishes the log to EVENTS in position order, exactly once.
+"""The relay: publishes the log to EVENTS, each partition in its order, exactly once.
 
 Only one relay runs across scheduler replicas: the one holding a session advisory lock
 on its own connection; the others stand by and take over when that connection dies.
 
+It tails every partition of the log (`partitions.py`) by its gap-free partition
+position, not the log by its global position: writers of different partitions commit
+in any order, so a row with a lower global position can become visible after a higher
+one, but within a partition positions become visible in order. A page holds a prefix
+of each partition, published in global position order.
+
 Exactly once without trusting JetStream's duplicate window: every publish carries
 `Nats-Expected-Last-Sequence`, so EVENTS stores the relay's messages back to back or not
 at all (after one failed publish, every later one in the pipeline is refused too), and
-the relay records (position, stream sequence) after each acked batch. On taking over it
-reads only the stream's last sequence: the messages past its record are the log's next
-rows, so it knows where to go on even after a partly acked batch, a crash between ack
-and record, or once every message has aged out of the stream. Every step has a
+the relay records each partition's position and the stream sequence together after each
+acked batch. On taking over it reads the stream's last sequence and the messages past
+its record (their `Fleet-Partition` / `Fleet-Partition-Position` headers say which rows
+they were), so it knows where to go on even after a partly acked batch, a crash between
+ack and record, or once every message has aged out of the stream. Every step has a
 deadline: nats-py's publish futures never time out on their own, and a relay blocked on
 a lost ack would hold the lock for ever.
 """
@@ -29,6 +36,8 @@ from fleet_contracts.subjects import (
     HDR_CORRELATION_ID,
     HDR_MESSAGE_TYPE,
     HDR_MSG_ID,
+    HDR_PARTITION,
+    HDR_PARTITION_POSITION,
     event_subject,
 )
 from fleet_scheduler import metrics
@@ -56,42 +65,79 @@ async def stream_last_seq(ctx: Context) -> int:
     return int(info.state.last_seq or 0)
 
 
-async def _legacy_position(ctx: Context, last_seq: int) -> int:
-    """The newest message's position, for a record kept before sequences were."""
-    if not last_seq:
-        return 0
-    try:
-        msg = await ctx.js.get_msg(EVENTS.name, seq=last_seq)
-    except NotFoundError:
-        return 0  # aged out
-    value = (msg.headers or {}).get(HDR_MSG_ID, "0")
-    return int(value) if value.isdigit() else 0
+Positions = dict[int, int]
+"""Partition -> the last partition position published."""
 
 
-async def resume_point(ctx: Context, conn: asyncpg.Connection) -> tuple[int, int]:
-    """(position, stream sequence) to publish after: what EVENTS really holds."""
-    row = await conn.fetchrow("SELECT position, stream_seq FROM relay_position WHERE id = 1")
-    position, seq = int(row["position"]), int(row["stream_seq"])
+async def _record(conn: asyncpg.Connection) -> tuple[Positions, int]:
+    rows = await conn.fetch("SELECT partition, position FROM relay_partitions")
+    seq = await conn.fetchval("SELECT stream_seq FROM relay_position WHERE id = 1")
+    return {int(r["partition"]): int(r["position"]) for r in rows}, int(seq)
+
+
+async def _through(conn: asyncpg.Connection, global_position: int) -> Positions:
+    """Each partition's last position at or before `global_position`: what a relay from
+    before partitions had published when its newest message was that one (it published
+    the log in global order)."""
+    rows = await conn.fetch(
+        "SELECT partition, max(partition_position) AS last FROM events"
+        " WHERE position <= $1 GROUP BY partition",
+        global_position,
+    )
+    return {int(r["partition"]): int(r["last"]) for r in rows}
+
+
+async def _published_after(
+    ctx: Context, conn: asyncpg.Connection, seq: int, last: int
+) -> Positions | None:
+    """Per partition, the highest position among EVENTS' messages seq+1..last (the
+    relay's own, published but not recorded); None when one of them is gone."""
+    found: Positions = {}
+    legacy: list[int] = []
+    for number in range(seq + 1, last + 1):
+        try:
+            msg = await ctx.js.get_msg(EVENTS.name, seq=number)
+        except NotFoundError:
+            return None
+        headers = msg.headers or {}
+        part, at = headers.get(HDR_PARTITION), headers.get(HDR_PARTITION_POSITION)
+        if part is not None and at is not None:
+            found[int(part)] = max(found.get(int(part), 0), int(at))
+        elif headers.get(HDR_MSG_ID, "").isdigit():
+            legacy.append(int(headers[HDR_MSG_ID]))
+    if legacy:
+        found = _ahead(await _through(conn, max(legacy)), found)
+    return found
+
+
+def _ahead(positions: Positions, published: Positions) -> Positions:
+    return {p: max(positions.get(p, 0), published.get(p, 0)) for p in positions | published}
+
+
+async def resume_point(ctx: Context, conn: asyncpg.Connection) -> tuple[Positions, int]:
+    """(partition positions, stream sequence) to publish after: what EVENTS really holds."""
+    positions, seq = await _record(conn)
     last = await asyncio.wait_for(stream_last_seq(ctx), DEADLINE_SECONDS)
-    if seq == 0 and position > 0:
-        legacy = await asyncio.wait_for(_legacy_position(ctx, last), DEADLINE_SECONDS)
-        return max(position, legacy), last
-    if last > seq:
-        # Published but not recorded: the log's rows right after our record, in order.
-        ahead = await conn.fetchval(
-            "SELECT position FROM events WHERE position > $1 ORDER BY position OFFSET $2 LIMIT 1",
-            position,
-            last - seq - 1,
+    if seq == 0 and any(positions.values()):
+        # A record kept before sequences were: the newest message says how far it got.
+        newest = (
+            await asyncio.wait_for(_published_after(ctx, conn, last - 1, last), DEADLINE_SECONDS)
+            if last
+            else {}
         )
-        if ahead is None:
-            raise OutOfStep(f"EVENTS holds {last - seq} messages past the log's end")
-        log.info("relay.resumed_past_record", recorded=position, published=ahead)
-        return int(ahead), last
+        return _ahead(positions, newest or {}), last
+    if last > seq:
+        # Published but not recorded: at most a batch, read back from the stream.
+        published = await asyncio.wait_for(_published_after(ctx, conn, seq, last), DEADLINE_SECONDS)
+        if published is None:
+            raise OutOfStep(f"EVENTS lost messages {seq + 1}..{last} past the relay's record")
+        log.info("relay.resumed_past_record", recorded_seq=seq, stream_seq=last)
+        return _ahead(positions, published), last
     if last < seq:
         # The stream lost its messages (a server restarted without its state): go on
         # from our record; the stream counts again from its own last sequence.
         log.warning("relay.stream_behind_record", recorded_seq=seq, stream_seq=last)
-    return position, last
+    return positions, last
 
 
 async def publish(ctx: Context, rows: list[RecordedEvent], after_seq: int) -> int:
@@ -111,6 +157,8 @@ async def publish(ctx: Context, rows: list[RecordedEvent], after_seq: int) -> in
                         HDR_CORRELATION_ID: env.correlation_id,
                         HDR_MESSAGE_TYPE: rec.type,
                         HDR_EXPECTED_LAST_SEQ: str(after_seq + i),
+                        HDR_PARTITION: str(rec.partition),
+                        HDR_PARTITION_POSITION: str(rec.partition_position),
                     },
                 )
             )
@@ -127,22 +175,36 @@ async def publish(ctx: Context, rows: list[RecordedEvent], after_seq: int) -> in
     return last
 
 
+RECORD = (
+    "WITH parts AS (UPDATE relay_partitions r SET position = c.at"
+    " FROM unnest($1::smallint[], $2::bigint[]) AS c(p, at) WHERE r.partition = c.p)"
+    " UPDATE relay_position SET position = greatest(position, $3), stream_seq = $4 WHERE id = 1"
+)
+"""One statement: the partitions' positions and the stream sequence move together."""
+
+
 async def _lead(ctx: Context, conn: asyncpg.Connection, stopping: asyncio.Event) -> None:
-    position, seq = await resume_point(ctx, conn)
-    log.info("relay.leading", position=position, stream_seq=seq)
+    positions, seq = await resume_point(ctx, conn)
+    log.info("relay.leading", positions=sum(positions.values()), stream_seq=seq)
     await conn.add_listener("fleet_events", lambda *_: ctx.relay_wake.set())
     recorder = PostgresRecorder(conn)
     while not stopping.is_set():
         ctx.relay_wake.clear()
-        rows = await recorder.read_after(position, BATCH)
+        rows = await recorder.read_partitions_after(positions, BATCH)
         if rows:
             seq = await metrics.relay_published(
                 asyncio.wait_for(publish(ctx, rows, seq), DEADLINE_SECONDS), len(rows)
             )
-            position = rows[-1].position
+            moved: Positions = {}
+            for rec in rows:
+                moved[rec.partition] = rec.partition_position
+            positions.update(moved)
+            order = sorted(moved)
             await conn.execute(
-                "UPDATE relay_position SET position = $1, stream_seq = $2 WHERE id = 1",
-                position,
+                RECORD,
+                order,
+                [moved[p] for p in order],
+                max(rec.position for rec in rows),
                 seq,
             )
             continue

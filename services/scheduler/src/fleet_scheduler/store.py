@@ -307,6 +307,24 @@ class PostgresRecorder:
         )
         return [recorded_from_row(r) for r in rows]
 
+    async def read_partitions_after(
+        self, positions: dict[int, int], limit: int
+    ) -> list[RecordedEvent]:
+        """Up to `limit` events past `positions` (partition -> partition position), in
+        global position order. Each partition's rows come in order and without a gap
+        (its positions became visible in order), so the page holds a prefix of each."""
+        order = sorted(positions)
+        rows = await self.conn.fetch(
+            "SELECT e.* FROM unnest($1::smallint[], $2::bigint[]) AS r(p, after)"
+            f" CROSS JOIN LATERAL (SELECT {_COLUMNS} FROM events"
+            " WHERE partition = r.p AND partition_position > r.after"
+            " ORDER BY partition_position LIMIT $3) e ORDER BY e.position LIMIT $3",
+            order,
+            [positions[p] for p in order],
+            limit,
+        )
+        return [recorded_from_row(r) for r in rows]
+
     async def read_stream(self, stream_id: str) -> list[RecordedEvent]:
         rows = await self.conn.fetch(
             f"SELECT {_COLUMNS} FROM events WHERE stream_id = $1 ORDER BY version", stream_id
