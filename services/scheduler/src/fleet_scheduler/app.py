@@ -29,6 +29,7 @@ from fleet_scheduler import (
     lease_expiry,
     liveness,
     metrics,
+    partition_owners,
     presence,
     queries,
     recurring,
@@ -120,12 +121,18 @@ class Scheduler:
             rng=random.Random(settings.scheduler_seed),
             started_at=self.clock(),
         )
+        # Partitions first: a lone scheduler claims in all of them from its first pass.
+        try:
+            await partition_owners.take_turn(ctx)
+        except Exception as exc:
+            log.warning("partitions.turn_failed", error=str(exc) or repr(exc))
         await queries.subscribe(ctx)
         await liveness.subscribe_heartbeats(ctx)
         stopping = self._stopping
         loops = [commands.run(ctx, stopping), reports.run(ctx, stopping)]
         loops += [liveness.run(ctx, stopping), dispatch.run(ctx, stopping)]
         loops.append(lease_expiry.run(ctx, stopping))
+        loops.append(partition_owners.run(ctx, stopping))
         loops += [autoretry.run(ctx, stopping), recurring.run(ctx, stopping)]
         loops.append(webhook_delivery.run(ctx, stopping))
         if self.relay_enabled:

@@ -46,6 +46,12 @@ class Context:
     background: set[asyncio.Task[None]] = field(default_factory=set)
     task_stats: StatsSnapshot = field(default_factory=StatsSnapshot)
     """Stats served from memory; every commit marks them stale."""
+    owned: frozenset[int] = frozenset()
+    """The serial partitions this scheduler leased at its last turn (`partition_owners`).
+    A hint for what to claim: a claim locks only those the database still says it holds."""
+    taken: asyncio.Event = field(default_factory=asyncio.Event)
+    """Set when partitions changed hands to this scheduler: their unconfirmed runs are
+    sent again at once (their old holder may have died before sending them)."""
 
     def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         """Run `coro` beside the loops, keeping a reference so it is not collected."""

@@ -1,15 +1,18 @@
 """The dispatcher: claims every idle device's next due task and sends them to their agents.
 
-A claim is one transaction under the events lock: read all idle devices on live agents
-and their due tasks, let `schedule.decide` choose, append TaskScheduled /
-TaskDispatched (the devices become busy in the same commit). Only then are the runs
-sent, so a second scheduler never sees the same task or device free: one `RunBatch`
+A claim is one transaction holding the serial partitions this scheduler leases
+(`partition_owners`; only those still leased to it once their locks are granted): read
+all idle devices in them on live agents and their due tasks, let `schedule.decide`
+choose, append TaskScheduled / TaskDispatched (the devices become busy in the same
+commit). Schedulers sharing a log claim in disjoint partitions side by side. Only after
+the commit are the runs sent, so no scheduler sees the same task or device free: one `RunBatch`
 request per agent (split only past a size bound), all agents at once, answered run by
 run. The task turns running when the agent's TaskStartedReport arrives; a refused run
 goes back to pending after a short back-off while the batch's other runs start; a run
 its agent has not answered (or that a scheduler sent before it died) is sent again every
 few seconds until it starts (the agent ignores a repeat, also of a run that ended), and
-one never confirmed is failed by `liveness.expire_starts`. A run the agent accepted is
+one never confirmed is failed by `liveness.expire_starts`. Partitions taken over from
+another scheduler have their unconfirmed runs sent at once. A run the agent accepted is
 not sent again by this process: the agent reports its start itself. An agent that does not answer
 batches (one from before them: no responder on `agent.<id>.runs`) gets its runs one
 RunTask at a time, as before.
@@ -63,6 +66,7 @@ DUE_ON_IDLE_DEVICES = (
     " WHERE t.state = 'pending' AND NOT t.deleted AND t.due_at <= $1"
     " AND d.online AND NOT d.busy AND NOT a.lost"
     " AND a.last_seen >= now() - make_interval(secs => $2)"
+    " AND d.partition = ANY($3::smallint[])"
     f" AND {NOT_LEASED}"
     " ORDER BY t.serial, t.due_at, t.id"
 )
@@ -81,17 +85,29 @@ async def claim(ctx: Context, cooling: dict[str, datetime]) -> list[Claim]:
     """Decide and record what runs now; return the RunTasks to send."""
     now = ctx.clock()
     start_timeout = timedelta(seconds=ctx.settings.scheduler_start_timeout_seconds)
-    args = (now, ctx.settings.scheduler_agent_lease_seconds)
-    # A read without the lock first: most wake-ups find nothing to do, and should not
-    # queue behind the writers for the events lock to learn that.
+    lease = ctx.settings.scheduler_agent_lease_seconds
+    if not ctx.owned:
+        return []
+    # A read without the locks first: most wake-ups find nothing to do, and should not
+    # queue behind the writers for the partitions' locks to learn that.
     async with ctx.pool.acquire() as conn:
-        if not await conn.fetch(DUE_ON_IDLE_DEVICES + " LIMIT 1", *args):
+        if not await conn.fetch(DUE_ON_IDLE_DEVICES + " LIMIT 1", now, lease, sorted(ctx.owned)):
             return []
-    async with unit_of_work(ctx.pool, Metadata(correlation_id=new_id()), ctx.appended) as uow:
+    # Only the partitions this scheduler still leases when the locks are granted: one
+    # taken over meanwhile is the new holder's to claim in.
+    async with unit_of_work(
+        ctx.pool,
+        Metadata(correlation_id=new_id()),
+        ctx.appended,
+        partitions=ctx.owned,
+        owner=ctx.settings.scheduler_id,
+    ) as uow:
         conn = uow.conn
+        if not uow.partitions:
+            return []
         rows = [
             r
-            for r in await conn.fetch(DUE_ON_IDLE_DEVICES, *args)
+            for r in await conn.fetch(DUE_ON_IDLE_DEVICES, now, lease, sorted(uow.partitions))
             if cooling.get(r["serial"], now) <= now
         ]
         if not rows:
@@ -155,19 +171,24 @@ async def claim(ctx: Context, cooling: dict[str, datetime]) -> list[Claim]:
 async def resend_unconfirmed(
     ctx: Context, in_flight: set[str], min_age: float = RESEND_AFTER_SECONDS
 ) -> list[Claim]:
-    """RunTasks committed but not confirmed after a while: sent again (but not those in
-    `in_flight`: being sent, or accepted by their agent already).
+    """RunTasks committed but not confirmed after a while, in the partitions this
+    scheduler leases: sent again (but not those in `in_flight`: being sent, or accepted
+    by their agent already).
 
-    A scheduler killed between the claim's commit and the send leaves such tasks; the
-    agent answers a repeated dispatch id as accepted without running it twice.
+    A scheduler killed between the claim's commit and the send leaves such tasks (its
+    partitions' next holder sends them); the agent answers a repeated dispatch id as
+    accepted without running it twice.
     """
+    if not ctx.owned:
+        return []
     async with ctx.pool.acquire() as conn:
         rows = await conn.fetch(
             "SELECT id, dispatch_id, serial, username, script_name, script_config, agent_id,"
             " correlation_id, incarnation"
-            " FROM tasks WHERE state = 'dispatched'"
+            " FROM tasks WHERE state = 'dispatched' AND partition = ANY($2::smallint[])"
             " AND dispatched_at <= now() - make_interval(secs => $1) ORDER BY id LIMIT 500",
             min_age,
+            sorted(ctx.owned),
         )
     return [
         Claim(
@@ -394,6 +415,10 @@ async def run(ctx: Context, stopping: asyncio.Event) -> None:
         in_flight.update(item.run.dispatch_id for item in claims)
         for group in batches(claims):
             ctx.spawn(send_batch(ctx, group, cooling, in_flight, accepted))
+        if ctx.taken.is_set():
+            # Partitions just changed hands to us: their unconfirmed runs go at once.
+            ctx.taken.clear()
+            next_resend, first_pass = time.monotonic(), True
         if time.monotonic() >= next_resend:
             next_resend = time.monotonic() + RESEND_AFTER_SECONDS
             for dispatch_id in [

@@ -33,6 +33,9 @@ class SchedulerSettings(NatsLinkSettings):  # + NATS identity, TLS, stream limit
     scheduler_seed: int | None = None
     scheduler_partitions: int = Field(16, ge=1, le=1024)
     """Partitions of a new log (fixed at install; a later change is ignored, logged)."""
+    scheduler_partition_lease_seconds: float = Field(5.0, ge=0.5, le=300)
+    """How long a scheduler's hold on its partitions lasts unrenewed: a killed
+    scheduler's partitions move to the others within it (renewed every quarter of it)."""
     # Past these, a command / report id is forgotten: each must exceed the max age of
     # its stream (COMMANDS 7 days, REPORTS 1 day), or a redelivery could apply twice.
     scheduler_command_results_keep_seconds: float = Field(8 * 24 * 3600.0, gt=0)
