@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import httpx
 import pytest
 
@@ -300,3 +302,64 @@ def test_agent_killed_in_a_flood_or_silent_past_its_lease_the_record_says_what_p
     assert ("task.failed", "scheduler") in kinds
     assert "task.report_late" in [k for k, _ in kinds]
     assert kinds[-1] == ("task.completed", "agent:host-1")
+
+
+def partition_holders(stack: Stack) -> dict[int, str]:
+    """The serial partitions' live leases, by partition."""
+
+    async def read() -> dict[int, str]:
+        conn = await asyncpg.connect(stack.database_url)
+        try:
+            rows = await conn.fetch(
+                "SELECT id, owner FROM log_partitions WHERE id > 0 AND owner IS NOT NULL"
+                " AND lease_expires > clock_timestamp()"
+            )
+        finally:
+            await conn.close()
+        return {r["id"]: r["owner"] for r in rows}
+
+    return asyncio.run(read())
+
+
+def test_one_of_three_schedulers_killed_in_a_flood_its_partitions_move_nothing_lost_or_rerun(
+    stack_factory: StackFactory, video: str, tmp_path: Path
+) -> None:
+    log = tmp_path / "runs.jsonl"
+    stack = stack_factory(
+        agents=[logged_agent(log, devices=16)],
+        schedulers=3,
+        # A start timeout well past the lease: a run the killed one claimed and never
+        # sent must be sent by its partition's next holder, not failed by the timeout.
+        env={
+            "FLEET_SCHEDULER_PARTITION_LEASE_SECONDS": "2",
+            "FLEET_SCHEDULER_START_TIMEOUT_SECONDS": "60",
+        },
+    )
+    api = Api(stack.api_url)
+    held = wait_until(
+        lambda: (h := partition_holders(stack)) and len(set(h.values())) == 3 and h,
+        timeout=30,
+        what="the partitions shared by the three schedulers",
+    )
+    assert len(held) == 16
+    serials = [f"device_serial_{i}" for i in range(1, 17)]
+    ids: list[int] = []
+    for _ in range(8):
+        ids += api.create(serials=serials, script_config=post(video, 10))
+    wait_until(
+        lambda: api.ok("GET", "/task/stats")["completed"] >= 16, timeout=60, what="a first wave"
+    )
+    victim = stack.schedulers[1]
+    victim.kill()
+    gone = "scheduler-2"
+    assert gone in held.values()
+    moved = wait_until(
+        lambda: (h := partition_holders(stack)) and len(h) == 16 and gone not in h.values() and h,
+        timeout=30,
+        what="the killed scheduler's partitions taken over",
+    )
+    assert set(moved.values()) == {"scheduler-1", "scheduler-3"}
+    tasks = assert_record_matches_the_phones(api, ids, log)
+    assert [t["id"] for t in tasks if t["status"] != 2] == []
+    begun, _, _ = agent_record(log)
+    assert set(begun) == set(ids)
