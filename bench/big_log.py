@@ -141,10 +141,18 @@ COUNTER_CHECKS = (
         "SELECT serial, script_name, source, status, count(*) FROM tasks WHERE NOT deleted"
         " GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4",
     ),
+    # Kept per partition (migration 110): the seed's tasks span every partition, so its
+    # set-wise inserts must have counted each under its own.
     (
-        "SELECT script_name, source, status, count FROM task_counts"
+        "SELECT partition, script_name, source, status, count FROM task_counts"
+        " WHERE count <> 0 ORDER BY 1, 2, 3, 4",
+        "SELECT partition, script_name, source, status, count(*) FROM tasks WHERE NOT deleted"
+        " GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4",
+    ),
+    (
+        "SELECT partition, script_name, status, count FROM task_script_stats"
         " WHERE count <> 0 ORDER BY 1, 2, 3",
-        "SELECT script_name, source, status, count(*) FROM tasks WHERE NOT deleted"
+        "SELECT partition, script_name, status, count(*) FROM tasks WHERE NOT deleted"
         " GROUP BY 1, 2, 3 ORDER BY 1, 2, 3",
     ),
 )

@@ -120,12 +120,18 @@ async def test_writers_of_other_partitions_do_not_wait_those_of_the_same_one_do(
 
     holder = asyncio.create_task(hold_partition_2(1, a))
     await holding.wait()
-    # Another partition commits while partition 2 is held (a phone's event: a task's
-    # would still wait on the shared per-status counter rows, see the scheduler README) ...
+    # Another partition commits while partition 2 is held: a phone's event, and a task of
+    # the same script, source and status as the held one (the counters are per partition,
+    # so the two never upsert the same counter row) ...
     try:
         async with asyncio.timeout(5), unit_of_work(pool, partitions=[5]) as uow:
             await uow.append(
-                [NewEvent(device_stream_id(b), DeviceConnected(serial=b, agent_id="x", host="h"))]
+                [
+                    NewEvent(
+                        device_stream_id(b), DeviceConnected(serial=b, agent_id="x", host="h")
+                    ),
+                    created(2, b),
+                ]
             )
     finally:
         release.set()  # never leave the holder (and the pool's teardown) waiting

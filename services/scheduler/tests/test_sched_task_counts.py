@@ -10,14 +10,17 @@ import itertools
 from typing import Any
 
 import asyncpg
+import pytest
 
 from fleet_contracts.codes import TaskSource, TaskStatus
 from fleet_contracts.commands import CreateTasks
 from fleet_contracts.queries import GetStats, ListTasks
 from fleet_contracts.rest import CreateTaskRequest
+from fleet_scheduler import migrate as migrate_module
+from fleet_scheduler import partitions as parts
 from fleet_scheduler.app import Scheduler
-from fleet_scheduler.migrate import migrate
-from fleet_scheduler.task_stats import StatsSnapshot
+from fleet_scheduler.migrate import installed_partitions, migrate
+from fleet_scheduler.task_stats import COUNTS, StatsSnapshot
 
 from .conftest import Bus, FakeAgent, eventually
 
@@ -29,19 +32,23 @@ SERIAL_COUNTS = (
     "SELECT serial, script_name, source, status, count FROM task_serial_counts"
     " WHERE count <> 0 ORDER BY 1, 2, 3, 4"
 )
+# `task_counts` and `task_script_stats` are kept per partition (migration 110), each
+# from the partition of the tasks themselves.
 KIND_TRUTH = (
-    "SELECT script_name, source, status, count(*) AS count FROM tasks"
-    " WHERE NOT deleted GROUP BY 1, 2, 3 ORDER BY 1, 2, 3"
+    "SELECT fleet_partition(serial), script_name, source, status, count(*) AS count FROM tasks"
+    " WHERE NOT deleted GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4"
 )
 KIND_COUNTS = (
-    "SELECT script_name, source, status, count FROM task_counts WHERE count <> 0 ORDER BY 1, 2, 3"
+    "SELECT partition, script_name, source, status, count FROM task_counts"
+    " WHERE count <> 0 ORDER BY 1, 2, 3, 4"
 )
 SCRIPT_TRUTH = (
-    "SELECT script_name, status, count(*) AS count FROM tasks"
-    " WHERE NOT deleted GROUP BY 1, 2 ORDER BY 1, 2"
+    "SELECT fleet_partition(serial), script_name, status, count(*) AS count FROM tasks"
+    " WHERE NOT deleted GROUP BY 1, 2, 3 ORDER BY 1, 2, 3"
 )
 SCRIPT_COUNTS = (
-    "SELECT script_name, status, count FROM task_script_stats WHERE count <> 0 ORDER BY 1, 2"
+    "SELECT partition, script_name, status, count FROM task_script_stats"
+    " WHERE count <> 0 ORDER BY 1, 2, 3"
 )
 
 # Serials, scripts, sources and statuses spread unevenly over the ids, so some filter
@@ -186,3 +193,85 @@ async def test_stats_snapshot_is_served_from_memory_until_marked_stale(
     # Not listening (the LISTEN connection lost): nothing is cached.
     snapshot.listening = False
     assert await snapshot.get(pool) is not await snapshot.get(pool)
+
+
+async def assert_totals_are_the_table(db: asyncpg.Connection) -> None:
+    """What readers see (sums over partitions) is a count over the table."""
+    truth = {
+        r["status"]: r["count"]
+        for r in await db.fetch(
+            "SELECT status, count(*) AS count FROM tasks WHERE NOT deleted GROUP BY 1"
+        )
+    }
+    for table in ("task_counts", "task_script_stats"):
+        sums = await db.fetch(
+            f"SELECT status, sum(count)::bigint AS count FROM {table} GROUP BY 1"
+            " HAVING sum(count) <> 0"
+        )
+        assert {r["status"]: r["count"] for r in sums} == truth, table
+    assert {r["status"]: r["count"] for r in await db.fetch(COUNTS) if r["count"]} == truth
+
+
+async def test_counters_are_kept_per_partition(db: asyncpg.Connection) -> None:
+    await migrate(db)
+    count = await installed_partitions(db)
+    a, pa = "phone-a", parts.of_serial("phone-a", count)
+    b = next(s for i in range(1000) if parts.of_serial(s := f"phone-{i}", count) != pa)
+    pb = parts.of_serial(b, count)
+    insert = (
+        "INSERT INTO tasks (id, serial, script_name, script_config, source, state, status,"
+        " created_at, due_at, version, deleted)"
+        " SELECT i, $3, 'post', '{}'::jsonb, 'api', 'pending', 0, now(), now(), 1, false"
+        " FROM generate_series($1::bigint, $2::bigint) i"
+    )
+    await db.execute(insert, 1, 6, a)
+    await db.execute(insert, 7, 10, b)
+    # The same (script, source, status) in two partitions: a row under each, so writers
+    # of the two partitions never upsert the same counter row.
+    rows = await db.fetch("SELECT partition, count FROM task_counts ORDER BY 1")
+    assert [tuple(r) for r in rows] == sorted([(pa, 6), (pb, 4)])
+    await assert_counters_true(db)
+    await assert_totals_are_the_table(db)
+    for sql in (
+        # One statement moving tasks of both partitions, then each kind of removal.
+        "UPDATE tasks SET status = 2, state = 'completed' WHERE id IN (1, 2, 7)",
+        "UPDATE tasks SET status = 3, state = 'failed' WHERE id IN (3, 8)",
+        "UPDATE tasks SET deleted = true WHERE id IN (4, 9)",
+        "DELETE FROM tasks WHERE id IN (5, 10)",
+        # A task whose serial changes changes partition: its count moves with it.
+        f"UPDATE tasks SET serial = '{b}' WHERE id = 6",
+    ):
+        await db.execute(sql)
+        await assert_counters_true(db)
+        await assert_totals_are_the_table(db)
+    by_partition = await db.fetch(
+        "SELECT partition, sum(count)::bigint AS count FROM task_script_stats GROUP BY 1 ORDER BY 1"
+    )
+    assert {r["partition"]: r["count"] for r in by_partition} == {pa: 3, pb: 3}
+
+
+async def test_the_partition_migration_refills_the_counters(
+    db: asyncpg.Connection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    everything = migrate_module.migration_files()
+    monkeypatch.setattr(
+        migrate_module, "migration_files", lambda: [m for m in everything if m[0] < 110]
+    )
+    await migrate(db)
+    await db.execute(FILL, 1, 2000, 37)
+    # A (script, status) whose tasks are all gone: a zero row `fleet_tasks_by_script`
+    # still reports.
+    await db.execute("DELETE FROM tasks WHERE script_name = 'like' AND status = 3")
+    scripts_before = await db.fetch(
+        "SELECT script_name, status, count FROM task_script_stats ORDER BY 1, 2"
+    )
+    assert ("like", 3, 0) in [tuple(r) for r in scripts_before]
+    monkeypatch.setattr(migrate_module, "migration_files", lambda: everything)
+    assert await migrate(db) == [m[0] for m in everything if m[0] >= 110]
+    await assert_counters_true(db)
+    await assert_totals_are_the_table(db)
+    scripts_after = await db.fetch(
+        "SELECT script_name, status, sum(count)::bigint AS count FROM task_script_stats"
+        " GROUP BY 1, 2 ORDER BY 1, 2"
+    )
+    assert [tuple(r) for r in scripts_after] == [tuple(r) for r in scripts_before]

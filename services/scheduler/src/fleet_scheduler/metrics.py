@@ -169,7 +169,8 @@ async def read_snapshot(ctx: Context) -> Snapshot:
         )
         snap.tasks = [(STATES.get(r["status"], str(r["status"])), r["count"]) for r in rows]
         rows = await conn.fetch(
-            "SELECT script_name, status, count FROM task_script_stats ORDER BY 1, 2"
+            "SELECT script_name, status, sum(count)::bigint AS count FROM task_script_stats"
+            " GROUP BY 1, 2 ORDER BY 1, 2"
         )
         snap.tasks_by_script = [
             (r["script_name"], STATES.get(r["status"], str(r["status"])), r["count"]) for r in rows

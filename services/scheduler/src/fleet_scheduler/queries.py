@@ -118,7 +118,9 @@ def _not_found(task_id: int) -> Reply:
 # A filtered page is a merge of id-ordered index ranges, one per counter group the
 # filter matches (migrations 090, 091): the groups come from the counters, each group's
 # newest ids from its range (index only), then the page's rows by id. The total is the
-# same groups' counts, read in the same statement, so page and total agree.
+# same groups' counts, read in the same statement, so page and total agree. `task_counts`
+# is kept per partition (110): its groups are summed over partitions first, or a group
+# found in several partitions would merge its range, and count its ids, once for each.
 _GROUP_FILTER = (
     "count > 0 AND ($1::smallint IS NULL OR status = $1) AND ($2::text IS NULL OR script_name = $2)"
     " AND ($3::text IS NULL OR source = $3)"
@@ -142,8 +144,8 @@ LIST_BY_SERIAL = (
     + _RESULT.format(columns=TASK_COLUMNS, source=TASK_FROM)
 )
 LIST_BY_GROUP = (
-    "WITH groups AS (SELECT script_name, source, status, count FROM task_counts"
-    f" WHERE {_GROUP_FILTER} AND $4::text IS NULL), "
+    "WITH groups AS (SELECT script_name, source, status, sum(count)::bigint AS count"
+    f" FROM task_counts WHERE {_GROUP_FILTER} AND $4::text IS NULL GROUP BY 1, 2, 3), "
     + _PAGE.format(range="true")
     + " "
     + _RESULT.format(columns=TASK_COLUMNS, source=TASK_FROM)

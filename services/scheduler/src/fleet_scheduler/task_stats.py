@@ -28,6 +28,7 @@ CHANNEL = "fleet_events"
 MAX_AGE_SECONDS = 5.0
 RECONNECT_SECONDS = 1.0
 
+# Summed over scripts, sources and the partitions the counters are kept per (110).
 COUNTS = "SELECT status, sum(count)::bigint AS count FROM task_counts GROUP BY status"
 
 
