@@ -336,12 +336,13 @@ def test_one_of_three_schedulers_killed_in_a_flood_its_partitions_move_nothing_l
         },
     )
     api = Api(stack.api_url)
-    held = wait_until(
-        lambda: (h := partition_holders(stack)) and len(set(h.values())) == 3 and h,
-        timeout=30,
-        what="the partitions shared by the three schedulers",
-    )
-    assert len(held) == 16
+
+    def shared_by(n: int, without: str | None = None) -> dict[int, str] | None:
+        held = partition_holders(stack)
+        owners = set(held.values())
+        return held if len(held) == 16 and len(owners) == n and without not in owners else None
+
+    held = wait_until(lambda: shared_by(3), timeout=30, what="the partitions shared by three")
     serials = [f"device_serial_{i}" for i in range(1, 17)]
     ids: list[int] = []
     for _ in range(8):
@@ -354,9 +355,7 @@ def test_one_of_three_schedulers_killed_in_a_flood_its_partitions_move_nothing_l
     gone = "scheduler-2"
     assert gone in held.values()
     moved = wait_until(
-        lambda: (h := partition_holders(stack)) and len(h) == 16 and gone not in h.values() and h,
-        timeout=30,
-        what="the killed scheduler's partitions taken over",
+        lambda: shared_by(2, without=gone), timeout=30, what="the killed one's partitions moved"
     )
     assert set(moved.values()) == {"scheduler-1", "scheduler-3"}
     tasks = assert_record_matches_the_phones(api, ids, log)
