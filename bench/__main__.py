@@ -13,7 +13,7 @@ import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bench import big_log, metrics_cost, sessions, system, versus
+from bench import big_log, handover, metrics_cost, sessions, system, versus
 from fleet_runtime.logs import configure
 
 
@@ -30,6 +30,7 @@ async def main() -> str:
     sections.append(
         system.table("Beside Celery + Redis, and two schedulers", await versus.run(ours))
     )
+    sections.append(system.table("Lease handover", await handover.run()))
     sections.append(system.table("Device sessions", await sessions.run()))
     sections.append(system.table("Cost of metrics", await metrics_cost.run()))
     sections.append(await big_log.section())
