@@ -4,6 +4,7 @@ state the first one left."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -16,10 +17,11 @@ from fleet_contracts.events import DeviceConnected, TaskCreated, TaskDispatched
 from fleet_contracts.subjects import device_stream_id, task_stream_id
 from fleet_scheduler import reports
 from fleet_scheduler.handlers import Outcome
-from fleet_scheduler.migrate import migrate
+from fleet_scheduler.migrate import installed_partitions, migrate
+from fleet_scheduler.partitions import of_serial
 from fleet_scheduler.store import NewEvent, init_connection
 from fleet_scheduler.task import Task
-from fleet_scheduler.uow import unit_of_work
+from fleet_scheduler.uow import lock_partitions, unit_of_work
 
 DUE = datetime(2026, 1, 5, 8, 0, tzinfo=UTC)
 TASKS = 40
@@ -53,8 +55,14 @@ class CountingConnection(asyncpg.Connection):  # type: ignore[misc]
 
 
 def task_reads() -> list[str]:
+    """Reads of task rows (not the lookup of the partitions a batch will lock, which
+    reads no row's state)."""
     return [
-        q for q in CountingConnection.sent if q.lstrip().startswith("SELECT") and " FROM tasks" in q
+        q
+        for q in CountingConnection.sent
+        if q.lstrip().startswith("SELECT")
+        and " FROM tasks" in q
+        and not q.startswith("SELECT DISTINCT partition")
     ]
 
 
@@ -178,3 +186,26 @@ async def test_rows_only_the_projection_read_are_read_whole_to_decide(pool: asyn
         serial,
         "post",
     )
+
+
+async def test_a_report_batch_does_not_wait_for_another_partitions_writer(
+    pool: asyncpg.Pool, pg_dsn: str
+) -> None:
+    tasks = await dispatched(pool, TASKS)
+    async with pool.acquire() as conn:
+        count = await installed_partitions(conn)
+    task_id, serial = tasks[0]
+    mine = of_serial(serial, count)
+    other = next(p for p in range(1, count + 1) if p != mine)
+    batch: list[AnyReport] = [
+        TaskStartedReport(agent_id="a", task_id=task_id, dispatch_id=f"d{task_id}", serial=serial)
+    ]
+    writer = await asyncpg.connect(pg_dsn)
+    try:
+        async with writer.transaction():
+            await lock_partitions(writer, [other])  # a claim or report batch elsewhere
+            await asyncio.wait_for(reports.handle_reports(Ctx(pool), batch), 10)  # type: ignore[arg-type]
+    finally:
+        await writer.close()
+    async with pool.acquire() as conn:
+        assert await conn.fetchval("SELECT state FROM tasks WHERE id = $1", task_id) == "running"

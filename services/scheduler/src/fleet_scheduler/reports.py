@@ -299,11 +299,28 @@ async def handle_report(ctx: Context, report: AnyReport) -> bool:
     raise RuntimeError(f"report {report.message_id} kept conflicting")
 
 
+async def partitions_of(ctx: Context, reports: list[AnyReport]) -> set[int] | None:
+    """The partitions a batch of task reports writes (its tasks' phones'); None, every
+    partition, when it holds any other report. Read before the locks are taken: a task's
+    partition never changes (its serial does not)."""
+    if not all(isinstance(report, TASK_REPORTS) for report in reports):
+        return None
+    ids = [report.task_id for report in reports if isinstance(report, TASK_REPORTS)]
+    async with ctx.pool.acquire() as conn:
+        rows = await conn.fetch(
+            "SELECT DISTINCT partition FROM tasks WHERE id = ANY($1::bigint[])", ids
+        )
+    return {int(r["partition"]) for r in rows}
+
+
 async def handle_reports(ctx: Context, reports: list[AnyReport]) -> None:
     """Apply a fetched batch in one transaction (a thousand phones report a lot), runs of
-    task reports together; on a conflict, each report again alone."""
+    task reports together; on a conflict, each report again alone. A batch of task
+    reports locks only its tasks' partitions, so it does not wait for claims and reports
+    of the others."""
     try:
-        async with unit_of_work(ctx.pool, on_commit=ctx.appended) as uow:
+        partitions = await partitions_of(ctx, reports)
+        async with unit_of_work(ctx.pool, on_commit=ctx.appended, partitions=partitions) as uow:
             run: list[TaskReport] = []
             for report in reports:
                 if isinstance(report, TASK_REPORTS):
