@@ -150,3 +150,25 @@ async def test_progress_is_not_queued_without_bound_while_the_bus_is_away(
         *(f"s{n}" for n in range(5)),
     ]
     await nc.close()
+
+
+async def test_a_report_at_rest_goes_at_once_and_one_while_busy_waits_for_company(
+    nats_server: EmbeddedNats,
+) -> None:
+    nc = await connect(nats_server.url, "agent-test")
+    js = nc.jetstream()
+    await ensure_streams(js)
+    window = 0.3
+    outbox = ReportOutbox(js, "host-1", window=window)
+    # At rest: not held for the window (a phone's start report is what a user waits on).
+    assert await asyncio.wait_for(outbox.send(_started(1)), window / 2)
+    # Busy (a batch just left): the next reports gather for one window, then go together.
+    second = asyncio.create_task(outbox.send(_started(2)))
+    await asyncio.sleep(window / 3)
+    third = asyncio.create_task(outbox.send(_started(3)))
+    assert await second and await third
+    messages, reports = await _stored(js)
+    assert messages == 2
+    assert [r.task_id for r in reports] == [1, 2, 3]  # type: ignore[union-attr]
+    await outbox.close()
+    await nc.close()

@@ -1,10 +1,11 @@
 """The agent's reports coalesced: one REPORTS message per short window, in order.
 
-Every report the agent makes goes through one `ReportOutbox`. A report waits at most
-`window` for others (or less, once `max_reports` or `max_bytes` are queued), then all
-that wait go as one `ReportBatch` on `report.<id>.batch`; while a batch is out, the next
-one fills, so under load batches grow and at rest a report waits one window. A batch of
-one goes as the plain report, as before batches.
+Every report the agent makes goes through one `ReportOutbox`. A report made while the
+agent is busy (a batch left less than `window` ago) waits at most `window` for others
+(or less, once `max_reports` or `max_bytes` are queued), then all that wait go as one
+`ReportBatch` on `report.<id>.batch`; while a batch is out, the next one fills, so under
+load batches grow. A report made at rest goes at once, with those made in the same turn
+of the event loop. A batch of one goes as the plain report, as before batches.
 
 What a single report had, each still has:
 - its own message id inside the batch, so the scheduler tracks and deduplicates reports
@@ -126,6 +127,7 @@ class ReportOutbox:
         self._gave_up_stopping = False
         self._idle = asyncio.Event()
         self._idle.set()
+        self._last_flush = float("-inf")
 
     async def send(
         self, report: Report, *, attempts: int = 15, until: asyncio.Event | None = None
@@ -172,9 +174,16 @@ class ReportOutbox:
     async def _flush_loop(self) -> None:
         while True:
             await self._wake.wait()
-            if self._window > 0:
-                # The window opens with the first report: others made meanwhile join it.
+            loop = asyncio.get_running_loop()
+            if self._window > 0 and loop.time() - self._last_flush < self._window:
+                # Busy: the window opens with the first report, others made meanwhile
+                # join it.
                 await asyncio.sleep(self._window)
+            else:
+                # Idle for a window or more: this report goes at once (a phone starting
+                # a run at rest should not wait for company), with those made in the
+                # same turn of the loop.
+                await asyncio.sleep(0)
             while self._queue:
                 # Reports made while a batch is out wait for the next: no window needed.
                 taken = cut([e.size for e in self._queue], self._max_reports, self._max_bytes)
@@ -188,6 +197,7 @@ class ReportOutbox:
                     log.exception("report.batch_crashed", error=str(exc))
                     stored = False
                 self._resolve(entries, stored)
+            self._last_flush = loop.time()
             self._wake.clear()
             self._idle.set()
 
