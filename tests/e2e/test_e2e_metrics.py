@@ -52,6 +52,7 @@ def test_each_service_counts_the_same_tasks(stack_factory: StackFactory, video: 
     assert sched.value("fleet_devices_online", agent="host-1", host="host-1") == 3
     assert sched.value("fleet_agent_up", agent="host-1", host="host-1") == 1
     assert sched.value("fleet_relay_leaders") == 1
+    assert sched.value("fleet_partitions_leased", scheduler="scheduler-1") == 16
     assert sched.value("fleet_database_up") == 1
 
     agent = scrape(urls["agent"])

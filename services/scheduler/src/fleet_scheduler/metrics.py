@@ -151,6 +151,8 @@ class Snapshot:
     """(agent, host, known, online, busy)"""
     relay_lag: int | None = None
     relay_leaders: int | None = None
+    partitions: list[tuple[str, int]] = field(default_factory=list)
+    """(holder, serial partitions leased); "" for the partitions nobody holds"""
     pool: tuple[int, int, int] = (0, 0, 0)
     """(busy, idle, max) connections"""
 
@@ -191,6 +193,12 @@ async def read_snapshot(ctx: Context) -> Snapshot:
             "SELECT coalesce(sum(l.next_position - r.position), 0)::bigint"
             " FROM log_partitions l JOIN relay_partitions r ON r.partition = l.id"
         )
+        rows = await conn.fetch(
+            "SELECT coalesce(owner, '') AS owner, count(*) AS n FROM ("
+            " SELECT CASE WHEN lease_expires > clock_timestamp() THEN owner END AS owner"
+            " FROM log_partitions WHERE id <> 0) p GROUP BY 1 ORDER BY 1"
+        )
+        snap.partitions = [(r["owner"], int(r["n"])) for r in rows]
         # A single bigint key shows in pg_locks as classid (high half) / objid (low half).
         snap.relay_leaders = await conn.fetchval(
             "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted"
@@ -301,6 +309,14 @@ def families(snap: Snapshot) -> Iterator[Metric]:
     if snap.relay_leaders is not None:
         leaders.add_metric([], snap.relay_leaders)
     yield leaders
+    held = GaugeMetricFamily(
+        "fleet_partitions_leased",
+        'Serial log partitions each scheduler leases (scheduler "": held by none).',
+        labels=["scheduler"],
+    )
+    for holder, count in snap.partitions:
+        held.add_metric([holder], count)
+    yield held
 
 
 def registry_for(state: Collector | None = None) -> CollectorRegistry:
