@@ -71,9 +71,18 @@ async def open_pool(settings: SchedulerSettings) -> asyncpg.Pool:
         min_size=2,
         max_size=settings.scheduler_db_pool_size,
         init=init_connection,
+        reset=keep_session,
     )
     assert pool is not None
     return pool
+
+
+async def keep_session(conn: asyncpg.Connection) -> None:
+    """A pooled connection goes back as it is. asyncpg's default reset is a round trip
+    per release (UNLISTEN, RESET ALL, advisory unlock) to undo session state that pooled
+    connections here never hold: settings are SET LOCAL, advisory locks are taken per
+    transaction, and LISTEN and session locks live on dedicated connections (relay, stats,
+    migrations). An open transaction is still rolled back by asyncpg itself."""
 
 
 class Scheduler:
