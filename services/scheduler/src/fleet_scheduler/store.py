@@ -20,7 +20,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import asyncpg
 
@@ -56,8 +56,13 @@ class RecordedEvent:
     recorded_at: datetime
     partition: int = 0
     partition_position: int = 0
+    parsed: DomainEvent | None = field(default=None, compare=False, repr=False)
+    """The event itself when this process just appended it: projecting an append then
+    needs no second parse of what it serialized."""
 
     def event(self) -> AnyEvent:
+        if self.parsed is not None:
+            return cast(AnyEvent, self.parsed)
         return parse_event(self.type, self.data)
 
     def envelope(self) -> EventEnvelope:
@@ -285,6 +290,7 @@ class PostgresRecorder:
                 recorded_at=recorded_at,
                 partition=part,
                 partition_position=part_position,
+                parsed=new.event,
             )
             for position, new, version, kind, payload, meta, part, part_position in zip(
                 positions,
