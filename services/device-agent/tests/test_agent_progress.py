@@ -20,12 +20,12 @@ async def test_a_burst_sends_the_first_step_and_then_the_latest() -> None:
 
     throttle = ProgressThrottle(send, interval=0.2)
     for name in ("push", "scan", "open", "caption"):
-        await throttle.report(step(name))
+        await throttle.report(lambda name=name: step(name))
     assert sent == ["push"]
     await asyncio.sleep(0.3)
     # A long step after a burst still shows: the held step goes out on its own.
     assert sent == ["push", "caption"]
-    await throttle.report(step("upload"))
+    await throttle.report(lambda: step("upload"))
     assert sent == ["push", "caption"]
     await asyncio.sleep(0.3)
     assert sent == ["push", "caption", "upload"]
@@ -38,9 +38,9 @@ async def test_nothing_held_is_sent_after_the_run_ends() -> None:
         sent.append(report.step)
 
     throttle = ProgressThrottle(send, interval=0.2)
-    await throttle.report(step("push"))
-    await throttle.report(step("post"))
+    await throttle.report(lambda: step("push"))
+    await throttle.report(lambda: step("post"))
     await throttle.close()
     await asyncio.sleep(0.3)
-    await throttle.report(step("late"))
+    await throttle.report(lambda: step("late"))
     assert sent == ["push"]

@@ -16,6 +16,8 @@ from collections.abc import Awaitable, Callable
 from fleet_contracts.agent import TaskProgressReport
 
 Send = Callable[[TaskProgressReport], Awaitable[None]]
+Make = Callable[[], TaskProgressReport]
+"""A step's report, made only if it is sent: most steps of a fast run never are."""
 
 
 class ProgressThrottle:
@@ -29,18 +31,18 @@ class ProgressThrottle:
         self._interval = interval
         self._clock = clock or (lambda: asyncio.get_running_loop().time())
         self._last_sent: float | None = None
-        self._held: TaskProgressReport | None = None
+        self._held: Make | None = None
         self._flush: asyncio.Task[None] | None = None
         self._closed = False
 
-    async def report(self, progress: TaskProgressReport) -> None:
+    async def report(self, progress: Make) -> None:
         if self._closed:
             return
         now = self._clock()
         if self._last_sent is None or now - self._last_sent >= self._interval:
             self._held = None
             self._last_sent = now
-            await self._send(progress)
+            await self._send(progress())
             return
         self._held = progress
         if self._flush is None or self._flush.done():
@@ -52,7 +54,7 @@ class ProgressThrottle:
         held, self._held = self._held, None
         if held is not None and not self._closed:
             self._last_sent = self._clock()
-            await self._send(held)
+            await self._send(held())
 
     async def close(self) -> None:
         """The run ended: drop what is held, before the outcome is published."""

@@ -291,7 +291,7 @@ class Runner:
             log.info("run.step", step=step, percent=percent, detail=message or None)
             run.meter.begin(request.script_name, step)
             await throttle.report(
-                TaskProgressReport(
+                lambda: TaskProgressReport(
                     agent_id=self._agent_id,
                     task_id=request.task_id,
                     dispatch_id=request.dispatch_id,
