@@ -4,6 +4,12 @@ The handler commits before it returns, so the ack always follows the commit; a
 message whose handling failed for an outside reason (database away) is nak'ed with
 a delay and comes back. The subscription is re-created after errors, since a NATS
 restart without state may have lost the consumer.
+
+The ack wait is short (`ACK_WAIT_SECONDS`): a batch fetched by a scheduler that is then
+killed comes back to the others after it, not after half a minute (with a thousand
+phones, one fetch of REPORTS holds reports of most of them: every one of those phones
+looked busy until then). While a batch is being handled, its messages are marked in
+progress every third of the wait, so a slow transaction is not redelivered meanwhile.
 """
 
 from __future__ import annotations
@@ -24,6 +30,8 @@ from fleet_runtime.failpoints import failpoint
 
 log = structlog.get_logger(__name__)
 
+ACK_WAIT_SECONDS = 5.0
+
 
 async def pull_loop(
     js: JetStreamContext,
@@ -40,7 +48,7 @@ async def pull_loop(
         durable_name=durable,
         ack_policy=AckPolicy.EXPLICIT,
         deliver_policy=DeliverPolicy.ALL,
-        ack_wait=30,
+        ack_wait=ACK_WAIT_SECONDS,
         max_deliver=-1,
         max_ack_pending=10_000,
     )
@@ -61,6 +69,7 @@ async def pull_loop(
                     continue
                 if stopping.is_set():
                     return
+                keeping = asyncio.create_task(_in_progress(msgs, ACK_WAIT_SECONDS / 3))
                 try:
                     await handle(msgs)
                 except Exception as exc:
@@ -68,6 +77,8 @@ async def pull_loop(
                     for msg in msgs:
                         await msg.nak(delay=1.0)
                     continue
+                finally:
+                    keeping.cancel()
                 failpoint(f"{stream.lower()}.after_commit")
                 for msg in msgs:
                     await msg.ack()
@@ -81,6 +92,13 @@ async def pull_loop(
                 await sub.unsubscribe()
             except Exception as exc:
                 log.debug("consumer.unsubscribe_failed", error=str(exc))
+
+
+async def _in_progress(msgs: list[Msg], period: float) -> None:
+    """Tell JetStream every `period` that `msgs` are still being handled."""
+    while True:
+        await asyncio.sleep(period)
+        await asyncio.gather(*(msg.in_progress() for msg in msgs), return_exceptions=True)
 
 
 async def _pause(stopping: asyncio.Event, seconds: float) -> None:

@@ -8,7 +8,6 @@ shares one transaction.
 from __future__ import annotations
 
 import asyncio
-import time
 from typing import TypeVar
 
 import asyncpg
@@ -160,9 +159,6 @@ REPORTS_PER_TRANSACTION = 64
 """Agents batch their reports, so 64 fetched messages can hold thousands: they are
 applied 64 to a transaction (as many as a fetch of lone reports), so the events lock is
 held no longer than before batches (dispatch and commands wait on it)."""
-TOUCH_AFTER_SECONDS = 10.0
-"""A fetch still being applied after this long tells JetStream it is in progress, so its
-messages are not redelivered meanwhile (the consumer's ack wait is 30 s)."""
 
 
 def _apply_to(task: Task, report: TaskReport) -> None:
@@ -396,12 +392,8 @@ async def trusted(ctx: Context, msgs: list[Msg]) -> list[AnyReport]:
 async def run(ctx: Context, stopping: asyncio.Event) -> None:
     async def handle(msgs: list[Msg]) -> None:
         reports = await trusted(ctx, msgs)
-        touched = time.monotonic()
         for start in range(0, len(reports), REPORTS_PER_TRANSACTION):
             await handle_reports(ctx, reports[start : start + REPORTS_PER_TRANSACTION])
-            if time.monotonic() - touched > TOUCH_AFTER_SECONDS:
-                touched = time.monotonic()
-                await asyncio.gather(*(msg.in_progress() for msg in msgs))
 
     s = ctx.settings
     await pull_loop(
