@@ -12,7 +12,6 @@ import json
 from dataclasses import replace
 from typing import Any
 
-import asyncpg
 import structlog
 from nats.aio.msg import Msg
 from nats.js.errors import BucketNotFoundError, KeyNotFoundError
@@ -55,6 +54,7 @@ from fleet_contracts.validation import describe
 from fleet_runtime.logs import bind_correlation
 from fleet_scheduler import (
     bulk,
+    command_results,
     handlers,
     library,
     library_reads,
@@ -156,13 +156,6 @@ async def decide(
     return await _decide(uow, ctx, cmd, plugins)
 
 
-async def recorded_result(conn: asyncpg.Connection, command_id: str) -> CommandResult | None:
-    raw = await conn.fetchval(
-        "SELECT result FROM command_results WHERE command_id = $1", command_id
-    )
-    return None if raw is None else CommandResult.model_validate(raw)
-
-
 def metadata_for(cmd: AnyCommand) -> Metadata:
     return Metadata(correlation_id=cmd.correlation_id, causation_id=cmd.message_id, actor=cmd.actor)
 
@@ -219,11 +212,7 @@ async def _apply_once(
     Consecutive creates are applied as one run (`_apply_creates`); any other command
     is applied alone, after the creates before it, so it sees their tasks.
     """
-    rows = await uow.conn.fetch(
-        "SELECT command_id, result FROM command_results WHERE command_id = ANY($1::text[])",
-        [cmd.message_id for cmd in cmds],
-    )
-    seen = {r["command_id"]: CommandResult.model_validate(r["result"]) for r in rows}
+    seen = await command_results.recorded_among(uow.conn, [cmd.message_id for cmd in cmds])
     fresh: dict[str, tuple[CommandResult, list[StopOnAgent]]] = {}
     run: dict[str, tuple[CreateTasks, dict[str, Any]]] = {}
 
@@ -246,12 +235,7 @@ async def _apply_once(
         fresh[cmd.message_id] = await _apply(uow, ctx, cmd, schemas)
     await flush()
     if fresh:
-        await uow.conn.execute(
-            "INSERT INTO command_results (command_id, result)"
-            " SELECT * FROM unnest($1::text[], $2::jsonb[])",
-            list(fresh),
-            [r.model_dump(mode="json") for r, _ in fresh.values()],
-        )
+        await command_results.record(uow.conn, [r for r, _ in fresh.values()])
     out: list[tuple[CommandResult, list[StopOnAgent]]] = []
     for cmd in cmds:
         if cmd.message_id in seen:
@@ -325,14 +309,7 @@ async def record_failure(ctx: Context, cmd: AnyCommand, exc: Exception) -> Comma
         request_digest=request_digest(cmd),
     )
     async with ctx.pool.acquire() as conn:
-        await conn.execute(
-            "INSERT INTO command_results (command_id, result) VALUES ($1, $2::jsonb)"
-            " ON CONFLICT (command_id) DO NOTHING",
-            cmd.message_id,
-            result.model_dump(mode="json"),
-        )
-        stored = await recorded_result(conn, cmd.message_id)
-    return stored or result
+        return await command_results.record_failure(conn, result)
 
 
 async def send_stops(ctx: Context, effects: list[StopOnAgent]) -> None:

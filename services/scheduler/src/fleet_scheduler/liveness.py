@@ -19,6 +19,7 @@ from pydantic import ValidationError
 from fleet_contracts.agent import DeviceInfo, Heartbeat
 from fleet_contracts.events import DeviceDisconnected
 from fleet_contracts.subjects import HEARTBEAT_WILDCARD, device_stream_id, heartbeat_subject
+from fleet_scheduler import command_results
 from fleet_scheduler.context import AgentSeen, Context
 from fleet_scheduler.handlers import Outcome
 from fleet_scheduler.projections import task_state
@@ -289,10 +290,7 @@ async def prune_results(ctx: Context) -> None:
             "DELETE FROM processed_reports WHERE recorded_at < now() - make_interval(secs => $1)",
             settings.scheduler_report_ids_keep_seconds,
         )
-        await conn.execute(
-            "DELETE FROM command_results WHERE recorded_at < now() - make_interval(secs => $1)",
-            settings.scheduler_command_results_keep_seconds,
-        )
+        await command_results.prune(conn, settings.scheduler_command_results_keep_seconds)
 
 
 async def run(ctx: Context, stopping: asyncio.Event, period: float = 1.0) -> None:

@@ -45,8 +45,7 @@ from fleet_contracts.subjects import SCHEDULER_QUEUE, task_stream_id
 from fleet_contracts.validation import describe
 from fleet_runtime import replies
 from fleet_runtime.logs import bind_correlation
-from fleet_scheduler import scheduling_queries
-from fleet_scheduler.commands import recorded_result
+from fleet_scheduler import command_results, scheduling_queries
 from fleet_scheduler.context import Context
 from fleet_scheduler.library_reads import get_material, list_materials
 from fleet_scheduler.session_queries import SESSION_ANSWERS
@@ -270,7 +269,7 @@ async def list_accounts(ctx: Context, q: ListAccounts) -> Reply:
 
 async def command_result(ctx: Context, q: GetCommandResult) -> Reply:
     async with ctx.pool.acquire() as conn:
-        result = await recorded_result(conn, q.command_id)
+        result = await command_results.recorded(conn, q.command_id)
     if result is None:
         return Reply.failure(ErrorCode.NOT_FOUND, f"command {q.command_id} not handled yet")
     return Reply(data=result.model_dump(mode="json"))
