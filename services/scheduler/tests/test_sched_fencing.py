@@ -198,8 +198,9 @@ async def test_a_report_whose_subject_names_another_agent_is_refused(
     assert "task.completed" not in [e["type"] for e in await history(bus, tid)]
 
 
-def offset_clock(seconds: float) -> Any:
-    return lambda: datetime.now(UTC) + timedelta(seconds=seconds)
+def offset_clock(seconds: float, apart: asyncio.Event) -> Any:
+    """The real time, `seconds` off once `apart` is set."""
+    return lambda: datetime.now(UTC) + timedelta(seconds=seconds if apart.is_set() else 0)
 
 
 async def test_two_schedulers_with_clocks_30s_apart_neither_lose_nor_expire_early(
@@ -209,9 +210,13 @@ async def test_two_schedulers_with_clocks_30s_apart_neither_lose_nor_expire_earl
     settings.scheduler_start_timeout_seconds = 8
     other = settings.model_copy(update={"scheduler_id": "behind", "scheduler_seed": 8})
     began = time.monotonic()
+    # The clocks part once the runs are sent: due times are judged on the clock of the
+    # scheduler holding the task's partition (README "One clock"), so before that a
+    # task created on the clock ahead could wait out the skew on the one behind.
+    apart = asyncio.Event()
     async with (
-        Scheduler(settings, clock=offset_clock(15)),
-        Scheduler(other, clock=offset_clock(-15)),
+        Scheduler(settings, clock=offset_clock(15, apart)),
+        Scheduler(other, clock=offset_clock(-15, apart)),
     ):
         agent = FakeAgent(bus, "steady", ["c1", "c2"])
         agent.auto_start = False
@@ -221,6 +226,7 @@ async def test_two_schedulers_with_clocks_30s_apart_neither_lose_nor_expire_earl
         await eventually(lambda: _has(agent, waiting), what="run sent")
         starting = await one_task(bus, "c2")
         await eventually(lambda: _has(agent, starting), what="second run sent")
+        apart.set()
         await agent.started(agent.run_for(starting))
         await until_status(bus, starting, 1)
         # Past the lease after the schedulers' start-up grace (one lease), and 30 s past
