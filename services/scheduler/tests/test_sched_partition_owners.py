@@ -14,9 +14,10 @@ import pytest
 from fleet_contracts.commands import CreateTasks
 from fleet_contracts.rest import CreateTaskRequest
 from fleet_scheduler import dispatch
-from fleet_scheduler.app import Scheduler
+from fleet_scheduler.app import Scheduler, open_pool
 from fleet_scheduler.ownership import PartitionLease, plan, share
 from fleet_scheduler.settings import SchedulerSettings
+from fleet_scheduler.uow import lock_partitions
 
 from .conftest import Bus, FakeAgent, eventually, wait_devices
 
@@ -160,3 +161,26 @@ async def test_a_claim_holds_only_the_partitions_still_leased_to_its_scheduler(
 
         await eventually(ran, what="the tasks run once the partitions are taken back")
         await fake.close()
+
+
+async def test_a_paused_schedulers_open_transaction_is_ended_and_its_locks_freed(
+    settings: SchedulerSettings, db: asyncpg.Connection
+) -> None:
+    # A scheduler frozen in the middle of a transaction (SIGSTOP, a suspended VM) holds
+    # its partitions' locks: the database ends the transaction once it sits idle.
+    paused = settings.model_copy(update={"scheduler_idle_transaction_seconds": 1.0})
+    pool = await open_pool(paused)
+    try:
+        async with pool.acquire() as conn:
+            frozen = conn.transaction()
+            await frozen.start()
+            await lock_partitions(conn, None)
+            await db.execute("SET lock_timeout = '10s'")
+            async with db.transaction():
+                # Waits for the frozen transaction, then gets every partition.
+                _, locked = await lock_partitions(db, None)
+            assert locked == frozenset(range(0, P + 1))
+            with pytest.raises((asyncpg.PostgresError, asyncpg.InterfaceError, OSError)):
+                await conn.fetchval("SELECT 1")
+    finally:
+        pool.terminate()

@@ -72,6 +72,11 @@ async def open_pool(settings: SchedulerSettings) -> asyncpg.Pool:
         max_size=settings.scheduler_db_pool_size,
         init=init_connection,
         reset=keep_session,
+        server_settings={
+            "idle_in_transaction_session_timeout": str(
+                int(settings.scheduler_idle_transaction_seconds * 1000)
+            )
+        },
     )
     assert pool is not None
     return pool

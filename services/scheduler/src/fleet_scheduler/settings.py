@@ -33,6 +33,10 @@ class SchedulerSettings(NatsLinkSettings):  # + NATS identity, TLS, stream limit
     scheduler_seed: int | None = None
     scheduler_partitions: int = Field(16, ge=1, le=1024)
     """Partitions of a new log (fixed at install; a later change is ignored, logged)."""
+    scheduler_idle_transaction_seconds: float = Field(30.0, ge=1, le=3600)
+    """A transaction of this scheduler left idle this long is ended by the database: a
+    scheduler paused (SIGSTOP, a frozen VM) in the middle of one would otherwise keep
+    its partitions locked, and every writer waiting, until it resumed."""
     scheduler_partition_lease_seconds: float = Field(5.0, ge=0.5, le=300)
     """How long a scheduler's hold on its partitions lasts unrenewed: a killed
     scheduler's partitions move to the others within it (renewed every quarter of it)."""
