@@ -52,6 +52,14 @@ async def test_with_nats_down_the_gateway_answers_503_quickly_then_recovers(
     api: Served, nats_server: EmbeddedNats
 ) -> None:
     nats_server.stop()
+
+    async def noticed() -> bool:
+        # Until its client has seen the connection drop, a request still goes out and
+        # waits for its timeout: what is timed below is the answer once NATS is known down.
+        r = await api.client.get("/readyz")
+        return r.status_code == 503 and "NATS" in r.json()["message"]
+
+    await poll_until(noticed, within=10, what="the gateway to notice NATS is down")
     for method, path, body in [*ENDPOINTS, ("GET", "/api/v1/events", None)]:
         started = time.monotonic()
         r = await api.client.request(method, path, json=body)
