@@ -22,6 +22,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
+from fleet_scheduler.partitions import FLEET
+
 
 @dataclass(frozen=True)
 class PartitionLease:
@@ -61,7 +63,9 @@ def plan(
     member: str, leases: Sequence[PartitionLease], members: Iterable[str], now: datetime
 ) -> Plan:
     """What `member` keeps, takes and gives back of the serial partitions `leases`."""
-    serial = sorted((lease for lease in leases if lease.partition != 0), key=lambda x: x.partition)
+    serial = sorted(
+        (lease for lease in leases if lease.partition != FLEET), key=lambda x: x.partition
+    )
     fair = share(member, members, len(serial))
     held = [lease.partition for lease in serial if lease.held_by(member, now)]
     keep, release = held[:fair], held[fair:]

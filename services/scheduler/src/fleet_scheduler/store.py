@@ -306,6 +306,9 @@ class PostgresRecorder:
         ]
 
     async def read_after(self, position: int, limit: int) -> list[RecordedEvent]:
+        """In global position order: a complete page only where no writer of another
+        partition can still commit a lower position (a locked log, a test). A reader
+        tailing the live log goes by partition: `read_partitions_after`."""
         rows = await self.conn.fetch(
             f"SELECT {_COLUMNS} FROM events WHERE position > $1 ORDER BY position LIMIT $2",
             position,
