@@ -14,6 +14,7 @@ import httpx
 import pytest
 
 from fleet_devstack.stack import AgentSpec, ServiceProcess, Stack
+from fleet_scheduler.partition_owners import holders
 from tests.e2e.conftest import StackFactory
 from tests.e2e.harness import Api, post, wait_until
 
@@ -310,13 +311,9 @@ def partition_holders(stack: Stack) -> dict[int, str]:
     async def read() -> dict[int, str]:
         conn = await asyncpg.connect(stack.database_url)
         try:
-            rows = await conn.fetch(
-                "SELECT id, owner FROM log_partitions WHERE id > 0 AND owner IS NOT NULL"
-                " AND lease_expires > clock_timestamp()"
-            )
+            return await holders(conn)
         finally:
             await conn.close()
-        return {r["id"]: r["owner"] for r in rows}
 
     return asyncio.run(read())
 

@@ -16,6 +16,7 @@ from fleet_contracts.rest import CreateTaskRequest
 from fleet_scheduler import dispatch
 from fleet_scheduler.app import Scheduler, open_pool
 from fleet_scheduler.ownership import PartitionLease, plan, share
+from fleet_scheduler.partition_owners import holders
 from fleet_scheduler.settings import SchedulerSettings
 from fleet_scheduler.uow import lock_partitions
 
@@ -73,14 +74,6 @@ def test_its_own_lease_run_out_is_taken_again_not_kept() -> None:
 
 
 # --- Against the database -----------------------------------------------------------
-
-
-async def holders(db: asyncpg.Connection) -> dict[int, str]:
-    rows = await db.fetch(
-        "SELECT id, owner FROM log_partitions WHERE id > 0 AND owner IS NOT NULL"
-        " AND lease_expires > clock_timestamp()"
-    )
-    return {r["id"]: r["owner"] for r in rows}
 
 
 @pytest.fixture

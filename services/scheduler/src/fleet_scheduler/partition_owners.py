@@ -96,6 +96,17 @@ async def leave(conn: asyncpg.Connection, member: str) -> None:
         await conn.execute("DELETE FROM scheduler_members WHERE scheduler_id = $1", member)
 
 
+async def holders(conn: asyncpg.Connection) -> dict[int, str]:
+    """Who holds each serial partition under a lease still running (partitions nobody
+    holds are left out): what operators, tests and the bench look at."""
+    rows = await conn.fetch(
+        "SELECT id, owner FROM log_partitions WHERE id <> $1 AND owner IS NOT NULL"
+        " AND lease_expires > clock_timestamp()",
+        parts.FLEET,
+    )
+    return {r["id"]: r["owner"] for r in rows}
+
+
 async def take_turn(ctx: Context) -> None:
     member = ctx.settings.scheduler_id
     async with ctx.pool.acquire() as conn:
