@@ -89,6 +89,19 @@ class Api:
             what=f"task {task_id} to reach status {status}",
         )
 
+    def wait_devices(self, count: int) -> list[dict[str, Any]]:
+        """The device list once it holds `count` online phones.
+
+        A ready gateway means a scheduler answers, not that the scheduler has read
+        every agent's first device report yet.
+        """
+
+        def listed() -> list[dict[str, Any]] | None:
+            devices: list[dict[str, Any]] = self.ok("GET", "/device")["devices"]
+            return devices if sum(d["online"] for d in devices) >= count else None
+
+        return wait_until(listed, what=f"{count} online devices")
+
     def wait_all_done(self, ids: list[int], timeout: float = 60.0) -> list[dict[str, Any]]:
         def done() -> list[dict[str, Any]] | None:
             tasks = [self.task(i) for i in ids]

@@ -180,7 +180,7 @@ def test_stop_and_delete_a_running_task(api: Api, video: str) -> None:
 
 
 def test_devices_and_live_event_stream(api: Api, video: str) -> None:
-    devices = api.ok("GET", "/device")["devices"]
+    devices = api.wait_devices(8)
     assert len(devices) == 8 and all(d["online"] for d in devices)
     assert {d["agent_id"] for d in devices} == {"host-1"}
 

@@ -90,7 +90,7 @@ def test_tasks_go_to_the_right_host_and_a_cut_link_fails_only_its_tasks(
     stack.wait_ready()
     api = Api(stack.api_url)
 
-    devices = {d["serial"]: d["agent_id"] for d in api.ok("GET", "/device")["devices"]}
+    devices = {d["serial"]: d["agent_id"] for d in api.wait_devices(4)}
     assert devices == {
         "device_serial_1": "host-1",
         "device_serial_2": "host-1",
