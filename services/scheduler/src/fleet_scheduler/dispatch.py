@@ -54,25 +54,29 @@ BATCH_MAX_BYTES = 512 * 1024
 bound go in a second request (a task's config can hold a 4,000-character caption)."""
 
 
-NOT_LEASED = "NOT EXISTS (SELECT 1 FROM leases l WHERE l.serial = t.serial AND l.task_id IS NULL)"
+NOT_LEASED = "NOT EXISTS (SELECT 1 FROM leases l WHERE l.serial = d.serial AND l.task_id IS NULL)"
 """A leased phone is busy: nothing is dispatched to it until its lease ends."""
 
 DUE_ON_IDLE_DEVICES = (
-    "SELECT DISTINCT ON (t.serial) t.id, t.serial, t.due_at, t.min_interval,"
-    " t.max_interval, t.interval_anchor, d.agent_id, d.last_task_id, d.last_finished_at,"
-    " a.incarnation"
-    " FROM tasks t JOIN devices d ON d.serial = t.serial"
-    " JOIN agents a ON a.agent_id = d.agent_id"
-    " WHERE t.state = 'pending' AND NOT t.deleted AND t.due_at <= $1"
-    " AND d.online AND NOT d.busy AND NOT a.lost"
+    "SELECT t.id, t.serial, t.due_at, t.min_interval, t.max_interval, t.interval_anchor,"
+    " d.agent_id, d.last_task_id, d.last_finished_at, a.incarnation"
+    " FROM devices d JOIN agents a ON a.agent_id = d.agent_id"
+    " CROSS JOIN LATERAL (SELECT t.id, t.serial, t.due_at, t.min_interval, t.max_interval,"
+    "  t.interval_anchor FROM tasks t"
+    "  WHERE t.serial = d.serial AND t.state = 'pending' AND NOT t.deleted"
+    "  AND t.due_at <= $1 ORDER BY t.due_at, t.id LIMIT 1) t"
+    " WHERE d.online AND NOT d.busy AND NOT a.lost"
     " AND a.last_seen >= now() - make_interval(secs => $2)"
     " AND d.partition = ANY($3::smallint[])"
     f" AND {NOT_LEASED}"
-    " ORDER BY t.serial, t.due_at, t.id"
+    " ORDER BY d.serial"
 )
 """Each idle device's oldest due task, for devices online on a live agent and not lent
-to a program (a lease: `leases.py`). Due times are the scheduler's clock (`start_time`,
-intervals); the agent's lease is the database's."""
+to a program (a lease: `leases.py`). Driven by the idle devices, each probing `tasks_due`
+(serial, due_at, id) for its first due task: the cost follows the idle devices, not the
+pending tasks (a flood keeps thousands pending, and a due-time scan over all of them ran
+on every wake-up). Due times are the scheduler's clock (`start_time`, intervals); the
+agent's lease is the database's."""
 
 
 @dataclass(frozen=True)
