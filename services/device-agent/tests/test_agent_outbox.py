@@ -172,3 +172,37 @@ async def test_a_report_at_rest_goes_at_once_and_one_while_busy_waits_for_compan
     assert [r.task_id for r in reports] == [1, 2, 3]  # type: ignore[union-attr]
     await outbox.close()
     await nc.close()
+
+
+async def test_a_lingering_step_is_taken_back_by_its_outcome_and_sent_otherwise(
+    nats_server: EmbeddedNats,
+) -> None:
+    nc = await connect(nats_server.url, "agent-test")
+    js = nc.jetstream()
+    await ensure_streams(js)
+    outbox = ReportOutbox(js, "host-1", window=0.01)
+
+    def step(task_id: int, name: str) -> TaskProgressReport:
+        return TaskProgressReport(
+            agent_id="host-1", task_id=task_id, dispatch_id=f"d{task_id}", step=name
+        )
+
+    # Run 1 ends within the linger: only its outcome is stored.
+    outbox.post(step(1, "open app"), linger=0.5)
+    assert await outbox.send(TaskCompletedReport(agent_id="host-1", task_id=1, dispatch_id="d1"))
+    # Run 2 goes on: its latest step is stored once the linger has passed.
+    outbox.post(step(2, "open app"), linger=0.2)
+    outbox.post(step(2, "type caption"), linger=0.2)
+    # A step of another dispatch of the same task is not the outcome's to take back.
+    outbox.post(step(3, "push media"), linger=0.2)
+    assert await outbox.send(TaskCompletedReport(agent_id="host-1", task_id=3, dispatch_id="other"))
+    await asyncio.sleep(0.5)
+    await outbox.close(grace=5)
+    _, reports = await _stored(js)
+    assert [(r.task_id, getattr(r, "step", r.type)) for r in reports] == [  # type: ignore[union-attr]
+        (1, "task.completed"),
+        (3, "task.completed"),
+        (2, "type caption"),
+        (3, "push media"),
+    ]
+    await nc.close()

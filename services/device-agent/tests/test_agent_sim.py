@@ -15,6 +15,7 @@ from agent_testkit import Bus, eventually
 from pydantic import BaseModel, ConfigDict, Field
 
 from fleet_agent.app import Agent, sim_control_subject
+from fleet_agent.runs import STEP_LINGER
 from fleet_agent.scripts import CancelToken, Progress, Target
 from fleet_agent.scripts.post import PostScript
 from fleet_agent.settings import AgentSettings
@@ -69,7 +70,8 @@ def post(task_id: int, serial: str, video: Path, **config: Any) -> RunTask:
 
 
 async def test_run_reports_started_progress_completed(agent: Agent, bus: Bus, video: Path) -> None:
-    request = post(1, "device_serial_1", video, captions="hello #fleet")
+    # 100 s of upload wait at speed 0.01: a run of about a second, longer than a step lingers.
+    request = post(1, "device_serial_1", video, captions="hello #fleet", upload_wait_time=100)
     reply = await bus.run(AGENT, request)
     assert reply.accepted, reply.reason
 
@@ -85,6 +87,15 @@ async def test_run_reports_started_progress_completed(agent: Agent, bus: Bus, vi
     assert len(steps) == len(set(steps))
     assert all(r.correlation_id == request.correlation_id for r in bus.for_task(1))
     assert done.result["files"] == [str(video)]
+
+
+async def test_a_run_ending_at_once_reports_no_step(agent: Agent, bus: Bus, video: Path) -> None:
+    # No upload wait: the run ends well within STEP_LINGER, and its outcome says it all.
+    request = post(4, "device_serial_3", video, upload_wait_time=0)
+    assert (await bus.run(AGENT, request)).accepted
+    assert (await bus.outcome(4)).type == "task.completed"
+    await asyncio.sleep(STEP_LINGER * 2)
+    assert [r.type for r in bus.for_task(4)] == ["task.started", "task.completed"]
 
 
 async def test_missing_material_fails_naming_the_path(

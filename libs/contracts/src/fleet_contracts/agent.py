@@ -135,6 +135,11 @@ class TaskStartedReport(Report):
     serial: str
 
 
+OUTPUT_STEP = "output"
+"""The step a custom script's printed output travels under, a piece per progress report:
+`GET /script/task/{id}/log` joins the messages of these. Never dropped as a mere step is."""
+
+
 class TaskProgressReport(Report):
     type: Literal["task.progress"] = "task.progress"
     task_id: int

@@ -17,6 +17,13 @@ What a single report had, each still has:
   any report in it still wants a try (an outcome: for as long as the agent runs, then
   `attempts` more once it stops), and each caller hears whether its report was stored;
 - progress is advisory (`post`): never awaited by the run, never retried for itself.
+
+A step may also be posted to linger (`post(report, linger=...)`): it joins the queue only
+after that long, the run's later steps replacing it meanwhile, and the run's outcome
+takes it back. A run that ends within the linger then records no step nobody could have
+watched: its outcome says more. On a phone a run takes seconds to minutes and its steps
+go as before, a linger late; a run ending in milliseconds (the simulator, a script
+failing at once) saves an event in the log, a report and a relay publish per run.
 """
 
 from __future__ import annotations
@@ -104,6 +111,14 @@ def message_for(agent_id: str, reports: list[Report]) -> Batch:
     )
 
 
+def _run_of(report: Report) -> tuple[int, str] | None:
+    """The (task, dispatch) a report is about, if it is about a run."""
+    task_id, dispatch_id = getattr(report, "task_id", None), getattr(report, "dispatch_id", None)
+    if isinstance(task_id, int) and isinstance(dispatch_id, str):
+        return task_id, dispatch_id
+    return None
+
+
 class ReportOutbox:
     def __init__(
         self,
@@ -128,6 +143,7 @@ class ReportOutbox:
         self._idle = asyncio.Event()
         self._idle.set()
         self._last_flush = float("-inf")
+        self._lingering: dict[tuple[int, str], _Entry] = {}
 
     async def send(
         self, report: Report, *, attempts: int = 15, until: asyncio.Event | None = None
@@ -135,6 +151,9 @@ class ReportOutbox:
         """Store `report` on REPORTS with the next batch; False (and an error logged) if
         every attempt failed. `attempts` and `until` as in `reports.publish_report`."""
         done: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        run = _run_of(report)
+        if run is not None and self._lingering.pop(run, None) is not None:
+            log.debug("report.progress_superseded", task_id=run[0], type=_kind(report))
         self._put(_Entry(report, len(report.to_bytes()), attempts, until, done))
         return await asyncio.shield(done)
 
@@ -142,14 +161,29 @@ class ReportOutbox:
         """Queue many at once (the start-up inventory) and wait until all went out."""
         await asyncio.gather(*(self.send(report) for report in reports))
 
-    def post(self, report: Report) -> None:
+    def post(self, report: Report, *, linger: float = 0.0) -> None:
         """Queue an advisory report (progress): sent once with the next batch, not
         waited for; lost only with a batch that carries no report anybody waits for, or
-        when `MAX_QUEUED_PROGRESS` reports already wait (a bus outage)."""
-        if len(self._queue) >= MAX_QUEUED_PROGRESS:
+        when `MAX_QUEUED_PROGRESS` reports already wait (a bus outage).
+
+        With `linger`, it waits that long before joining the queue; a later post for the
+        same run replaces it meanwhile, and the run's next `send` (its outcome) drops it."""
+        if len(self._queue) + len(self._lingering) >= MAX_QUEUED_PROGRESS:
             log.debug("report.progress_dropped", message_id=report.message_id, queued=True)
             return
-        self._put(_Entry(report, len(report.to_bytes()), 1, None, None))
+        entry = _Entry(report, len(report.to_bytes()), 1, None, None)
+        run = _run_of(report)
+        if linger <= 0 or run is None:
+            self._put(entry)
+            return
+        if run not in self._lingering:
+            asyncio.get_running_loop().call_later(linger, self._release, run)
+        self._lingering[run] = entry
+
+    def _release(self, run: tuple[int, str]) -> None:
+        entry = self._lingering.pop(run, None)
+        if entry is not None:
+            self._put(entry)
 
     def _put(self, entry: _Entry) -> None:
         self._queue.append(entry)
@@ -160,7 +194,9 @@ class ReportOutbox:
 
     async def close(self, grace: float = 2.0) -> None:
         """Let what is queued go out for up to `grace` seconds, then stop flushing; what
-        is left is given up (callers have waited for what mattered: the runs' outcomes)."""
+        is left is given up (callers have waited for what mattered: the runs' outcomes).
+        Steps still lingering are dropped: nobody waits for them."""
+        self._lingering.clear()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._idle.wait(), grace)
         if self._flusher is not None:

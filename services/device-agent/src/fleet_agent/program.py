@@ -25,7 +25,7 @@ import structlog
 from pydantic import BaseModel, ConfigDict
 
 from fleet_agent.scripts import CancelToken, Progress, ScriptFailure, Target
-from fleet_contracts.agent import RunTask
+from fleet_contracts.agent import OUTPUT_STEP, RunTask
 from fleet_contracts.sessions import CustomProgram, Platform
 
 log = structlog.get_logger(__name__)
@@ -189,7 +189,7 @@ async def _flush_every(output: Output, progress: Progress) -> None:
     while True:
         await asyncio.sleep(FLUSH_EVERY)
         if output.pending:
-            await progress("output", None, output.take())
+            await progress(OUTPUT_STEP, None, output.take())
 
 
 async def _flush_rest(output: Output, progress: Progress) -> None:
@@ -198,7 +198,7 @@ async def _flush_rest(output: Output, progress: Progress) -> None:
     while output.pending:
         # Spaced past the throttle's interval: each piece is sent, none replaced.
         await asyncio.sleep(FLUSH_EVERY)
-        await progress("output", None, output.take())
+        await progress(OUTPUT_STEP, None, output.take())
 
 
 async def _end(proc: asyncio.subprocess.Process) -> None:

@@ -26,6 +26,7 @@ from fleet_agent.phone import DeviceGoneError, Phone, PhoneError
 from fleet_agent.progress import ProgressThrottle
 from fleet_agent.scripts import Cancelled, CancelToken, Script, ScriptFailure, Target
 from fleet_contracts.agent import (
+    OUTPUT_STEP,
     AgentReply,
     DeviceStatus,
     Report,
@@ -45,6 +46,10 @@ SCREENSHOT_TIMEOUT = 10.0
 RAN_KEPT = 100_000
 """Runs begun (task and dispatch ids), remembered (newest kept) to answer a repeat of a run
 that already ended."""
+STEP_LINGER = 0.25
+"""Seconds a step waits before it is reported; a run ending sooner reports only its
+outcome (`outbox.ReportOutbox.post`). Under the progress throttle's 0.5 s, so a run's
+steps still leave in order."""
 STOPPED = "stopped"
 DEVICE_DISCONNECTED = "device disconnected"
 AGENT_STOPPING = "agent stopping"
@@ -282,8 +287,10 @@ class Runner:
             return self._failed(run, describe(exc, "script_config"))
 
         async def post(report: TaskProgressReport) -> None:
-            # Advisory, and a run should not wait for it: it leaves with the next batch.
-            self._outbox.post(report)
+            # Advisory, and a run should not wait for it: it leaves with the next batch,
+            # a step after lingering (its outcome may make it moot); printed output at once.
+            linger = 0.0 if report.step == OUTPUT_STEP else STEP_LINGER
+            self._outbox.post(report, linger=linger)
 
         throttle = ProgressThrottle(post)
 

@@ -14,6 +14,7 @@ from fleet_api.errors import ApiError
 from fleet_api.routes.params import ApiCaller, CorrelationId, TaskId
 from fleet_api.scheduler import ask, run_command
 from fleet_api.state import Gateway, gateway
+from fleet_contracts.agent import OUTPUT_STEP
 from fleet_contracts.codes import ErrorCode
 from fleet_contracts.commands import RegisterCustomScript, RemoveCustomScript
 from fleet_contracts.envelope import Envelope
@@ -100,6 +101,6 @@ async def task_log(
     text = "".join(
         str(e["data"].get("message", ""))
         for e in history or []
-        if e["type"] == "task.progressed" and e["data"].get("step") == "output"
+        if e["type"] == "task.progressed" and e["data"].get("step") == OUTPUT_STEP
     )
     return PlainTextResponse(text)
