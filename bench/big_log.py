@@ -23,10 +23,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -40,6 +38,7 @@ import psutil
 from nats.aio.client import Client as NatsClient
 
 from bench import limits
+from bench.scratch import scratch
 from bench.system import Client, Row, bench_stack, pct, running, table
 from fleet_contracts.codes import TaskSource, TaskStatus
 from fleet_contracts.queries import QUERY_SUBJECTS, GetStats, ListTasks, Ping, Query
@@ -304,14 +303,10 @@ async def _reads(
 
 
 async def run(sizes: Sizes = BIG, data_dir: Path | None = None) -> list[Row]:
-    root = data_dir or Path(tempfile.mkdtemp(prefix="fleet-big-log-"))
-    stack, media = bench_stack(root, 3, metrics=False)
-    try:
+    async with scratch("fleet-big-log-", data_dir) as root:  # about 5 GB at a million tasks
+        stack, media = bench_stack(root, 3, metrics=False)
         async with running(stack):
             return await _measure(stack, sizes, str(media))
-    finally:
-        if data_dir is None:  # about 5 GB at a million tasks
-            await asyncio.to_thread(shutil.rmtree, root, True)
 
 
 async def _measure(stack: Stack, sizes: Sizes, media: str) -> list[Row]:

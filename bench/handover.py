@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -18,6 +17,7 @@ import aiohttp
 import asyncpg
 
 from bench import system
+from bench.scratch import scratch
 from bench.system import Client, Row, Scale
 from fleet_scheduler.migrate import installed_partitions
 from fleet_scheduler.partition_owners import holders
@@ -61,7 +61,11 @@ def flood_size(scale: Scale) -> int:
 
 
 async def run(scale: Scale = system.BIG, data_dir: Path | None = None) -> list[Row]:
-    root = data_dir or Path(tempfile.mkdtemp(prefix="fleet-bench-handover-"))
+    async with scratch("fleet-bench-handover-", data_dir) as root:
+        return await _run(scale, root)
+
+
+async def _run(scale: Scale, root: Path) -> list[Row]:
     stack, media = system.bench_stack(root, scale.devices, schedulers=2, metrics=False)
     tasks = flood_size(scale)
     async with system.running(stack):

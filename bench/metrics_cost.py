@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import statistics
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +28,7 @@ import aiohttp
 
 from bench import proc
 from bench.cputime import spent_seconds
+from bench.scratch import scratch
 from bench.system import (
     Client,
     Row,
@@ -139,11 +139,11 @@ async def one_round(scale: CostScale, metrics: bool, root: Path) -> Round:
 
 
 async def run(scale: CostScale = BIG, data_dir: Path | None = None) -> list[Row]:
-    root = data_dir or Path(tempfile.mkdtemp(prefix="fleet-bench-metrics-"))
     rounds: list[Round] = []
-    for i in range(scale.rounds):
-        for metrics in (False, True):
-            rounds.append(await one_round(scale, metrics, root / f"r{i}-{int(metrics)}"))
+    async with scratch("fleet-bench-metrics-", data_dir) as root:
+        for i in range(scale.rounds):
+            for metrics in (False, True):
+                rounds.append(await one_round(scale, metrics, root / f"r{i}-{int(metrics)}"))
     off = [r.rate for r in rounds if not r.metrics]
     on = [r.rate for r in rounds if r.metrics]
     off_median, on_median = statistics.median(off), statistics.median(on)

@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import sys
-import tempfile
 import time
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 from typing import Any
 
 import aiohttp
 
+from bench.scratch import scratch
 from bench.system import Client, Row, pct, running, table
 from fleet_devstack import free_port
 from fleet_devstack.stack import AgentSpec, Stack, StackConfig
@@ -75,18 +74,18 @@ async def _measure(stack: Stack, samples: int) -> list[Row]:
 
 
 async def run(samples: int = 50) -> list[Row]:
-    root = Path(tempfile.mkdtemp(prefix="fleet-bench-sessions-"))
-    stack = Stack(
-        StackConfig(
-            data_dir=root / "stack",
-            api_port=free_port(),
-            durable_postgres=False,
-            agents=[AgentSpec(agent_id="bench", sim_devices=4, sim_speed=0.0)],
-            env={"FLEET_LOG_LEVEL": "WARNING"},
+    async with scratch("fleet-bench-sessions-") as root:
+        stack = Stack(
+            StackConfig(
+                data_dir=root / "stack",
+                api_port=free_port(),
+                durable_postgres=False,
+                agents=[AgentSpec(agent_id="bench", sim_devices=4, sim_speed=0.0)],
+                env={"FLEET_LOG_LEVEL": "WARNING"},
+            )
         )
-    )
-    async with running(stack):
-        return await _measure(stack, samples)
+        async with running(stack):
+            return await _measure(stack, samples)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import math
 import statistics
-import tempfile
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -28,6 +27,7 @@ import psutil
 
 from bench import limits, proc
 from bench.cputime import per_task, ratio, spent_seconds
+from bench.scratch import scratch
 from fleet_devstack import free_port
 from fleet_devstack.stack import AgentSpec, Stack, StackConfig
 
@@ -206,19 +206,21 @@ async def running(stack: Stack) -> AsyncIterator[Stack]:
 
 
 async def run(scale: Scale = BIG, data_dir: Path | None = None) -> Result:
-    root = data_dir or Path(tempfile.mkdtemp(prefix="fleet-bench-"))
-    stack, media = bench_stack(root, scale.devices)
-    async with running(stack):
-        return await _measure(stack, scale, str(media))
+    async with scratch("fleet-bench-", data_dir) as root:
+        stack, media = bench_stack(root, scale.devices)
+        async with running(stack):
+            return await _measure(stack, scale, str(media))
 
 
 async def e2e(scale: Scale, schedulers: int, data_dir: Path | None = None) -> Flood:
     """The end-to-end flood alone, on a fresh stack with `schedulers` schedulers."""
-    root = data_dir or Path(tempfile.mkdtemp(prefix="fleet-bench-e2e-"))
-    stack, media = bench_stack(root, scale.devices, schedulers=schedulers)
-    async with running(stack):
-        serials = [f"device_serial_{i}" for i in range(1, scale.devices + 1)]
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=120)) as session:
+    async with scratch("fleet-bench-e2e-", data_dir) as root:
+        stack, media = bench_stack(root, scale.devices, schedulers=schedulers)
+        async with (
+            running(stack),
+            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=120)) as session,
+        ):
+            serials = [f"device_serial_{i}" for i in range(1, scale.devices + 1)]
             client = Client(session, stack.api_url)
             await devices_online(client, scale.devices)
             return await flood(stack, client, serials, scale.e2e_tasks, str(media))

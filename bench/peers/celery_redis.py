@@ -19,7 +19,6 @@ import asyncio
 import json
 import os
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +29,7 @@ from celery.result import ResultSet
 from bench import proc
 from bench.cputime import per_task, spent_seconds
 from bench.peers.redis_server import RedisServer
+from bench.scratch import scratch
 
 URL_ENV = "BENCH_PEER_REDIS_URL"
 THREADS = 16
@@ -91,7 +91,11 @@ def produce(tasks: int) -> dict[str, float]:
 
 async def run(tasks: int, workdir: Path | None = None) -> PeerResult:
     """Start Redis and a 16-thread worker, flood them with `tasks` no-ops, stop both."""
-    root = workdir or Path(tempfile.mkdtemp(prefix="fleet-bench-peer-"))
+    async with scratch("fleet-bench-peer-", workdir) as root:
+        return await _run(tasks, root)
+
+
+async def _run(tasks: int, root: Path) -> PeerResult:
     redis = RedisServer(root / "redis")
     await asyncio.to_thread(redis.start)
     env = {**os.environ, URL_ENV: redis.url, "PYTHONUNBUFFERED": "1"}
@@ -114,7 +118,8 @@ async def run(tasks: int, workdir: Path | None = None) -> PeerResult:
         assert producer.stdin is not None and producer.stdout is not None
         line = await asyncio.wait_for(producer.stdout.readline(), 180)
         if line.strip() != b"ready":
-            raise RuntimeError(f"peer producer did not start: {line!r}; see {root}")
+            log = (root / "worker.log").read_text(errors="replace")[-2000:]
+            raise RuntimeError(f"peer producer did not start: {line!r}; worker log:\n{log}")
         groups = {"redis-server": [redis.pid], "worker": [worker.pid]}
         before = proc.ticks(groups)
         producer.stdin.write(b"go\n")
