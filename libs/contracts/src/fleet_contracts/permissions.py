@@ -15,7 +15,8 @@ name only what that role's code really does:
   streams, the `api_keys` / `scripts` buckets and the `materials` / `artifacts` object
   stores, and reads EVENTS for SSE.
 - scheduler: the only writer of the log's subjects (`evt.>`), consumes COMMANDS and
-  REPORTS, answers queries, hears heartbeats, announces its presence, sends run / stop
+  REPORTS, answers queries (and `$SRV.*` discovery of their micro service), hears
+  heartbeats, announces its presence, sends run / stop
   requests to agents and command results to the gateways' inboxes.
 
 Every process takes replies on an inbox named for its role (`inbox_prefix`), so one
@@ -35,6 +36,7 @@ from fleet_contracts.subjects import (
     HEARTBEAT_WILDCARD,
     KV_API_KEYS,
     KV_SCRIPTS,
+    QUERY_SERVICE,
     REPORTS,
     SCHEDULER_COMMANDS_CONSUMER,
     SCHEDULER_PRESENCE,
@@ -245,6 +247,9 @@ def scheduler_grants() -> list[Grant]:
     return [
         own_inbox(inbox_prefix("scheduler")),
         Grant(subscribe=("query.>", HEARTBEAT_WILDCARD)),
+        # The queries' micro service answers discovery (`$SRV.PING|INFO|STATS`), to all
+        # services and to its own name and id; its replies are responses.
+        Grant(subscribe=("$SRV.*", f"$SRV.*.{QUERY_SERVICE}", f"$SRV.*.{QUERY_SERVICE}.*")),
         # The log, run / stop requests to agents, and command results to the gateways.
         Grant(publish=("evt.>", "agent.>", f"{inbox_prefix('gateway')}.>")),
         Grant(publish=(SCHEDULER_PRESENCE,)),  # "I am alive", for the gateways

@@ -29,6 +29,9 @@ HDR_PARTITION_POSITION = "Fleet-Partition-Position"
 """On EVENTS: the event's gap-free position within its partition."""
 
 SCHEDULER_QUEUE = "schedulers"
+QUERY_SERVICE = "fleet-scheduler"
+"""The schedulers' queries as a NATS micro service: `$SRV.PING|INFO|STATS.fleet-scheduler`
+finds every running scheduler, its endpoints and their request counts and times."""
 SCHEDULER_COMMANDS_CONSUMER = "scheduler-commands"
 SCHEDULER_REPORTS_CONSUMER = "scheduler-reports"
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import weakref
+from collections.abc import Awaitable, Callable
 
 import nats.errors
 from nats.aio.client import Client
@@ -53,26 +54,37 @@ def part_size(nc: Client) -> int:
     return max(1024, nc.max_payload - _HEADROOM)
 
 
+Send = Callable[[bytes, dict[str, str] | None], Awaitable[None]]
+"""One message of an answer to its requester (data, headers): a publish to the reply
+subject, or a NATS micro request's `respond`."""
+
+
 async def respond(
     nc: Client, reply_to: str, payload: bytes, *, max_bytes: int | None = None
 ) -> int:
     """Send `payload` to `reply_to`, in parts when it exceeds one message; returns the
     number of messages sent. `max_bytes` defaults to `MAX_REPLY_BYTES`."""
+
+    async def send(data: bytes, headers: dict[str, str] | None) -> None:
+        await nc.publish(reply_to, data, headers=headers)
+
+    return await respond_with(send, part_size(nc), payload, max_bytes=max_bytes)
+
+
+async def respond_with(
+    send: Send, size: int, payload: bytes, *, max_bytes: int | None = None
+) -> int:
+    """`respond` through `send`, in parts of at most `size` bytes (`part_size`)."""
     if max_bytes is None:
         max_bytes = MAX_REPLY_BYTES
-    size = part_size(nc)
     if len(payload) <= size:
-        await nc.publish(reply_to, payload)
+        await send(payload, None)
         return 1
     if len(payload) > max_bytes:
         raise ReplyTooLarge(len(payload), max_bytes)
     count = -(-len(payload) // size)
     for i in range(count):
-        await nc.publish(
-            reply_to,
-            payload[i * size : (i + 1) * size],
-            headers={HDR_CHUNK: f"{i + 1}/{count}"},
-        )
+        await send(payload[i * size : (i + 1) * size], {HDR_CHUNK: f"{i + 1}/{count}"})
     return count
 
 

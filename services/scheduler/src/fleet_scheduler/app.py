@@ -140,7 +140,7 @@ class Scheduler:
             await partition_owners.take_turn(ctx)
         except Exception as exc:
             log.warning("partitions.turn_failed", error=str(exc) or repr(exc))
-        await queries.subscribe(ctx)
+        await queries.serve(ctx)
         await liveness.subscribe_heartbeats(ctx)
         stopping = self._stopping
         loops = [commands.run(ctx, stopping), reports.run(ctx, stopping)]

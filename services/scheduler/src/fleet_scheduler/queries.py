@@ -9,11 +9,14 @@ served from memory (`task_stats`).
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from importlib.metadata import version
 from typing import Any
 
 import asyncpg
 import structlog
-from nats.aio.msg import Msg
+from nats import micro
+from nats.micro.request import Request
+from nats.micro.service import Service
 from pydantic import BaseModel, ValidationError
 
 from fleet_contracts.codes import ErrorCode, TaskStatus
@@ -41,7 +44,7 @@ from fleet_contracts.rest import (
     TaskPage,
     TaskView,
 )
-from fleet_contracts.subjects import SCHEDULER_QUEUE, task_stream_id
+from fleet_contracts.subjects import QUERY_SERVICE, SCHEDULER_QUEUE, task_stream_id
 from fleet_contracts.validation import describe
 from fleet_runtime import replies
 from fleet_runtime.logs import bind_correlation
@@ -51,6 +54,9 @@ from fleet_scheduler.library_reads import get_material, list_materials
 from fleet_scheduler.session_queries import SESSION_ANSWERS
 
 log = structlog.get_logger(__name__)
+
+_VERSION = version("fleet-scheduler")
+"""The micro service's version (`$SRV.INFO`): the installed package's."""
 
 TASK_COLUMNS = (
     "t.*, d.online AS device_online, d.busy AS device_busy, d.current_task_id AS device_task"
@@ -296,18 +302,36 @@ ANSWERS: dict[type[Query], Answer] = {
 }
 
 
-async def subscribe(ctx: Context) -> None:
+async def serve(ctx: Context) -> Service:
+    """Answer the queries as the NATS micro service `QUERY_SERVICE`, an endpoint per
+    query on its subject, in the schedulers' queue group: any scheduler answers, and
+    `$SRV.PING|INFO|STATS.fleet-scheduler` lists each one (its `scheduler_id` in the
+    metadata) with its endpoints' request and error counts and processing times."""
     ctx.spawn(ctx.task_stats.listen(ctx.settings.database_url))
+    service = await micro.add_service(
+        ctx.nc,
+        name=QUERY_SERVICE,
+        version=_VERSION,
+        description="fleet scheduler: task, device and library queries",
+        metadata={"scheduler_id": ctx.settings.scheduler_id},
+        queue_group=SCHEDULER_QUEUE,
+    )
     for model, answer in ANSWERS.items():
-        await ctx.nc.subscribe(
-            QUERY_SUBJECTS[model], queue=SCHEDULER_QUEUE, cb=_responder(ctx, model, answer)
+        await service.add_endpoint(
+            name=model.__name__,
+            subject=QUERY_SUBJECTS[model],
+            handler=_responder(ctx, model, answer),
+            queue_group=SCHEDULER_QUEUE,
         )
+    return service
 
 
-def _responder(ctx: Context, model: type[BaseModel], answer: Answer) -> Callable[[Msg], Any]:
-    async def respond(msg: Msg) -> None:
+def _responder(
+    ctx: Context, model: type[BaseModel], answer: Answer
+) -> Callable[[Request], Awaitable[None]]:
+    async def respond(request: Request) -> None:
         try:
-            query = model.model_validate_json(msg.data or b"{}")
+            query = model.model_validate_json(request.data or b"{}")
         except ValidationError as exc:
             reply = Reply.failure(ErrorCode.INVALID_PARAMETERS, describe(exc))
         else:
@@ -318,24 +342,24 @@ def _responder(ctx: Context, model: type[BaseModel], answer: Answer) -> Callable
                 except Exception as exc:
                     log.exception("query.failed", error=str(exc))
                     reply = Reply.failure(ErrorCode.UNAVAILABLE, "scheduler database unavailable")
-        if msg.reply:
-            await _send(ctx, msg.reply, reply)
+        await _send(ctx, request, reply)
 
     return respond
 
 
-async def _send(ctx: Context, reply_to: str, reply: Reply) -> None:
+async def _send(ctx: Context, request: Request, reply: Reply) -> None:
     """Send the answer, in parts when it is larger than one NATS message; an answer
     that cannot be sent at all becomes an error the caller reads at once, not a wait
     for a timeout."""
     try:
-        await replies.respond(ctx.nc, reply_to, reply.model_dump_json().encode())
+        size = replies.part_size(ctx.nc)
+        await replies.respond_with(request.respond, size, reply.model_dump_json().encode())
     except replies.ReplyTooLarge as exc:
         log.error("query.reply_too_large", size=exc.size, limit=exc.limit)
         failure = Reply.failure(
             ErrorCode.INTERNAL,
             f"the answer is too large to send ({exc}); ask for a smaller page",
         )
-        await ctx.nc.publish(reply_to, failure.model_dump_json().encode())
+        await request.respond(failure.model_dump_json().encode())
     except Exception as exc:
         log.warning("query.reply_not_sent", error=str(exc))
