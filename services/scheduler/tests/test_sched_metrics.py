@@ -42,7 +42,14 @@ async def test_metrics_follow_tasks_agents_and_the_relay(
         agent.auto_complete = True
         await agent.start()
         await wait_devices(bus, 2)
-        before = await scrape(url)
+
+        async def settled() -> Scrape | None:
+            now = await scrape(url)
+            return now if now.value("fleet_relay_lag_events") == 0 else None
+
+        # The devices' own events may still be on their way to EVENTS: counting from
+        # before they are published would count them among this test's.
+        before: Scrape = await eventually(settled, what="relay caught up with the devices")
 
         ok = [await bus.command(create(serials=["m1_phone_1", "m1_phone_2"])) for _ in range(2)]
         assert all(r.code == 0 for r in ok)
@@ -54,11 +61,6 @@ async def test_metrics_follow_tasks_agents_and_the_relay(
             return bool(stats["completed"] == 4)
 
         await eventually(all_done, what="4 tasks completed")
-
-        async def settled() -> Scrape | None:
-            now = await scrape(url)
-            return now if now.value("fleet_relay_lag_events") == 0 else None
-
         after: Scrape = await eventually(settled, what="relay caught up")
 
         # Counted in this process, as they happened.
