@@ -6,7 +6,13 @@ from __future__ import annotations
 import time
 from collections.abc import Awaitable, Callable
 
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+
 from fleet_api.app import create_app
+from fleet_contracts.commands import Reply
+from fleet_contracts.queries import QUERY_SUBJECTS, GetStats
+from fleet_contracts.subjects import SCHEDULER_QUEUE
 from fleet_devstack import EmbeddedNats
 
 from .conftest import Served, ServedApp, make_settings, poll_until
@@ -131,3 +137,27 @@ async def test_an_unexpected_error_is_a_500_envelope_with_the_correlation_id(
     }
     assert "secret internals" not in r.text
     assert r.headers["x-correlation-id"] == "cid-500"
+
+
+async def test_a_query_swallowed_by_a_dead_scheduler_is_answered_by_another(
+    serve: Callable[..., Awaitable[Served]], bus: Client
+) -> None:
+    # The first scheduler to take the query dies holding it; the hedge reaches another
+    # one, long before the 30 s query timeout.
+    calls: list[str] = []
+    stats = {"total": 3, "pending": 1, "running": 1, "completed": 1, "failed": 0}
+
+    async def scheduler(msg: Msg) -> None:
+        calls.append("answered" if calls else "swallowed")
+        if len(calls) > 1:
+            await msg.respond(Reply(data=stats).model_dump_json().encode())
+
+    await bus.subscribe(QUERY_SUBJECTS[GetStats], queue=SCHEDULER_QUEUE, cb=scheduler)
+    await bus.flush()
+    api = await serve(**SLOW, api_query_hedge_seconds=0.3)
+    started = time.monotonic()
+    r = await api.client.get("/api/v1/task/stats")
+    assert r.status_code == 200, r.text
+    assert r.json()["data"] == stats
+    assert time.monotonic() - started < AT_ONCE
+    assert calls == ["swallowed", "answered"]

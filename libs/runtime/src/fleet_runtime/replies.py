@@ -135,15 +135,69 @@ class _Inboxes:
 _INBOXES: weakref.WeakKeyDictionary[Client, _Inboxes] = weakref.WeakKeyDictionary()
 
 
-async def request(nc: Client, subject: str, payload: bytes, within: float) -> bytes:
+MAX_ASKS = 3
+"""At most this many sends of one hedged request: the hedge must not turn a slow
+scheduler's backlog into a storm."""
+
+
+async def request(
+    nc: Client, subject: str, payload: bytes, within: float, *, hedge_after: float | None = None
+) -> bytes:
     """The whole answer to `payload` on `subject`, joined from its parts.
 
     Raises `nats.errors.NoRespondersError` when nobody listens on `subject`,
     `IncompleteReply` when only some parts came within `within` seconds, and `TimeoutError`
     when nothing came.
+
+    With `hedge_after` (for requests that may be asked twice: reads), a request still
+    unanswered after that long is sent again, each time on an inbox of its own, up to
+    `MAX_ASKS` sends in all, and the first answer to arrive whole is taken; all share
+    the one deadline. A queue group hands each send to any responder, so one that took
+    the request and died costs `hedge_after`, not the deadline; one that froze (it keeps
+    its subscriptions, and its share of the sends) only fails the request if it takes
+    every send. Answers are never mixed: each is joined from its own inbox.
     """
     loop = asyncio.get_running_loop()
     deadline = loop.time() + within
+    asks: list[asyncio.Task[bytes]] = []
+    failure: BaseException | None = None
+    try:
+        while True:
+            asks.append(asyncio.create_task(_ask(nc, subject, payload, within, deadline)))
+            while True:
+                pending = {task for task in asks if not task.done()}
+                if not pending:
+                    assert failure is not None
+                    raise failure
+                hedge = (
+                    hedge_after is not None
+                    and len(asks) < MAX_ASKS
+                    and deadline - loop.time() > hedge_after
+                )
+                done, _ = await asyncio.wait(
+                    pending,
+                    timeout=hedge_after if hedge else None,
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
+                if not done:
+                    break  # no answer yet: ask again
+                for task in done:
+                    error = task.exception()
+                    if error is None:
+                        return task.result()
+                    if isinstance(error, nats.errors.NoRespondersError):
+                        raise error  # nobody listens: asking again will not help
+                    failure = failure or error
+    finally:
+        for task in asks:
+            if not task.done():
+                task.cancel()
+            elif not task.cancelled():
+                task.exception()  # seen: a loser's failure is not reported as lost
+
+
+async def _ask(nc: Client, subject: str, payload: bytes, within: float, deadline: float) -> bytes:
+    loop = asyncio.get_running_loop()
     inboxes = _INBOXES.get(nc)
     if inboxes is None:
         inboxes = _INBOXES[nc] = _Inboxes(nc)

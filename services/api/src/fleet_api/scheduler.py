@@ -53,9 +53,11 @@ _SUCCESS_PREFIX = b'{"code":0,"message":"success","data":'
 async def _request(gw: Gateway, query: Query, within: float | None) -> tuple[str, bytes]:
     subject = QUERY_SUBJECTS[type(query)]
     limit = within if within is not None else gw.settings.api_query_timeout_seconds
+    hedge = gw.settings.api_query_hedge_seconds or None  # queries only read: safe twice
     _require_bus(gw)
     try:
-        return subject, await replies.request(gw.nc, subject, query.to_bytes(), limit)
+        raw = await replies.request(gw.nc, subject, query.to_bytes(), limit, hedge_after=hedge)
+        return subject, raw
     except nats.errors.NoRespondersError as exc:
         raise unavailable(
             f"no scheduler is running (nobody answers {subject}); start fleet_scheduler"

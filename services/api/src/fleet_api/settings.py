@@ -20,6 +20,9 @@ class ApiSettings(NatsLinkSettings):  # + NATS identity, TLS, stream limits
     api_port: int = Field(50809, ge=1, le=65535)
     api_command_timeout_seconds: float = Field(10.0, gt=0)
     api_query_timeout_seconds: float = Field(5.0, gt=0)
+    # A query unanswered this long is sent again (any scheduler may take it), up to three
+    # sends: a scheduler that died holding it costs this, not the whole timeout. 0: never.
+    api_query_hedge_seconds: float = Field(1.0, ge=0)
     api_require_keys: Literal["auto", "true", "false"] = "auto"
     # Request bodies above this are refused with 413 before a byte of them is parsed.
     api_max_body_bytes: int = Field(1_048_576, ge=1024)
