@@ -159,6 +159,8 @@ async def request(
     """
     loop = asyncio.get_running_loop()
     deadline = loop.time() + within
+    if hedge_after is None:
+        return await _ask(nc, subject, payload, within, deadline)
     asks: list[asyncio.Task[bytes]] = []
     failure: BaseException | None = None
     try:
@@ -169,11 +171,7 @@ async def request(
                 if not pending:
                     assert failure is not None
                     raise failure
-                hedge = (
-                    hedge_after is not None
-                    and len(asks) < MAX_ASKS
-                    and deadline - loop.time() > hedge_after
-                )
+                hedge = len(asks) < MAX_ASKS and deadline - loop.time() > hedge_after
                 done, _ = await asyncio.wait(
                     pending,
                     timeout=hedge_after if hedge else None,
