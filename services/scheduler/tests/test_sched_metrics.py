@@ -150,3 +150,9 @@ async def test_database_out_of_reach_reads_as_down(settings: SchedulerSettings) 
     up = next(f for f in metrics.families(snap) if f.name == "fleet_database_up")
     assert [s.value for s in up.samples] == [0.0]
     assert snap.pool[2] == 2
+
+
+def test_partitions_leased_counts_each_holder_and_the_unheld() -> None:
+    held = {1: "scheduler-a", 2: "scheduler-b", 3: "scheduler-a"}
+    assert metrics.leased_counts(held, 5) == [("", 2), ("scheduler-a", 2), ("scheduler-b", 1)]
+    assert metrics.leased_counts(held, 3) == [("scheduler-a", 2), ("scheduler-b", 1)]

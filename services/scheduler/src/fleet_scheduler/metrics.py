@@ -31,6 +31,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from fleet_runtime.metrics import Exporter, exported_names, serve, service_registry, timed
+from fleet_scheduler import migrate, partition_owners
 from fleet_scheduler.context import Context
 from fleet_scheduler.store import RecordedEvent
 
@@ -157,6 +158,14 @@ class Snapshot:
     """(busy, idle, max) connections"""
 
 
+def leased_counts(held: dict[int, str], partitions: int) -> list[tuple[str, int]]:
+    """(holder, serial partitions it leases) by holder, "" for those nobody holds."""
+    counts = Tally(held.values())
+    if partitions > len(held):
+        counts[""] = partitions - len(held)
+    return sorted(counts.items())
+
+
 async def read_snapshot(ctx: Context) -> Snapshot:
     pool = ctx.pool
     snap = Snapshot()
@@ -193,12 +202,9 @@ async def read_snapshot(ctx: Context) -> Snapshot:
             "SELECT coalesce(sum(l.next_position - r.position), 0)::bigint"
             " FROM log_partitions l JOIN relay_partitions r ON r.partition = l.id"
         )
-        rows = await conn.fetch(
-            "SELECT coalesce(owner, '') AS owner, count(*) AS n FROM ("
-            " SELECT CASE WHEN lease_expires > clock_timestamp() THEN owner END AS owner"
-            " FROM log_partitions WHERE id <> 0) p GROUP BY 1 ORDER BY 1"
+        snap.partitions = leased_counts(
+            await partition_owners.holders(conn), await migrate.installed_partitions(conn)
         )
-        snap.partitions = [(r["owner"], int(r["n"])) for r in rows]
         # A single bigint key shows in pg_locks as classid (high half) / objid (low half).
         snap.relay_leaders = await conn.fetchval(
             "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted"
