@@ -169,3 +169,20 @@ async def test_concurrent_appenders_never_let_a_tailing_reader_skip_a_row(pg_dsn
     await check.close()
     assert len(all_positions) == writers * per_writer * 2
     assert seen == all_positions  # every row, once, in order: none skipped
+
+
+async def test_jsonb_values_come_back_as_they_went_in(pg_dsn: str) -> None:
+    """A script_config is the operator's: integers past 64 bits stay exact, non-string
+    keys become strings (as JSON has them), and text PostgreSQL cannot store (a lone
+    surrogate) is refused, not written in some other form."""
+    conn = await _connect(pg_dsn)
+    try:
+        value = {"big": 2**80, "neg": -(2**70), "f": 0.1, "s": "é ✓", "n": None, "l": [1, "a"]}
+        got = await conn.fetchval("SELECT $1::jsonb", value)
+        assert got == value
+        assert isinstance(got["big"], int)
+        assert await conn.fetchval("SELECT $1::jsonb", {1: "one"}) == {"1": "one"}
+        with pytest.raises(asyncpg.PostgresError):
+            await conn.fetchval("SELECT $1::jsonb", {"s": "\ud800"})
+    finally:
+        await conn.close()
