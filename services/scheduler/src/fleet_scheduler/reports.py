@@ -155,10 +155,14 @@ async def _agent_started(uow: UnitOfWork, ctx: Context, report: AgentStartedRepo
 TaskReport = TaskStartedReport | TaskProgressReport | TaskCompletedReport | TaskFailedReport
 R = TypeVar("R", bound=Report)
 TASK_REPORTS = (TaskStartedReport, TaskProgressReport, TaskCompletedReport, TaskFailedReport)
-REPORTS_PER_TRANSACTION = 64
+REPORTS_PER_TRANSACTION = 128
 """Agents batch their reports, so 64 fetched messages can hold thousands: they are
-applied 64 to a transaction (as many as a fetch of lone reports), so the events lock is
-held no longer than before batches (dispatch and commands wait on it)."""
+applied at most 128 to a transaction, so the partitions' locks are not held for long
+(creates and claims wait on them). 128, not 64: one agent's starts of a 100-run batch
+then land in one transaction (at 64 the last 36 waited some 10 to 20 ms for the next
+one, which was the spread between dispatch p50 and p99 at rest), and a flood ran 5 to
+10 % faster end to end; creates under the flood were slower (2,900 against 3,800
+tasks/s), as they wait longer for each report transaction's locks."""
 
 
 def _apply_to(task: Task, report: TaskReport) -> None:
