@@ -229,33 +229,44 @@ def test_scheduler_killed_between_commit_and_ack_then_between_claim_and_send(
     scheduler.start()
     stack.wait_ready()
     api = Api(stack.api_url)
-    key = str(uuid.uuid4())
-    body = {
-        "serials": [f"device_serial_{i}" for i in range(1, 5)],
-        "script_name": "post",
-        "script_config": post(video),
-    }
-    # The create is committed, then the scheduler dies before the ack and the reply.
-    status, _ = api.call("POST", "/task", json=body, headers={"Idempotency-Key": key})
+    serials = [f"device_serial_{i}" for i in range(1, 5)]
+    body = {"serials": serials, "script_name": "post", "script_config": post(video)}
+    first_key, second_key = str(uuid.uuid4()), str(uuid.uuid4())
+    # The create is committed, its tasks dispatched to the idle phones in the same
+    # transaction; the scheduler dies before the ack, the reply and any RunTask.
+    status, _ = api.call("POST", "/task", json=body, headers={"Idempotency-Key": first_key})
     assert status != 200
-    # The next process finds the redelivered create already applied, claims its tasks
-    # (dispatched, phones busy) and dies before any RunTask leaves.
+    wait_until(lambda: not scheduler.running, timeout=30, what="the scheduler killed itself")
+    # With no scheduler running, a second create on the same phones is accepted all the
+    # same (its caller hears no result yet).
+    status, _ = api.call("POST", "/task", json=body, headers={"Idempotency-Key": second_key})
+    assert status != 200
+    # The next process finds the first create already applied and sends its unconfirmed
+    # runs as it starts; the second create's tasks wait for those phones, are claimed
+    # when they free, and the process dies before any of their RunTasks leaves.
     restart_armed(scheduler, "dispatch.after_claim:1")
-    # The one after that sends the unconfirmed runs as it starts.
+    # The one after that sends those unconfirmed runs as it starts.
     restart_armed(scheduler, None)
-    first = wait_until(
-        lambda: (
-            (r := api.http.post("/task", json=body, headers={"Idempotency-Key": key})).status_code
-            == 200
-            and r.json()["data"]
-        ),
-        timeout=40,
-        interval=0.5,
-        what="the retried create to answer",
-    )
-    assert first["created_count"] == 4
-    assert api.ok("GET", "/task/stats")["total"] == 4
-    tasks = assert_record_matches_the_phones(api, first["task_ids"], log)
+
+    def answered(key: str) -> dict[str, Any]:
+        result: dict[str, Any] = wait_until(
+            lambda: (
+                (
+                    r := api.http.post("/task", json=body, headers={"Idempotency-Key": key})
+                ).status_code
+                == 200
+                and r.json()["data"]
+            ),
+            timeout=40,
+            interval=0.5,
+            what="the retried create to answer",
+        )
+        return result
+
+    first, second = answered(first_key), answered(second_key)
+    assert first["created_count"] == second["created_count"] == 4
+    assert api.ok("GET", "/task/stats")["total"] == 8
+    tasks = assert_record_matches_the_phones(api, first["task_ids"] + second["task_ids"], log)
     # Sent again in time they run; one sent too late fails as never started, unrun.
     assert any(t["status"] == 2 for t in tasks)
     for t in tasks:

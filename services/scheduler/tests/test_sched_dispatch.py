@@ -161,6 +161,72 @@ async def test_a_refused_run_in_a_batch_backs_off_while_the_others_start(
     assert len(agent.batches) == 2 and [r.task_id for r in agent.batches[1]] == [refused]
 
 
+async def _events(db: asyncpg.Connection, ids: list[int]) -> list[asyncpg.Record]:
+    return await db.fetch(
+        "SELECT type, recorded_at FROM events WHERE stream_id = ANY($1::text[]) ORDER BY position",
+        [f"task-{i}" for i in ids],
+    )
+
+
+async def test_a_create_on_idle_phones_is_answered_with_its_tasks_dispatched(
+    bus: Bus, agent: FakeAgent, db: asyncpg.Connection
+) -> None:
+    ids = await ids_of(bus, serials=["device_serial_1", "device_serial_2"])
+    # Read as soon as the answer is in: the creates and their dispatches were committed
+    # together (one transaction's time), before the answer left.
+    rows = await _events(db, ids)
+    assert sorted(r["type"] for r in rows) == ["task.created"] * 2 + ["task.dispatched"] * 2
+    assert len({r["recorded_at"] for r in rows}) == 1
+    await eventually(lambda: _async(len(agent.runs) == 2), what="runs sent")
+    assert len(agent.batches) == 1
+
+
+async def test_a_create_leaves_a_phone_cooling_off_after_a_refusal_alone(
+    bus: Bus, agent: FakeAgent, db: asyncpg.Connection, clock: FakeClock
+) -> None:
+    agent.refuse = "device busy with task 12"
+    [refused] = await ids_of(bus, serials=["device_serial_3"])
+
+    async def requeued() -> bool:
+        return "task.requeued" in [r["type"] for r in await _events(db, [refused])]
+
+    await eventually(requeued, what="requeue")
+    agent.refuse = None
+    agent.auto_start = True
+    [later] = await ids_of(bus, serials=["device_serial_3"])
+    assert [r["type"] for r in await _events(db, [later])] == ["task.created"]
+    clock.advance(seconds=3)  # past the back-off
+    await until_status(bus, later, 1)  # due first: the refused one was put off
+
+
+async def test_a_claim_that_fails_inside_a_create_leaves_the_create_whole(
+    bus: Bus, agent: FakeAgent, db: asyncpg.Connection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from fleet_scheduler import dispatch, task_leases
+
+    equip = task_leases.equip
+    calls = 0
+
+    async def fails_once(uow: Any, claims: list[Claim]) -> list[Claim]:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise RuntimeError("lease table unreadable")
+        return await equip(uow, claims)
+
+    monkeypatch.setattr(task_leases, "equip", fails_once)
+    assert dispatch.task_leases is task_leases
+    result = await bus.command(create(serials=["device_serial_1"]))
+    assert result.code == 0, result.message
+    [tid] = result.data["task_ids"]
+    # The create stands without the dispatch its transaction tried; the dispatcher
+    # claims the task on its own, in a later transaction.
+    await eventually(lambda: _async(len(agent.runs) == 1), what="run sent")
+    rows = await _events(db, [tid])
+    assert [r["type"] for r in rows] == ["task.created", "task.dispatched"]
+    assert rows[0]["recorded_at"] < rows[1]["recorded_at"]
+
+
 async def test_an_agent_that_answers_no_batches_gets_its_runs_one_at_a_time(
     bus: Bus, scheduler: Scheduler
 ) -> None:

@@ -143,7 +143,7 @@ async def test_a_claim_holds_only_the_partitions_still_leased_to_its_scheduler(
         assert result.code == 0
         believed = frozenset(range(1, P + 1))  # what this scheduler last knew it held
         sched.ctx.owned = believed
-        assert await dispatch.claim(sched.ctx, {}) == []
+        assert await dispatch.claim(sched.ctx) == []
         states = [r[0] for r in await db.fetch("SELECT state FROM tasks ORDER BY id")]
         assert states == ["pending"] * 3
         # Given back: this scheduler takes them at its next turn and runs the tasks.

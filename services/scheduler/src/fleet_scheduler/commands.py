@@ -42,6 +42,7 @@ from fleet_contracts.commands import (
     parse_command,
     request_digest,
 )
+from fleet_contracts.events import TaskCreated
 from fleet_contracts.scripts import BUILTIN_CONFIGS
 from fleet_contracts.subjects import (
     HDR_MSG_ID,
@@ -51,10 +52,12 @@ from fleet_contracts.subjects import (
     agent_stop_subject,
 )
 from fleet_contracts.validation import describe
+from fleet_runtime.failpoints import failpoint
 from fleet_runtime.logs import bind_correlation
 from fleet_scheduler import (
     bulk,
     command_results,
+    dispatch,
     handlers,
     library,
     library_reads,
@@ -262,7 +265,12 @@ async def handle_commands(
     plugins = [await _plugins(ctx, cmd) for cmd in cmds]
     try:
         async with unit_of_work(ctx.pool, on_commit=ctx.appended) as uow:
-            return await _apply_once(uow, ctx, cmds, plugins)
+            outcomes = await _apply_once(uow, ctx, cmds, plugins)
+            claims = await _claim_created(uow, ctx)
+        if claims:
+            failpoint("dispatch.after_claim")
+        dispatch.send(ctx, claims)
+        return outcomes
     except ConcurrencyError as exc:
         log.info("command.batch_conflict", size=len(cmds), error=str(exc))
     except Exception as exc:
@@ -271,6 +279,25 @@ async def handle_commands(
         # One bad command must not hold back the others in its batch: find it alone.
         log.warning("command.batch_failed", size=len(cmds), error=repr(exc))
     return [await handle_command(ctx, cmd) for cmd in cmds]
+
+
+async def _claim_created(uow: UnitOfWork, ctx: Context) -> list[dispatch.Claim]:
+    """The runs for the tasks just created on idle phones, dispatched in the creates'
+    transaction (`dispatch.claim_created`). In a savepoint: should the claim fail, the
+    creates still commit and the dispatcher claims their tasks after, as it always can."""
+    serials = {e.serial for rec in uow.appended if isinstance(e := rec.event(), TaskCreated)}
+    if not serials:
+        return []
+    kept = len(uow.appended)
+    try:
+        async with uow.conn.transaction():
+            return await dispatch.claim_created(uow, ctx, serials)
+    except Exception as exc:
+        if database_unavailable(exc):
+            raise
+        del uow.appended[kept:]  # rolled back with the savepoint
+        log.warning("dispatch.claim_at_create_failed", error=repr(exc))
+        return []
 
 
 async def handle_command(ctx: Context, cmd: AnyCommand) -> tuple[CommandResult, list[StopOnAgent]]:

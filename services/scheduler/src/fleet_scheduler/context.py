@@ -52,6 +52,13 @@ class Context:
     taken: asyncio.Event = field(default_factory=asyncio.Event)
     """Set when partitions changed hands to this scheduler: their unconfirmed runs are
     sent again at once (their old holder may have died before sending them)."""
+    cooling: dict[str, datetime] = field(default_factory=dict)
+    """Phones resting after their agent refused a run, until when: no claim picks them."""
+    sending: set[str] = field(default_factory=set)
+    """Dispatch ids being sent now: not sent again meanwhile."""
+    accepted: dict[str, float] = field(default_factory=dict)
+    """Dispatch ids their agent accepted (monotonic time): the agent reports their start
+    itself, so this process does not send them again."""
 
     def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         """Run `coro` beside the loops, keeping a reference so it is not collected."""

@@ -4,7 +4,9 @@ A claim is one transaction holding the serial partitions this scheduler leases
 (`partition_owners`; only those still leased to it once their locks are granted): read
 all idle devices in them on live agents and their due tasks, let `schedule.decide`
 choose, append TaskScheduled / TaskDispatched (the devices become busy in the same
-commit). Schedulers sharing a log claim in disjoint partitions side by side. Only after
+commit). A create claims its own tasks on idle phones the same way inside its own
+transaction (`claim_created`), so they need not wait for a claim of their own.
+Schedulers sharing a log claim in disjoint partitions side by side. Only after
 the commit are the runs sent, so no scheduler sees the same task or device free: one `RunBatch`
 request per agent (split only past a size bound), all agents at once, answered run by
 run. The task turns running when the agent's TaskStartedReport arrives; a refused run
@@ -22,11 +24,12 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 import structlog
+from asyncpg import Record
 from nats.errors import NoRespondersError
 from pydantic import ValidationError
 
@@ -40,7 +43,7 @@ from fleet_scheduler.handlers import Outcome
 from fleet_scheduler.schedule import Candidate, Dispatch, Reschedule, Slot, decide
 from fleet_scheduler.store import ConcurrencyError, Metadata
 from fleet_scheduler.task import Task
-from fleet_scheduler.uow import unit_of_work
+from fleet_scheduler.uow import UnitOfWork, unit_of_work
 
 log = structlog.get_logger(__name__)
 
@@ -57,7 +60,7 @@ bound go in a second request (a task's config can hold a 4,000-character caption
 NOT_LEASED = "NOT EXISTS (SELECT 1 FROM leases l WHERE l.serial = d.serial AND l.task_id IS NULL)"
 """A leased phone is busy: nothing is dispatched to it until its lease ends."""
 
-DUE_ON_IDLE_DEVICES = (
+_DUE_ON_IDLE = (
     "SELECT t.id, t.serial, t.due_at, t.min_interval, t.max_interval, t.interval_anchor,"
     " d.agent_id, d.last_task_id, d.last_finished_at, a.incarnation"
     " FROM devices d JOIN agents a ON a.agent_id = d.agent_id"
@@ -69,14 +72,24 @@ DUE_ON_IDLE_DEVICES = (
     " AND a.last_seen >= now() - make_interval(secs => $2)"
     " AND d.partition = ANY($3::smallint[])"
     f" AND {NOT_LEASED}"
-    " ORDER BY d.serial"
 )
+DUE_ON_IDLE_DEVICES = _DUE_ON_IDLE + " ORDER BY d.serial"
 """Each idle device's oldest due task, for devices online on a live agent and not lent
 to a program (a lease: `leases.py`). Driven by the idle devices, each probing `tasks_due`
 (serial, due_at, id) for its first due task: the cost follows the idle devices, not the
 pending tasks (a flood keeps thousands pending, and a due-time scan over all of them ran
 on every wake-up). Due times are the scheduler's clock (`start_time`, intervals); the
 agent's lease is the database's."""
+
+DUE_AMONG = _DUE_ON_IDLE + " AND d.serial = ANY($4::text[]) ORDER BY d.serial"
+"""The same, among the phones of `$4` only (a create's)."""
+
+LEASED_BY = (
+    "SELECT coalesce(array_agg(id), '{}') FROM log_partitions"
+    " WHERE owner = $1 AND lease_expires > clock_timestamp()"
+)
+"""The partitions `$1` leases, read by a transaction that holds their locks (a takeover
+waits for it to commit)."""
 
 
 @dataclass(frozen=True)
@@ -85,10 +98,9 @@ class Claim:
     agent_id: str
 
 
-async def claim(ctx: Context, cooling: dict[str, datetime]) -> list[Claim]:
+async def claim(ctx: Context) -> list[Claim]:
     """Decide and record what runs now; return the RunTasks to send."""
     now = ctx.clock()
-    start_timeout = timedelta(seconds=ctx.settings.scheduler_start_timeout_seconds)
     lease = ctx.settings.scheduler_agent_lease_seconds
     if not ctx.owned:
         return []
@@ -106,70 +118,107 @@ async def claim(ctx: Context, cooling: dict[str, datetime]) -> list[Claim]:
         partitions=ctx.owned,
         owner=ctx.settings.scheduler_id,
     ) as uow:
-        conn = uow.conn
         if not uow.partitions:
             return []
-        rows = [
-            r
-            for r in await conn.fetch(DUE_ON_IDLE_DEVICES, now, lease, sorted(uow.partitions))
-            if cooling.get(r["serial"], now) <= now
-        ]
-        if not rows:
-            return []
-        incarnation = {r["agent_id"]: r["incarnation"] for r in rows}
-        # The start timeout runs on the database's clock, like every lease.
-        db_now: datetime = await conn.fetchval("SELECT now()")
-        slots = [
-            Slot(r["serial"], r["agent_id"], r["last_task_id"], r["last_finished_at"]) for r in rows
-        ]
-        candidates = [
-            Candidate(
-                r["id"],
-                r["serial"],
-                r["due_at"],
-                r["min_interval"],
-                r["max_interval"],
-                r["interval_anchor"],
-            )
-            for r in rows
-        ]
-        decisions = decide(slots, candidates, now, ctx.rng)
-        if not decisions:
-            return []
-        states = await uow.load_tasks({d.task_id for d in decisions})
-        tasks = {tid: Task(state) for tid, state in states.items()}
-        claims: list[Claim] = []
-        for decision in decisions:
-            task = tasks[decision.task_id]
-            if isinstance(decision, Reschedule):
-                task.schedule(decision.due_at, decision.reason, decision.after_task_id)
-            elif isinstance(decision, Dispatch):
-                dispatch_id = new_id()
-                fence = incarnation[decision.agent_id]
-                if task.dispatch(decision.agent_id, dispatch_id, db_now + start_timeout, fence):
-                    state = task.state
-                    claims.append(
-                        Claim(
-                            RunTask(
-                                task_id=state.id,
-                                dispatch_id=dispatch_id,
-                                serial=state.serial,
-                                username=state.username,
-                                script_name=state.script_name,
-                                script_config=state.script_config,
-                                # the create request's id, so one id follows the task
-                                correlation_id=state.correlation_id or uow.metadata.correlation_id,
-                                incarnation=fence,
-                            ),
-                            decision.agent_id,
-                        )
+        rows = await uow.conn.fetch(DUE_ON_IDLE_DEVICES, now, lease, sorted(uow.partitions))
+        return await _claim_rows(uow, ctx, rows, now)
+
+
+async def claim_created(uow: UnitOfWork, ctx: Context, serials: Collection[str]) -> list[Claim]:
+    """In a create's transaction, which holds every partition's lock: dispatch the new
+    tasks whose phones are idle, in the partitions this scheduler leases now, as a
+    claim would right after the commit. The runs go out when the create has committed
+    (`send`); the tasks are dispatched by the time the caller has its answer.
+
+    This saves a claim's own transaction and its wait for the dispatcher's turn after
+    every create on idle phones (at rest, a third of the way from create to start). A
+    phone in another scheduler's partition is left to it, as before."""
+    if not ctx.owned or not serials:
+        return []
+    now = ctx.clock()
+    lease = ctx.settings.scheduler_agent_lease_seconds
+    leased = await uow.conn.fetchval(LEASED_BY, ctx.settings.scheduler_id)
+    if not leased:
+        return []
+    rows = await uow.conn.fetch(DUE_AMONG, now, lease, leased, sorted(serials))
+    return await _claim_rows(uow, ctx, rows, now, Metadata(correlation_id=new_id()))
+
+
+async def _claim_rows(
+    uow: UnitOfWork,
+    ctx: Context,
+    rows: Sequence[Record],
+    now: datetime,
+    metadata: Metadata | None = None,
+) -> list[Claim]:
+    """Dispatch (or reschedule, per `schedule.decide`) the due tasks of `rows`, one per
+    idle phone, leaving out the phones cooling off; the RunTasks to send after commit."""
+    rows = [r for r in rows if ctx.cooling.get(r["serial"], now) <= now]
+    if not rows:
+        return []
+    conn = uow.conn
+    metadata = metadata or uow.metadata
+    start_timeout = timedelta(seconds=ctx.settings.scheduler_start_timeout_seconds)
+    incarnation = {r["agent_id"]: r["incarnation"] for r in rows}
+    # The start timeout runs on the database's clock, like every lease.
+    db_now: datetime = await conn.fetchval("SELECT now()")
+    slots = [
+        Slot(r["serial"], r["agent_id"], r["last_task_id"], r["last_finished_at"]) for r in rows
+    ]
+    candidates = [
+        Candidate(
+            r["id"],
+            r["serial"],
+            r["due_at"],
+            r["min_interval"],
+            r["max_interval"],
+            r["interval_anchor"],
+        )
+        for r in rows
+    ]
+    decisions = decide(slots, candidates, now, ctx.rng)
+    if not decisions:
+        return []
+    states = await uow.load_tasks({d.task_id for d in decisions})
+    tasks = {tid: Task(state) for tid, state in states.items()}
+    claims: list[Claim] = []
+    for decision in decisions:
+        task = tasks[decision.task_id]
+        if isinstance(decision, Reschedule):
+            task.schedule(decision.due_at, decision.reason, decision.after_task_id)
+        elif isinstance(decision, Dispatch):
+            dispatch_id = new_id()
+            fence = incarnation[decision.agent_id]
+            if task.dispatch(decision.agent_id, dispatch_id, db_now + start_timeout, fence):
+                state = task.state
+                claims.append(
+                    Claim(
+                        RunTask(
+                            task_id=state.id,
+                            dispatch_id=dispatch_id,
+                            serial=state.serial,
+                            username=state.username,
+                            script_name=state.script_name,
+                            script_config=state.script_config,
+                            # the create request's id, so one id follows the task
+                            correlation_id=state.correlation_id or metadata.correlation_id,
+                            incarnation=fence,
+                        ),
+                        decision.agent_id,
                     )
-        outcome = Outcome()
-        for task in tasks.values():
-            outcome.take(task)
-        await uow.append(outcome.events)
-        claims = await task_leases.equip(uow, claims)
-    return claims
+                )
+    outcome = Outcome()
+    for task in tasks.values():
+        outcome.take(task)
+    await uow.append(outcome.events, metadata)
+    return await task_leases.equip(uow, claims)
+
+
+def send(ctx: Context, claims: Sequence[Claim]) -> None:
+    """Send committed claims beside the caller: one request per agent (`batches`)."""
+    ctx.sending.update(item.run.dispatch_id for item in claims)
+    for group in batches(claims):
+        ctx.spawn(send_batch(ctx, group))
 
 
 async def resend_unconfirmed(
@@ -250,26 +299,18 @@ def batch_replies(raw: bytes, runs: int) -> list[AgentReply] | None:
     return None
 
 
-async def send_batch(
-    ctx: Context,
-    items: list[Claim],
-    cooling: dict[str, datetime],
-    in_flight: set[str],
-    accepted: dict[str, float],
-) -> None:
+async def send_batch(ctx: Context, items: list[Claim]) -> None:
     """Send one agent's runs in one request; each reply handled as a lone run's is.
 
-    The runs the agent accepted go into `accepted` (with the time): this process does
-    not send them again, since the agent has them and reports their start itself."""
+    The runs the agent accepted go into `ctx.accepted` (with the time): this process
+    does not send them again, since the agent has them and reports their start itself."""
     ids = [item.run.dispatch_id for item in items]
-    in_flight.update(ids)
+    ctx.sending.update(ids)
     try:
         now = time.monotonic()
-        accepted.update(
-            (dispatch_id, now) for dispatch_id in await _send_batch(ctx, items, cooling)
-        )
+        ctx.accepted.update((dispatch_id, now) for dispatch_id in await _send_batch(ctx, items))
     finally:
-        in_flight.difference_update(ids)
+        ctx.sending.difference_update(ids)
 
 
 async def still_current(ctx: Context, run: RunTask) -> bool:
@@ -291,7 +332,7 @@ async def current_runs(ctx: Context, runs: Sequence[RunTask]) -> set[str]:
     return {run.dispatch_id for run in runs if (run.task_id, run.dispatch_id) in current}
 
 
-async def _send_batch(ctx: Context, items: list[Claim], cooling: dict[str, datetime]) -> list[str]:
+async def _send_batch(ctx: Context, items: list[Claim]) -> list[str]:
     """Send, retry, handle the replies; the dispatch ids the agent accepted."""
     agent_id = items[0].agent_id
     pending = list(items)
@@ -315,7 +356,7 @@ async def _send_batch(ctx: Context, items: list[Claim], cooling: dict[str, datet
         except NoRespondersError:
             # Nobody listens for batches: an agent from before them, or none at all. One
             # RunTask a run then, each with its own retries, exactly as before batches.
-            answers = await asyncio.gather(*(_send_run(ctx, item, cooling) for item in pending))
+            answers = await asyncio.gather(*(_send_run(ctx, item) for item in pending))
             return [item.run.dispatch_id for item, ok in zip(pending, answers, strict=True) if ok]
         except Exception as exc:
             # The agent answers a repeated run (same dispatch id) as accepted.
@@ -337,13 +378,13 @@ async def _send_batch(ctx: Context, items: list[Claim], cooling: dict[str, datet
     refused = [
         (item, reply) for item, reply in zip(pending, replies, strict=True) if not reply.accepted
     ]
-    await asyncio.gather(*(_refused(ctx, item, reply, cooling) for item, reply in refused))
+    await asyncio.gather(*(_refused(ctx, item, reply) for item, reply in refused))
     return [
         item.run.dispatch_id for item, reply in zip(pending, replies, strict=True) if reply.accepted
     ]
 
 
-async def _send_run(ctx: Context, item: Claim, cooling: dict[str, datetime]) -> bool:
+async def _send_run(ctx: Context, item: Claim) -> bool:
     """One RunTask, as before batches; whether the agent accepted it."""
     run = item.run
     reply: AgentReply | None = None
@@ -364,18 +405,16 @@ async def _send_run(ctx: Context, item: Claim, cooling: dict[str, datetime]) -> 
                 await asyncio.sleep(0.5 * (attempt + 1))
     if reply is None or reply.accepted:
         return reply is not None
-    await _refused(ctx, item, reply, cooling)
+    await _refused(ctx, item, reply)
     return False
 
 
-async def _refused(
-    ctx: Context, item: Claim, reply: AgentReply, cooling: dict[str, datetime]
-) -> None:
+async def _refused(ctx: Context, item: Claim, reply: AgentReply) -> None:
     """The agent refused the run: the task waits again, its phone cools off a little."""
     run = item.run
     log.info("run.refused", task_id=run.task_id, agent_id=item.agent_id, reason=reply.reason)
     now = ctx.clock()
-    cooling[run.serial] = now + REFUSAL_BACKOFF
+    ctx.cooling[run.serial] = now + REFUSAL_BACKOFF
     for _ in range(3):
         try:
             async with unit_of_work(
@@ -397,9 +436,6 @@ async def _refused(
 
 
 async def run(ctx: Context, stopping: asyncio.Event) -> None:
-    cooling: dict[str, datetime] = {}
-    in_flight: set[str] = set()
-    accepted: dict[str, float] = {}
     # An accepted run is forgotten once its start timeout has failed it if need be.
     remember = ctx.settings.scheduler_start_timeout_seconds + RESEND_AFTER_SECONDS
     poll = ctx.settings.scheduler_dispatch_poll_seconds
@@ -410,15 +446,13 @@ async def run(ctx: Context, stopping: asyncio.Event) -> None:
     while not stopping.is_set():
         ctx.dispatch_wake.clear()
         try:
-            claims = await claim(ctx, cooling)
+            claims = await claim(ctx)
         except Exception as exc:
             log.warning("dispatch.claim_failed", error=str(exc))
             claims = []
         if claims:
             failpoint("dispatch.after_claim")
-        in_flight.update(item.run.dispatch_id for item in claims)
-        for group in batches(claims):
-            ctx.spawn(send_batch(ctx, group, cooling, in_flight, accepted))
+        send(ctx, claims)
         if ctx.taken.is_set():
             # Partitions just changed hands to us: their unconfirmed runs go at once.
             ctx.taken.clear()
@@ -426,20 +460,19 @@ async def run(ctx: Context, stopping: asyncio.Event) -> None:
         if time.monotonic() >= next_resend:
             next_resend = time.monotonic() + RESEND_AFTER_SECONDS
             for dispatch_id in [
-                d for d, at in accepted.items() if at < time.monotonic() - remember
+                d for d, at in ctx.accepted.items() if at < time.monotonic() - remember
             ]:
-                del accepted[dispatch_id]
+                del ctx.accepted[dispatch_id]
             try:
                 age = 0.0 if first_pass else RESEND_AFTER_SECONDS
-                skip = in_flight | set(accepted)
-                for group in batches(await resend_unconfirmed(ctx, skip, age)):
-                    ctx.spawn(send_batch(ctx, group, cooling, in_flight, accepted))
+                skip = ctx.sending | set(ctx.accepted)
+                send(ctx, await resend_unconfirmed(ctx, skip, age))
                 first_pass = False
             except Exception as exc:
                 log.warning("dispatch.resend_failed", error=str(exc))
         now = ctx.clock()
-        for serial in [s for s, until in cooling.items() if until <= now]:
-            del cooling[serial]
+        for serial in [s for s, until in ctx.cooling.items() if until <= now]:
+            del ctx.cooling[serial]
         if claims:
             continue  # more may be due at once
         waiter = asyncio.ensure_future(ctx.dispatch_wake.wait())
