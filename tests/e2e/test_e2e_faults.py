@@ -249,19 +249,12 @@ def test_scheduler_killed_between_commit_and_ack_then_between_claim_and_send(
     restart_armed(scheduler, None)
 
     def answered(key: str) -> dict[str, Any]:
-        result: dict[str, Any] = wait_until(
-            lambda: (
-                (
-                    r := api.http.post("/task", json=body, headers={"Idempotency-Key": key})
-                ).status_code
-                == 200
-                and r.json()["data"]
-            ),
-            timeout=40,
-            interval=0.5,
-            what="the retried create to answer",
-        )
-        return result
+        def probe() -> dict[str, Any] | None:
+            r = api.http.post("/task", json=body, headers={"Idempotency-Key": key})
+            data: dict[str, Any] | None = r.json()["data"] if r.status_code == 200 else None
+            return data
+
+        return wait_until(probe, timeout=40, interval=0.5, what="the retried create to answer")
 
     first, second = answered(first_key), answered(second_key)
     assert first["created_count"] == second["created_count"] == 4
