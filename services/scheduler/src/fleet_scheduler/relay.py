@@ -51,6 +51,16 @@ BATCH = 1000
 DEADLINE_SECONDS = 10.0
 """Longest wait for a batch's acks (or a stream lookup) before the relay lets go."""
 HDR_EXPECTED_LAST_SEQ = "Nats-Expected-Last-Sequence"
+LINGER_SECONDS = 0.05
+"""How long the relay lets a commit's wake-up wait before it reads. The relay shares the
+scheduler's event loop, and a create's events are published while its runs go out and
+the agents' start reports come back: some 5 ms of CPU right in that path. Lingering
+moves the publishing past it and gathers more events per page; EVENTS' readers get
+each event that much later. Ten rounds of 100 tasks on idle phones, three pairs: median
+create-to-start 41.2-34.8 ms without, 38.7-31.6 ms with (each pair lower with)."""
+YIELD_EVERY = 32
+"""Publishes between turns given back to the loop: a page of 1,000 events is some 20 ms
+of CPU, which nothing else in the process should wait for whole."""
 
 
 class OutOfStep(Exception):
@@ -146,6 +156,8 @@ async def publish(ctx: Context, rows: list[RecordedEvent], after_seq: int) -> in
     futures: list[asyncio.Future[Any]] = []
     try:
         for i, rec in enumerate(rows):
+            if i and not i % YIELD_EVERY:
+                await asyncio.sleep(0)
             env = rec.envelope()
             futures.append(
                 await ctx.js.publish_async(
@@ -213,6 +225,7 @@ async def _lead(ctx: Context, conn: asyncpg.Connection, stopping: asyncio.Event)
             continue
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(ctx.relay_wake.wait(), 0.5)
+        await asyncio.sleep(LINGER_SECONDS)
 
 
 async def run(ctx: Context, stopping: asyncio.Event) -> None:
