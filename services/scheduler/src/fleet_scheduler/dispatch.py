@@ -60,20 +60,23 @@ bound go in a second request (a task's config can hold a 4,000-character caption
 NOT_LEASED = "NOT EXISTS (SELECT 1 FROM leases l WHERE l.serial = d.serial AND l.task_id IS NULL)"
 """A leased phone is busy: nothing is dispatched to it until its lease ends."""
 
-_DUE_ON_IDLE = (
-    "SELECT t.id, t.serial, t.due_at, t.min_interval, t.max_interval, t.interval_anchor,"
-    " d.agent_id, d.last_task_id, d.last_finished_at, a.incarnation"
-    " FROM devices d JOIN agents a ON a.agent_id = d.agent_id"
-    " CROSS JOIN LATERAL (SELECT t.id, t.serial, t.due_at, t.min_interval, t.max_interval,"
-    "  t.interval_anchor FROM tasks t"
-    "  WHERE t.serial = d.serial AND t.state = 'pending' AND NOT t.deleted"
-    "  AND t.due_at <= $1 ORDER BY t.due_at, t.id LIMIT 1) t"
-    " WHERE d.online AND NOT d.busy AND NOT a.lost"
-    " AND a.last_seen >= now() - make_interval(secs => $2)"
-    " AND d.partition = ANY($3::smallint[])"
-    f" AND {NOT_LEASED}"
-)
-DUE_ON_IDLE_DEVICES = _DUE_ON_IDLE + " ORDER BY d.serial"
+
+def _due_on_idle(partitions: str) -> str:
+    return (
+        "SELECT t.id, t.serial, t.due_at, t.min_interval, t.max_interval, t.interval_anchor,"
+        " d.agent_id, d.last_task_id, d.last_finished_at, a.incarnation, now() AS db_now"
+        " FROM devices d JOIN agents a ON a.agent_id = d.agent_id"
+        " CROSS JOIN LATERAL (SELECT t.id, t.serial, t.due_at, t.min_interval, t.max_interval,"
+        "  t.interval_anchor FROM tasks t"
+        "  WHERE t.serial = d.serial AND t.state = 'pending' AND NOT t.deleted"
+        "  AND t.due_at <= $1 ORDER BY t.due_at, t.id LIMIT 1) t"
+        " WHERE d.online AND NOT d.busy AND NOT a.lost"
+        " AND a.last_seen >= now() - make_interval(secs => $2)"
+        f" AND d.partition {partitions} AND {NOT_LEASED}"
+    )
+
+
+DUE_ON_IDLE_DEVICES = _due_on_idle("= ANY($3::smallint[])") + " ORDER BY d.serial"
 """Each idle device's oldest due task, for devices online on a live agent and not lent
 to a program (a lease: `leases.py`). Driven by the idle devices, each probing `tasks_due`
 (serial, due_at, id) for its first due task: the cost follows the idle devices, not the
@@ -81,15 +84,14 @@ pending tasks (a flood keeps thousands pending, and a due-time scan over all of 
 on every wake-up). Due times are the scheduler's clock (`start_time`, intervals); the
 agent's lease is the database's."""
 
-DUE_AMONG = _DUE_ON_IDLE + " AND d.serial = ANY($4::text[]) ORDER BY d.serial"
-"""The same, among the phones of `$4` only (a create's)."""
-
-LEASED_BY = (
-    "SELECT coalesce(array_agg(id), '{}') FROM log_partitions"
-    " WHERE owner = $1 AND lease_expires > clock_timestamp()"
+DUE_AMONG_LEASED = (
+    _due_on_idle(
+        "IN (SELECT id FROM log_partitions WHERE owner = $3 AND lease_expires > clock_timestamp())"
+    )
+    + " AND d.serial = ANY($4::text[]) ORDER BY d.serial"
 )
-"""The partitions `$1` leases, read by a transaction that holds their locks (a takeover
-waits for it to commit)."""
+"""The same among the phones of `$4` (a create's), in the partitions `$3` leases: read
+by a transaction that holds every partition's lock, so a takeover waits for it."""
 
 
 @dataclass(frozen=True)
@@ -137,10 +139,8 @@ async def claim_created(uow: UnitOfWork, ctx: Context, serials: Collection[str])
         return []
     now = ctx.clock()
     lease = ctx.settings.scheduler_agent_lease_seconds
-    leased = await uow.conn.fetchval(LEASED_BY, ctx.settings.scheduler_id)
-    if not leased:
-        return []
-    rows = await uow.conn.fetch(DUE_AMONG, now, lease, leased, sorted(serials))
+    owner = ctx.settings.scheduler_id
+    rows = await uow.conn.fetch(DUE_AMONG_LEASED, now, lease, owner, sorted(serials))
     return await _claim_rows(uow, ctx, rows, now, Metadata(correlation_id=new_id()))
 
 
@@ -156,12 +156,11 @@ async def _claim_rows(
     rows = [r for r in rows if ctx.cooling.get(r["serial"], now) <= now]
     if not rows:
         return []
-    conn = uow.conn
     metadata = metadata or uow.metadata
     start_timeout = timedelta(seconds=ctx.settings.scheduler_start_timeout_seconds)
     incarnation = {r["agent_id"]: r["incarnation"] for r in rows}
     # The start timeout runs on the database's clock, like every lease.
-    db_now: datetime = await conn.fetchval("SELECT now()")
+    db_now: datetime = rows[0]["db_now"]
     slots = [
         Slot(r["serial"], r["agent_id"], r["last_task_id"], r["last_finished_at"]) for r in rows
     ]
