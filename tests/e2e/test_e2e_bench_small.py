@@ -21,6 +21,7 @@ def test_system_benchmark_small_scale(tmp_path: Path) -> None:
     assert any("dispatch latency" in m for m in metrics)
     assert any(m.startswith("raw: JetStream") for m in metrics)
     assert "REST create / raw JetStream publish" in metrics
+    assert "REST create, nothing else running" in metrics
     # Every process of ours worked during the flood, and its CPU time was read.
     cpu = result.flood.cpu_seconds
     assert set(cpu) == {"NATS", "PostgreSQL", "gateway", "scheduler", "agent"}
