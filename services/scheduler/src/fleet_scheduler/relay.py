@@ -11,9 +11,9 @@ of each partition, published in global position order.
 
 Exactly once without trusting JetStream's duplicate window: every publish carries
 `Nats-Expected-Last-Sequence`, so EVENTS stores the relay's messages back to back or not
-at all (after one failed publish, every later one in the pipeline is refused too), and
-the relay records each partition's position and the stream sequence together after each
-acked batch. On taking over it reads the stream's last sequence and the messages past
+at all (after one failed publish, every later one in the pipeline is refused too); a
+batch's last message alone is acked, which proves the whole batch stored, and the relay
+then records each partition's position and the stream sequence together. On taking over it reads the stream's last sequence and the messages past
 its record (their `Fleet-Partition` / `Fleet-Partition-Position` headers say which rows
 they were), so it knows where to go on even after a partly acked batch, a crash between
 ack and record, or once every message has aged out of the stream. Every step has a
@@ -151,41 +151,38 @@ async def resume_point(ctx: Context, conn: asyncpg.Connection) -> tuple[Position
 
 
 async def publish(ctx: Context, rows: list[RecordedEvent], after_seq: int) -> int:
-    """Publish in order with pipelined acks, each expecting the one before it in the
-    stream; return the stream sequence of the last. Raise if any was not stored."""
-    futures: list[asyncio.Future[Any]] = []
-    try:
-        for i, rec in enumerate(rows):
-            if i and not i % YIELD_EVERY:
-                await asyncio.sleep(0)
-            env = rec.envelope()
-            futures.append(
-                await ctx.js.publish_async(
-                    event_subject(rec.stream_id, rec.type),
-                    env.to_bytes(),
-                    # No stall wait: a page (BATCH) is well under nats-py's 4,000 pending
-                    # publishes (the last page's are done or cancelled), and a wait with a
-                    # timeout yields to the loop after every message, so the client's
-                    # flusher wrote each one alone (a syscall apiece, on both ends).
-                    headers={
-                        HDR_MSG_ID: str(rec.position),
-                        HDR_CORRELATION_ID: env.correlation_id,
-                        HDR_MESSAGE_TYPE: rec.type,
-                        HDR_EXPECTED_LAST_SEQ: str(after_seq + i),
-                        HDR_PARTITION: str(rec.partition),
-                        HDR_PARTITION_POSITION: str(rec.partition_position),
-                    },
-                )
+    """Publish in order, each message expecting the one before it in the stream; return
+    the stream sequence of the last. Raise if any was not stored.
+
+    Only the last message asks for an ack. EVENTS stores a message only right after the
+    one before it (`Nats-Expected-Last-Sequence`), so one refused (or dropped as a
+    duplicate) leaves every later one refused too, the last included: its ack, at the
+    sequence expected, is the proof that the whole page is stored, in order (one
+    connection's publishes reach the stream in the order sent). An ack per message
+    cost a reply, a future and a JSON parse for each event; the relay was the biggest
+    single share of the scheduler's CPU in a flood."""
+    ack: Any = None
+    for i, rec in enumerate(rows):
+        if i and not i % YIELD_EVERY:
+            await asyncio.sleep(0)
+        env = rec.envelope()
+        subject = event_subject(rec.stream_id, rec.type)
+        headers = {
+            HDR_MSG_ID: str(rec.position),
+            HDR_CORRELATION_ID: env.correlation_id,
+            HDR_MESSAGE_TYPE: rec.type,
+            HDR_EXPECTED_LAST_SEQ: str(after_seq + i),
+            HDR_PARTITION: str(rec.partition),
+            HDR_PARTITION_POSITION: str(rec.partition_position),
+        }
+        if i < len(rows) - 1:
+            await ctx.nc.publish(subject, env.to_bytes(), headers=headers)
+        else:
+            ack = await ctx.js.publish(
+                subject, env.to_bytes(), headers=headers, timeout=DEADLINE_SECONDS
             )
-        acks = await asyncio.gather(*futures)
-    finally:
-        # An ack that never came keeps its future (and a slot of nats-py's pending
-        # publishes) for ever unless cancelled.
-        for future in futures:
-            if not future.done():
-                future.cancel()
-    last = int(acks[-1].seq)
-    if last != after_seq + len(rows) or any(a.duplicate for a in acks):
+    last = int(ack.seq)
+    if last != after_seq + len(rows) or ack.duplicate:
         raise OutOfStep(f"EVENTS at sequence {last}, expected {after_seq + len(rows)}")
     return last
 
