@@ -75,13 +75,14 @@ class AgentRequests:
         return subs
 
     def _accept(self, request: RunTask) -> AgentReply:
-        with bind_correlation(
-            request.correlation_id, task_id=request.task_id, serial=request.serial
-        ):
-            reply = self._runner.accept(request)
-            if not reply.accepted:
+        reply = self._runner.accept(request)
+        if not reply.accepted:
+            # Bound only here: binding costs as much as accepting, for every run of a batch.
+            with bind_correlation(
+                request.correlation_id, task_id=request.task_id, serial=request.serial
+            ):
                 log.info("run.refused", reason=reply.reason)
-            return reply
+        return reply
 
     async def _on_run(self, msg: Msg) -> None:
         try:

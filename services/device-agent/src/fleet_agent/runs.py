@@ -126,7 +126,12 @@ class Runner:
         if current is not None:
             same = (current.request.task_id, current.request.dispatch_id)
             if same == (request.task_id, request.dispatch_id):
-                log.info("run.duplicate_ignored", task_id=request.task_id)
+                log.info(
+                    "run.duplicate_ignored",
+                    correlation_id=request.correlation_id,
+                    task_id=request.task_id,
+                    serial=request.serial,
+                )
                 return AgentReply(accepted=True, reason="already running")
             return AgentReply(
                 accepted=False, reason=f"device busy with task {current.request.task_id}"
@@ -134,7 +139,13 @@ class Runner:
         if (request.task_id, request.dispatch_id) in self._ran:
             # Ended already (its outcome is reported or on its way): the scheduler sent
             # it again before hearing of its start.
-            log.info("run.duplicate_ignored", task_id=request.task_id, ended=True)
+            log.info(
+                "run.duplicate_ignored",
+                correlation_id=request.correlation_id,
+                task_id=request.task_id,
+                serial=request.serial,
+                ended=True,
+            )
             return AgentReply(accepted=True, reason="already ran")
         phone = self._phone_of(request.serial)
         if phone is None:
