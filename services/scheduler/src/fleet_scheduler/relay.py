@@ -11,14 +11,14 @@ of each partition, published in global position order.
 
 Exactly once without trusting JetStream's duplicate window: every publish carries
 `Nats-Expected-Last-Sequence`, so EVENTS stores the relay's messages back to back or not
-at all (after one failed publish, every later one in the pipeline is refused too); a
-batch's last message alone is acked, which proves the whole batch stored, and the relay
-then records each partition's position and the stream sequence together. On taking over it reads the stream's last sequence and the messages past
-its record (their `Fleet-Partition` / `Fleet-Partition-Position` headers say which rows
-they were), so it knows where to go on even after a partly acked batch, a crash between
-ack and record, or once every message has aged out of the stream. Every step has a
-deadline: nats-py's publish futures never time out on their own, and a relay blocked on
-a lost ack would hold the lock for ever.
+at all (after one failed publish, every later one in the pipeline is refused too). A
+batch's last message alone is acked, which proves the whole batch stored; the relay then
+records each partition's position and the stream sequence together. On taking over it
+reads the stream's last sequence and the messages past its record (their
+`Fleet-Partition` / `Fleet-Partition-Position` headers say which rows they were), so it
+knows where to go on even after a partly stored batch, a crash between ack and record,
+or once every message has aged out of the stream. Every step has a deadline: a relay
+blocked on a lost ack would hold the lock for ever.
 """
 
 from __future__ import annotations
