@@ -55,6 +55,16 @@ async def until_status(bus: Bus, task_id: int, status: int) -> dict[str, Any]:
     return result
 
 
+async def requeued(db: asyncpg.Connection, task_id: int) -> None:
+    """Wait until the task's run has come back refused (a TaskRequeued in its stream)."""
+
+    async def seen() -> bool:
+        rows = await db.fetch("SELECT type FROM events WHERE stream_id = $1", f"task-{task_id}")
+        return "task.requeued" in [r["type"] for r in rows]
+
+    await eventually(seen, what=f"task {task_id} requeued")
+
+
 async def ids_of(bus: Bus, **body: Any) -> list[int]:
     result = await bus.command(create(**body))
     assert result.code == 0, result.message
@@ -147,11 +157,7 @@ async def test_a_refused_run_in_a_batch_backs_off_while_the_others_start(
     await until_status(bus, first, 1)
     await until_status(bus, third, 1)
 
-    async def requeued() -> bool:
-        rows = await db.fetch("SELECT type FROM events WHERE stream_id = $1", f"task-{refused}")
-        return "task.requeued" in [r["type"] for r in rows]
-
-    await eventually(requeued, what="requeue")
+    await requeued(db, refused)
     view = await task(bus, refused)
     assert (view["status"], view["reason"]) == (0, "device busy with task 12")
     assert len(agent.batches) == 1 and len(agent.batches[0]) == 3
@@ -187,10 +193,7 @@ async def test_a_create_leaves_a_phone_cooling_off_after_a_refusal_alone(
     agent.refuse = "device busy with task 12"
     [refused] = await ids_of(bus, serials=["device_serial_3"])
 
-    async def requeued() -> bool:
-        return "task.requeued" in [r["type"] for r in await _events(db, [refused])]
-
-    await eventually(requeued, what="requeue")
+    await requeued(db, refused)
     agent.refuse = None
     agent.auto_start = True
     [later] = await ids_of(bus, serials=["device_serial_3"])
@@ -310,11 +313,7 @@ async def test_refused_run_goes_back_to_pending_with_the_agents_reason(
     agent.refuse = "device busy with task 12"
     [tid] = await ids_of(bus, serials=["device_serial_3"])
 
-    async def requeued() -> bool:
-        types = await db.fetch("SELECT type FROM events WHERE stream_id = $1", f"task-{tid}")
-        return "task.requeued" in [r["type"] for r in types]
-
-    await eventually(requeued, what="requeue")
+    await requeued(db, tid)
     view = await task(bus, tid)
     assert (view["status"], view["reason"]) == (0, "device busy with task 12")
     agent.refuse = None

@@ -267,10 +267,6 @@ async def handle_commands(
         async with unit_of_work(ctx.pool, on_commit=ctx.appended) as uow:
             outcomes = await _apply_once(uow, ctx, cmds, plugins)
             claims = await _claim_created(uow, ctx)
-        if claims:
-            failpoint("dispatch.after_claim")
-        dispatch.send(ctx, claims)
-        return outcomes
     except ConcurrencyError as exc:
         log.info("command.batch_conflict", size=len(cmds), error=str(exc))
     except Exception as exc:
@@ -278,6 +274,11 @@ async def handle_commands(
             raise
         # One bad command must not hold back the others in its batch: find it alone.
         log.warning("command.batch_failed", size=len(cmds), error=repr(exc))
+    else:
+        if claims:
+            failpoint("dispatch.after_claim")
+        dispatch.send(ctx, claims)
+        return outcomes
     return [await handle_command(ctx, cmd) for cmd in cmds]
 
 
