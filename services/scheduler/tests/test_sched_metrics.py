@@ -72,8 +72,12 @@ async def test_metrics_follow_tasks_agents_and_the_relay(
             assert grew(before, after, "fleet_events_appended_total", type=kind) == 4, kind
         assert moved(before, after, "fleet_dispatch_latency_seconds_count") == 4
         assert moved(before, after, "fleet_dispatch_latency_seconds_sum") >= 0
-        appended = moved(before, after, "fleet_events_appended_total")
-        assert moved(before, after, "fleet_relay_published_events_total") == appended
+        # Every event this process appended is on EVENTS, once: the totals since start
+        # agree. (Counted over the window instead, an event committed just before the
+        # first scrape and published while it was being answered lands on one side only:
+        # the relay publishes a little after each commit.)
+        published = after.total("fleet_relay_published_events_total")
+        assert published == after.total("fleet_events_appended_total") > 0
         assert moved(before, after, "fleet_relay_publish_seconds_count") >= 1
 
         # Read from the database at scrape time.
