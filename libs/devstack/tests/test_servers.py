@@ -104,3 +104,16 @@ def test_a_picked_port_taken_before_the_server_binds_it_moves_to_another(
             assert server.running
         finally:
             server.stop()
+
+
+def test_a_free_port_is_below_the_range_outgoing_connections_draw_from() -> None:
+    """A client's outgoing connection cannot take a picked port before its server binds
+    it (a port from that range could be, and a gateway under test failed to start)."""
+    from fleet_devstack import servers
+
+    low, _ = servers._outgoing_ports()
+    ports = [servers.free_port() for _ in range(20)]
+    assert all(port < low for port in ports), (low, ports)
+    for port in ports:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", port))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import secrets
 import shutil
 import signal
@@ -35,7 +36,35 @@ class ServerExited(RuntimeError):
     """The server process ended while starting (a port taken, a bad config)."""
 
 
+_PICK = random.SystemRandom()
+"""Not the `random` module's shared generator: a test that seeds it would make every
+pytest worker pick the same ports."""
+
+
+def _outgoing_ports() -> tuple[int, int]:
+    """The kernel's range for the local ports of outgoing connections."""
+    with contextlib.suppress(OSError, ValueError):
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    return 32768, 60999
+
+
 def free_port(host: str = "127.0.0.1") -> int:
+    """A port nothing is bound to, picked below the range of outgoing connections' ports.
+
+    A port from that range (what binding port 0 gives) can be taken by any client's
+    connection between this call and the server's own bind, which failed a server's
+    start with "address already in use" now and then while tests ran in parallel."""
+    low, _ = _outgoing_ports()
+    if low > 11024:
+        for _ in range(50):
+            port = _PICK.randrange(low - 10000, low)
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+                try:
+                    sock.bind((host, port))
+                except OSError:
+                    continue
+                return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
         return int(sock.getsockname()[1])
