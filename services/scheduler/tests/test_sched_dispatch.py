@@ -55,12 +55,19 @@ async def until_status(bus: Bus, task_id: int, status: int) -> dict[str, Any]:
     return result
 
 
+async def _events(db: asyncpg.Connection, ids: list[int]) -> list[asyncpg.Record]:
+    rows: list[asyncpg.Record] = await db.fetch(
+        "SELECT type, recorded_at FROM events WHERE stream_id = ANY($1::text[]) ORDER BY position",
+        [f"task-{i}" for i in ids],
+    )
+    return rows
+
+
 async def requeued(db: asyncpg.Connection, task_id: int) -> None:
     """Wait until the task's run has come back refused (a TaskRequeued in its stream)."""
 
     async def seen() -> bool:
-        rows = await db.fetch("SELECT type FROM events WHERE stream_id = $1", f"task-{task_id}")
-        return "task.requeued" in [r["type"] for r in rows]
+        return "task.requeued" in [r["type"] for r in await _events(db, [task_id])]
 
     await eventually(seen, what=f"task {task_id} requeued")
 
@@ -167,13 +174,6 @@ async def test_a_refused_run_in_a_batch_backs_off_while_the_others_start(
     assert len(agent.batches) == 2 and [r.task_id for r in agent.batches[1]] == [refused]
 
 
-async def _events(db: asyncpg.Connection, ids: list[int]) -> list[asyncpg.Record]:
-    return await db.fetch(
-        "SELECT type, recorded_at FROM events WHERE stream_id = ANY($1::text[]) ORDER BY position",
-        [f"task-{i}" for i in ids],
-    )
-
-
 async def test_a_create_on_idle_phones_is_answered_with_its_tasks_dispatched(
     bus: Bus, agent: FakeAgent, db: asyncpg.Connection
 ) -> None:
@@ -218,7 +218,7 @@ async def test_a_claim_that_fails_inside_a_create_leaves_the_create_whole(
         return await equip(uow, claims)
 
     monkeypatch.setattr(task_leases, "equip", fails_once)
-    assert dispatch.task_leases is task_leases
+    assert vars(dispatch)["task_leases"] is task_leases  # the module the claim calls
     result = await bus.command(create(serials=["device_serial_1"]))
     assert result.code == 0, result.message
     [tid] = result.data["task_ids"]
