@@ -171,6 +171,36 @@ async def test_concurrent_appenders_never_let_a_tailing_reader_skip_a_row(pg_dsn
     assert seen == all_positions  # every row, once, in order: none skipped
 
 
+async def test_an_append_wakes_the_logs_followers_once_it_commits(pg_dsn: str) -> None:
+    """Relays and stats caches of other schedulers listen for `fleet_events`: each
+    appending transaction must send it (once, however many rows), and only on commit."""
+    listener, writer = await _connect(pg_dsn), await _connect(pg_dsn)
+    await migrate(writer)
+    heard: asyncio.Queue[str] = asyncio.Queue()
+    await listener.add_listener("fleet_events", lambda *args: heard.put_nowait(args[2]))
+    try:
+        async with writer.transaction():
+            await PostgresRecorder(writer).append(
+                [stopped("task-1"), stopped("task-1"), stopped("task-2", task_id=2)], Metadata()
+            )
+            await asyncio.sleep(0.2)
+            assert heard.empty()  # not before the commit
+        assert await asyncio.wait_for(heard.get(), 5) == "fleet_events"
+        await asyncio.sleep(0.2)
+        assert heard.empty()  # one wake-up for the transaction
+        rows = await writer.fetch(
+            "SELECT partition, partition_position FROM events ORDER BY position"
+        )
+        # Each partition's positions run on from 1 in the order of the batch.
+        by_partition: dict[int, list[int]] = {}
+        for row in rows:
+            by_partition.setdefault(row["partition"], []).append(row["partition_position"])
+        assert all(p == list(range(1, len(p) + 1)) for p in by_partition.values())
+    finally:
+        await listener.close()
+        await writer.close()
+
+
 async def test_jsonb_values_come_back_as_they_went_in(pg_dsn: str) -> None:
     """A script_config is the operator's: integers past 64 bits stay exact, non-string
     keys become strings (as JSON has them), and text PostgreSQL cannot store (a lone

@@ -89,8 +89,8 @@ TYPES = {
 """Postgres types of the columns written from arrays; any other is text."""
 
 
-def _unnest(columns: tuple[str, ...]) -> str:
-    arrays = ", ".join(f"${i}::{TYPES.get(c, 'text')}[]" for i, c in enumerate(columns, 1))
+def _unnest(columns: tuple[str, ...], first: int = 1) -> str:
+    arrays = ", ".join(f"${i}::{TYPES.get(c, 'text')}[]" for i, c in enumerate(columns, first))
     return f"unnest({arrays}) AS x({', '.join(columns)})"
 
 
@@ -115,10 +115,21 @@ _TASK_UPDATE = (
     f"UPDATE tasks t SET {', '.join(f'{c} = x.{c}' for c in _WRITTEN[1:])}"
     f" FROM {_unnest(_WRITTEN)} WHERE t.id = x.id"
 )
-_DEVICE_UPDATE = (
-    f"UPDATE devices d SET {', '.join(f'{c} = x.{c}' for c in DEVICE_COLUMNS[1:])}"
-    f" FROM {_unnest(DEVICE_COLUMNS)} WHERE d.serial = x.serial"
+
+
+def _device_update(first: int) -> str:
+    return (
+        f"UPDATE devices d SET {', '.join(f'{c} = x.{c}' for c in DEVICE_COLUMNS[1:])}"
+        f" FROM {_unnest(DEVICE_COLUMNS, first)} WHERE d.serial = x.serial"
+    )
+
+
+_DEVICE_UPDATE = _device_update(1)
+_TASK_AND_DEVICE_UPDATE = (
+    f"WITH tasks_written AS ({_TASK_UPDATE}) {_device_update(len(_WRITTEN) + 1)}"
 )
+"""Both writes of a run that changed tasks and phones, in one statement (one round trip,
+inside the transaction's locks): the two touch different tables."""
 
 
 def _arrays(rows: list[Any], columns: tuple[str, ...]) -> list[list[Any]]:
@@ -180,11 +191,17 @@ async def _project_rows(
         inserted = list(batch.created.values())
         await conn.execute(_TASK_INSERT, *_arrays(inserted, TASK_COLUMNS))
         held.keep(inserted, partial=False)
-    if batch.changed:
-        changed = [batch.tasks[i] for i in sorted(batch.changed)]
+    changed = [batch.tasks[i] for i in sorted(batch.changed)]
+    devices = [batch.devices[s] for s in sorted(batch.changed_devices)]
+    if changed and devices:
+        await conn.execute(
+            _TASK_AND_DEVICE_UPDATE,
+            *_arrays(changed, _WRITTEN),
+            *_arrays(devices, DEVICE_COLUMNS),
+        )
+    elif changed:
         await conn.execute(_TASK_UPDATE, *_arrays(changed, _WRITTEN))
-    if batch.changed_devices:
-        devices = [batch.devices[s] for s in sorted(batch.changed_devices)]
+    elif devices:
         await conn.execute(_DEVICE_UPDATE, *_arrays(devices, DEVICE_COLUMNS))
 
 

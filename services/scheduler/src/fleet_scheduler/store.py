@@ -16,7 +16,6 @@ orders each stream and each partition, but not the log as a whole.
 from __future__ import annotations
 
 import json
-from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -176,6 +175,25 @@ def recorded_from_row(record: asyncpg.Record) -> RecordedEvent:
     )
 
 
+APPEND = (
+    "WITH given AS (SELECT * FROM unnest($1::text[], $2::int[], $3::text[], $4::jsonb[],"
+    " $5::jsonb[], $6::smallint[]) WITH ORDINALITY"
+    " AS g(stream_id, version, type, data, metadata, partition, n)),"
+    " bumped AS (UPDATE log_partitions l SET next_position = l.next_position + c.n"
+    " FROM (SELECT partition, count(*) AS n FROM given GROUP BY partition) c"
+    " WHERE l.id = c.partition RETURNING l.id, l.next_position - c.n AS base),"
+    " inserted AS (INSERT INTO events (stream_id, version, type, data, metadata, partition,"
+    " partition_position) SELECT g.stream_id, g.version, g.type, g.data, g.metadata,"
+    " g.partition, b.base + row_number() OVER (PARTITION BY g.partition ORDER BY g.n)"
+    " FROM given g JOIN bumped b ON b.id = g.partition ORDER BY g.n"
+    " RETURNING position, recorded_at, partition_position)"
+    " SELECT i.* FROM inserted i, (SELECT pg_notify('fleet_events', '')) AS woken"
+)
+"""Append a batch: each partition's positions bumped by its count, each row given the
+next of its partition in the order of the batch, and every follower of the log woken
+when the transaction commits (a NOTIFY; sent once however many rows)."""
+
+
 class PostgresRecorder:
     """The log in PostgreSQL. `append` must run inside a transaction of `conn`."""
 
@@ -184,7 +202,7 @@ class PostgresRecorder:
     ) -> None:
         self.conn = conn
         self.locked = locked
-        """True when the caller's unit of work holds the partitions and sends the NOTIFY."""
+        """True when the caller's unit of work holds the partitions already."""
         self.partition_count = partition_count
         """The log's partition count; 0: read it when first needed."""
 
@@ -238,47 +256,24 @@ class PostgresRecorder:
             if new.expected_version is not None and new.stream_id not in current:
                 current[new.stream_id] = new.expected_version
         versions = _versions(events, current)
-        # The partitions' next positions, taken under their row locks (held by the unit
-        # of work already, or taken here): gap-free, since a rollback gives them back.
-        counts = Counter(partitions)
-        order = parts.lock_order(counts)
-        bumped = await self.conn.fetch(
-            "UPDATE log_partitions l SET next_position = l.next_position + c.n"
-            " FROM unnest($1::smallint[], $2::bigint[]) AS c(id, n) WHERE l.id = c.id"
-            " RETURNING l.id, l.next_position - c.n AS base",
-            order,
-            [counts[p] for p in order],
-        )
-        base = {r["id"]: r["base"] for r in bumped}
-        partition_positions: list[int] = []
-        for part in partitions:
-            base[part] += 1
-            partition_positions.append(base[part])
         data = [e.event.model_dump(mode="json", exclude={"type"}) for e in events]
         metas = [(e.metadata or metadata).for_event() for e in events]
         types = [str(e.event.type) for e in events]  # type: ignore[attr-defined]
         try:
-            # Only what the database decides comes back: decoding the jsonb we just
-            # sent was a good part of a large append's time.
+            # One statement, one round trip: the partitions' next positions (taken under
+            # their row locks, held by the unit of work already or taken here: gap-free,
+            # since a rollback gives them back), the rows, and the NOTIFY. Only what the
+            # database decides comes back: decoding the jsonb we just sent was a good part
+            # of a large append's time.
             inserted = await self.conn.fetch(
-                "INSERT INTO events (stream_id, version, type, data, metadata, partition,"
-                " partition_position) SELECT * FROM unnest($1::text[], $2::int[], $3::text[],"
-                " $4::jsonb[], $5::jsonb[], $6::smallint[], $7::bigint[])"
-                " RETURNING position, recorded_at",
-                [e.stream_id for e in events],
-                versions,
-                types,
-                data,
-                metas,
-                partitions,
-                partition_positions,
+                APPEND, [e.stream_id for e in events], versions, types, data, metas, partitions
             )
         except asyncpg.UniqueViolationError as exc:
             raise ConcurrencyError(str(exc)) from exc
-        if not self.locked:
-            await self.conn.execute("SELECT pg_notify('fleet_events', '')")
-        # One INSERT ... SELECT stamps one recorded_at and takes positions in row order.
-        positions = sorted(r["position"] for r in inserted)
+        # The rows were inserted in the order given: positions follow it.
+        inserted = sorted(inserted, key=lambda r: r["position"])
+        positions = [r["position"] for r in inserted]
+        partition_positions = [r["partition_position"] for r in inserted]
         recorded_at = inserted[0]["recorded_at"]
         return [
             RecordedEvent(

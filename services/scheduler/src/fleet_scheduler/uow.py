@@ -131,7 +131,8 @@ async def unit_of_work(
         count, locked = await lock_partitions(conn, partitions, owner)
         uow = UnitOfWork(conn, metadata or Metadata(), partition_count=count, partitions=locked)
         yield uow
-        if uow.appended or uow.bulk_appended:
+        if uow.bulk_appended:
+            # An append sends its own NOTIFY (`store.APPEND`); SQL written in bulk does not.
             await conn.execute("SELECT pg_notify('fleet_events', '')")
     metrics.committed(uow.appended, uow.latencies)
     if (uow.appended or uow.bulk_appended) and on_commit is not None:
