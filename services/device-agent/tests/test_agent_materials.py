@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import random
+import threading
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
 
-from fleet_agent.materials import MaterialError, select_materials
+from fleet_agent import materials
+from fleet_agent.materials import MaterialError, SharedChecks, select_materials
 from fleet_contracts.scripts.post import PostConfig
 
 
@@ -162,3 +166,71 @@ def test_library_picks_by_tag(tmp_path: Path) -> None:
         pick({"materials_tags": "cats, birds"}, [], library)
     with pytest.raises(MaterialError, match="FLEET_AGENT_MATERIAL_LIBRARY"):
         pick({"materials_tags": "cats"}, [], None)
+
+
+class CountedChecks:
+    """`check_files` as the agent runs it, counting the checks and holding each one until
+    released, so that runs can ask while a check is under way."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.calls = 0
+        self.release = threading.Event()
+        real = materials.check_files
+
+        def held(files: Sequence[str], roots: Sequence[Path]) -> list[Path]:
+            self.calls += 1
+            self.release.wait(5)
+            return real(files, roots)
+
+        monkeypatch.setattr(materials, "check_files", held)
+
+
+async def _asking(
+    checks: SharedChecks, files: list[str], runs: int
+) -> list[asyncio.Task[list[Path]]]:
+    asked = [asyncio.create_task(checks.check(files, [])) for _ in range(runs)]
+    await asyncio.sleep(0.05)  # every run is waiting on the check now
+    return asked
+
+
+async def test_runs_asking_for_the_same_files_at_once_share_one_check(
+    root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    counted = CountedChecks(monkeypatch)
+    checks = SharedChecks()
+    asked = await _asking(checks, [str(root / "a.mp4")], 20)
+    counted.release.set()
+    answers = await asyncio.gather(*asked)
+    assert counted.calls == 1
+    assert answers == [[root / "a.mp4"]] * 20
+    # Nothing is kept: a file gone since is refused to the next run, with its field.
+    (root / "a.mp4").unlink()
+    with pytest.raises(MaterialError, match=r"material_list\[0\]: .*a.mp4 is not a readable"):
+        await checks.check([str(root / "a.mp4")], [])
+    assert counted.calls == 2
+
+
+async def test_a_run_stopped_while_waiting_leaves_the_check_to_the_others(
+    root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    counted = CountedChecks(monkeypatch)
+    checks = SharedChecks()
+    stopped, *others = await _asking(checks, [str(root / "a.mp4")], 3)
+    stopped.cancel()
+    counted.release.set()
+    assert await asyncio.gather(*others) == [[root / "a.mp4"]] * 2
+    assert stopped.cancelled() and counted.calls == 1
+
+
+async def test_a_refusal_reaches_every_run_that_shared_the_check(
+    root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    counted = CountedChecks(monkeypatch)
+    checks = SharedChecks()
+    files = [str(root / "a.mp4"), str(root / "gone.mp4")]
+    asked = await _asking(checks, files, 3)
+    counted.release.set()
+    for answer in await asyncio.gather(*asked, return_exceptions=True):
+        assert isinstance(answer, MaterialError)
+        assert str(answer).startswith("material_list[1]: ")
+    assert counted.calls == 1

@@ -19,6 +19,7 @@ One video is picked for content_type 0, `image_count` images for content_type 1.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import random
 from collections.abc import Sequence
@@ -114,6 +115,44 @@ def _pick(candidates: list[Path], config: PostConfig, where: str, rng: random.Ra
     return rng.sample(candidates, need)
 
 
+def check_files(files: Sequence[str], roots: Sequence[Path]) -> list[Path]:
+    """The files of a `material_list`, each checked (`check_file`), in order."""
+    return [check_file(raw, f"material_list[{i}]", roots) for i, raw in enumerate(files)]
+
+
+class SharedChecks:
+    """Checks of a `material_list` shared by the runs that ask for the same list while
+    a check of it is under way: one check in a worker thread answers them all.
+
+    A fleet posts one operator's file to many phones, and the runs of one batch start
+    together; a thread hop per run was a quarter of the agent's CPU under a flood.
+    Nothing is kept once a check has ended: a run that asks later gets a check of its
+    own, so no answer is older than the request it answers."""
+
+    def __init__(self) -> None:
+        self._pending: dict[tuple[tuple[str, ...], tuple[Path, ...]], asyncio.Future[list[Path]]]
+        self._pending = {}
+
+    async def check(self, files: Sequence[str], roots: Sequence[Path]) -> list[Path]:
+        key = (tuple(files), tuple(roots))
+        pending = self._pending.get(key)
+        if pending is None:
+            # File checks may hit a slow network share: they stay off the event loop.
+            pending = asyncio.ensure_future(asyncio.to_thread(check_files, key[0], key[1]))
+            self._pending[key] = pending
+            pending.add_done_callback(lambda done: self._ended(key, done))
+        # One run stopped while waiting must not cancel the check the others wait for.
+        return list(await asyncio.shield(pending))
+
+    def _ended(
+        self, key: tuple[tuple[str, ...], tuple[Path, ...]], done: asyncio.Future[list[Path]]
+    ) -> None:
+        if self._pending.get(key) is done:
+            del self._pending[key]
+        if not done.cancelled():
+            done.exception()  # retrieved: every waiter may have been stopped meanwhile
+
+
 def select_materials(
     config: PostConfig,
     roots: Sequence[Path],
@@ -122,10 +161,7 @@ def select_materials(
 ) -> list[Path]:
     """The checked files this post publishes, in order. Raises MaterialError."""
     if config.material_list:
-        return [
-            check_file(raw, f"material_list[{i}]", roots)
-            for i, raw in enumerate(config.material_list)
-        ]
+        return check_files(config.material_list, roots)
     suffixes = _suffixes(config)
     if config.material_source == "localFolder":
         folder = _check_folder(config.material_path, "material_path", roots)

@@ -26,6 +26,7 @@ import structlog
 from pydantic import BaseModel
 
 from fleet_agent.cache import MaterialCache
+from fleet_agent.materials import SharedChecks
 from fleet_agent.phone import Phone
 from fleet_contracts.scripts import ScriptSpec
 
@@ -60,6 +61,8 @@ class ScriptHost:
     library: MaterialCache | None = None
     """The host's cache of central-library items (`library:` entries of material_list)."""
     rng: random.Random = field(default_factory=random.Random)
+    checks: SharedChecks = field(default_factory=SharedChecks)
+    """Material checks shared by runs asking for the same files at the same time."""
     ui_timeout: float = 15.0
     optional_wait: float = 2.0
 

@@ -69,7 +69,10 @@ class PostScript:
         self, config: PostConfig, pinned: list[str]
     ) -> tuple[list[Path], list[str]]:
         """The files to push, and the names they get on the phone."""
-        if not any(is_library_ref(entry) for entry in config.material_list):
+        if config.material_list and not any(map(is_library_ref, config.material_list)):
+            picked = await self._host.checks.check(config.material_list, self._host.material_roots)
+            return picked, [p.name for p in picked]
+        if not config.material_list:
             # File checks may hit a slow network share: keep them off the event loop.
             picked = await asyncio.to_thread(
                 select_materials,
