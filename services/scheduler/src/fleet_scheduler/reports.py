@@ -8,7 +8,6 @@ shares one transaction.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Collection, Sequence
 from typing import TypeVar
 
 import asyncpg
@@ -156,8 +155,6 @@ async def _agent_started(uow: UnitOfWork, ctx: Context, report: AgentStartedRepo
 TaskReport = TaskStartedReport | TaskProgressReport | TaskCompletedReport | TaskFailedReport
 R = TypeVar("R", bound=Report)
 TASK_REPORTS = (TaskStartedReport, TaskProgressReport, TaskCompletedReport, TaskFailedReport)
-LANES = 2
-"""Transactions of task reports in flight at once (`handle_fetched`)."""
 REPORTS_PER_TRANSACTION = 128
 """Agents batch their reports, so 64 fetched messages can hold thousands: they are
 applied at most 128 to a transaction, so the partitions' locks are not held for long
@@ -302,25 +299,27 @@ async def handle_report(ctx: Context, report: AnyReport) -> bool:
     raise RuntimeError(f"report {report.message_id} kept conflicting")
 
 
-async def task_partitions(ctx: Context, reports: Sequence[TaskReport]) -> dict[int, int]:
-    """The partition of each reported task that exists (its phone's). Read before any
-    lock is taken: a task's partition never changes (its serial does not)."""
+async def partitions_of(ctx: Context, reports: list[AnyReport]) -> set[int] | None:
+    """The partitions a batch of task reports writes (its tasks' phones'); None, every
+    partition, when it holds any other report. Read before the locks are taken: a task's
+    partition never changes (its serial does not)."""
+    if not all(isinstance(report, TASK_REPORTS) for report in reports):
+        return None
+    ids = [report.task_id for report in reports if isinstance(report, TASK_REPORTS)]
     async with ctx.pool.acquire() as conn:
         rows = await conn.fetch(
-            "SELECT id, partition FROM tasks WHERE id = ANY($1::bigint[])",
-            list({report.task_id for report in reports}),
+            "SELECT DISTINCT partition FROM tasks WHERE id = ANY($1::bigint[])", ids
         )
-    return {int(r["id"]): int(r["partition"]) for r in rows}
+    return {int(r["partition"]) for r in rows}
 
 
-async def handle_reports(
-    ctx: Context, reports: list[AnyReport], partitions: Collection[int] | None = None
-) -> None:
-    """Apply a batch in one transaction (a thousand phones report a lot), runs of task
-    reports together; on a conflict, each report again alone. A batch of task reports
-    names the partitions of its tasks (`partitions`) and locks only those, so it does not
-    wait for claims and reports of the others; None locks every partition."""
+async def handle_reports(ctx: Context, reports: list[AnyReport]) -> None:
+    """Apply a fetched batch in one transaction (a thousand phones report a lot), runs of
+    task reports together; on a conflict, each report again alone. A batch of task
+    reports locks only its tasks' partitions, so it does not wait for claims and reports
+    of the others."""
     try:
+        partitions = await partitions_of(ctx, reports)
         async with unit_of_work(ctx.pool, on_commit=ctx.appended, partitions=partitions) as uow:
             run: list[TaskReport] = []
             for report in reports:
@@ -394,57 +393,11 @@ async def trusted(ctx: Context, msgs: list[Msg]) -> list[AnyReport]:
     return out
 
 
-def lanes(
-    reports: Sequence[TaskReport], where: dict[int, int], count: int = LANES
-) -> list[list[TaskReport]]:
-    """`reports` split by their tasks' partitions into at most `count` lanes, in order
-    within each; a task whose row is unknown goes to the first lane."""
-    out: list[list[TaskReport]] = [[] for _ in range(count)]
-    for report in reports:
-        out[where.get(report.task_id, 0) % count].append(report)
-    return [lane for lane in out if lane]
-
-
-async def _lane(ctx: Context, reports: list[TaskReport], where: dict[int, int]) -> None:
-    for start in range(0, len(reports), REPORTS_PER_TRANSACTION):
-        chunk: list[AnyReport] = [*reports[start : start + REPORTS_PER_TRANSACTION]]
-        named = {
-            where[r.task_id] for r in chunk if isinstance(r, TASK_REPORTS) and r.task_id in where
-        }
-        await handle_reports(ctx, chunk, named)
-
-
-async def handle_fetched(ctx: Context, reports: list[AnyReport]) -> None:
-    """Apply what one fetch brought, in order where order matters.
-
-    A run of task reports goes in `LANES` lanes side by side, split by partition: a
-    task's reports (and a phone's: a task's partition is its phone's) stay in one lane,
-    in order, and the lanes' transactions lock disjoint partitions, so they never wait
-    for each other. One fetch under a flood holds over a thousand reports; applied one
-    transaction after another they took some 0.3 s, while creates queued for the
-    partitions' locks. Any other report (an agent's start, a phone plugged or unplugged)
-    touches phones of every partition: it goes alone, between the runs before and after
-    it."""
-    run: list[TaskReport] = []
-
-    async def flush() -> None:
-        if run:
-            where = await task_partitions(ctx, run)
-            await asyncio.gather(*(_lane(ctx, lane, where) for lane in lanes(run, where)))
-            run.clear()
-
-    for report in reports:
-        if isinstance(report, TASK_REPORTS):
-            run.append(report)
-            continue
-        await flush()
-        await handle_reports(ctx, [report])
-    await flush()
-
-
 async def run(ctx: Context, stopping: asyncio.Event) -> None:
     async def handle(msgs: list[Msg]) -> None:
-        await handle_fetched(ctx, await trusted(ctx, msgs))
+        reports = await trusted(ctx, msgs)
+        for start in range(0, len(reports), REPORTS_PER_TRANSACTION):
+            await handle_reports(ctx, reports[start : start + REPORTS_PER_TRANSACTION])
 
     s = ctx.settings
     await pull_loop(
