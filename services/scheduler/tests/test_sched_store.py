@@ -180,7 +180,7 @@ async def test_an_append_wakes_the_logs_followers_once_it_commits(pg_dsn: str) -
     await listener.add_listener("fleet_events", lambda *args: heard.put_nowait(args[2]))
     try:
         async with writer.transaction():
-            await PostgresRecorder(writer).append(
+            recorded = await PostgresRecorder(writer).append(
                 [stopped("task-1"), stopped("task-1"), stopped("task-2", task_id=2)], Metadata()
             )
             await asyncio.sleep(0.2)
@@ -189,8 +189,14 @@ async def test_an_append_wakes_the_logs_followers_once_it_commits(pg_dsn: str) -
         await asyncio.sleep(0.2)
         assert heard.empty()  # one wake-up for the transaction
         rows = await writer.fetch(
-            "SELECT partition, partition_position FROM events ORDER BY position"
+            "SELECT stream_id, version, position, partition, partition_position FROM events"
+            " ORDER BY position"
         )
+        # What the append answered is what the log holds, row by row, in batch order.
+        assert [
+            (r.stream_id, r.version, r.position, r.partition, r.partition_position)
+            for r in recorded
+        ] == [tuple(row) for row in rows]
         # Each partition's positions run on from 1 in the order of the batch.
         by_partition: dict[int, list[int]] = {}
         for row in rows:

@@ -186,12 +186,13 @@ APPEND = (
     " partition_position) SELECT g.stream_id, g.version, g.type, g.data, g.metadata,"
     " g.partition, b.base + row_number() OVER (PARTITION BY g.partition ORDER BY g.n)"
     " FROM given g JOIN bumped b ON b.id = g.partition ORDER BY g.n"
-    " RETURNING position, recorded_at, partition_position)"
+    " RETURNING stream_id, version, position, recorded_at, partition_position)"
     " SELECT i.* FROM inserted i, (SELECT pg_notify('fleet_events', '')) AS woken"
 )
 """Append a batch: each partition's positions bumped by its count, each row given the
-next of its partition in the order of the batch, and every follower of the log woken
-when the transaction commits (a NOTIFY; sent once however many rows)."""
+next of its partition in the order of the batch (and the next global position in that
+order), and every follower of the log woken when the transaction commits (a NOTIFY;
+sent once however many rows)."""
 
 
 class PostgresRecorder:
@@ -270,11 +271,13 @@ class PostgresRecorder:
             )
         except asyncpg.UniqueViolationError as exc:
             raise ConcurrencyError(str(exc)) from exc
-        # The rows were inserted in the order given: positions follow it.
-        inserted = sorted(inserted, key=lambda r: r["position"])
-        positions = [r["position"] for r in inserted]
-        partition_positions = [r["partition_position"] for r in inserted]
-        recorded_at = inserted[0]["recorded_at"]
+        # Each row's positions, found by its (stream, version): never by the order the
+        # rows come back in.
+        placed = {(r["stream_id"], r["version"]): r for r in inserted}
+        rows = [placed[(e.stream_id, v)] for e, v in zip(events, versions, strict=True)]
+        positions = [r["position"] for r in rows]
+        partition_positions = [r["partition_position"] for r in rows]
+        recorded_at = rows[0]["recorded_at"]
         return [
             RecordedEvent(
                 position=position,
