@@ -317,11 +317,11 @@ async def test_a_partition_committing_late_is_not_passed_over(
         async with Scheduler(settings):
             async with slow.transaction():
                 await lock_partitions(slow, [of_serial(first, count)])
-                recorder = PostgresRecorder(slow, locked=True, partition_count=count)
+                recorder = PostgresRecorder(slow, partition_count=count)
                 early = await recorder.append([connected(first)], Metadata())
                 async with db.transaction():
                     await lock_partitions(db, [of_serial(second, count)])
-                    quick = PostgresRecorder(db, locked=True, partition_count=count)
+                    quick = PostgresRecorder(db, partition_count=count)
                     later = await quick.append([connected(second)], Metadata())
                     await db.execute("SELECT pg_notify('fleet_events', '')")
                 assert early[0].position < later[0].position

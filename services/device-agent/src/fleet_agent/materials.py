@@ -125,9 +125,9 @@ class SharedChecks:
     a check of it is under way: one check in a worker thread answers them all.
 
     A fleet posts one operator's file to many phones, and the runs of one batch start
-    together; a thread hop per run was a quarter of the agent's CPU under a flood.
-    Nothing is kept once a check has ended: a run that asks later gets a check of its
-    own, so no answer is older than the request it answers."""
+    together: on a network share that was one round of file checks per run. Nothing is
+    kept once a check has ended: a run that asks later gets a check of its own, so no
+    answer is older than the request it answers."""
 
     def __init__(self) -> None:
         self._pending: dict[tuple[tuple[str, ...], tuple[Path, ...]], asyncio.Future[list[Path]]]

@@ -198,12 +198,8 @@ sent once however many rows)."""
 class PostgresRecorder:
     """The log in PostgreSQL. `append` must run inside a transaction of `conn`."""
 
-    def __init__(
-        self, conn: asyncpg.Connection, *, locked: bool = False, partition_count: int = 0
-    ) -> None:
+    def __init__(self, conn: asyncpg.Connection, *, partition_count: int = 0) -> None:
         self.conn = conn
-        self.locked = locked
-        """True when the caller's unit of work holds the partitions already."""
         self.partition_count = partition_count
         """The log's partition count; 0: read it when first needed."""
 

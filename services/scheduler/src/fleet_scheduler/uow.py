@@ -68,7 +68,7 @@ class UnitOfWork:
     ) -> list[RecordedEvent]:
         if not events:
             return []
-        recorder = PostgresRecorder(self.conn, locked=True, partition_count=self.partition_count)
+        recorder = PostgresRecorder(self.conn, partition_count=self.partition_count)
         recorded = await recorder.append(self._with_partitions(events), metadata or self.metadata)
         latencies = self.latencies if metrics.SWITCH.on else None
         await project_all(self.conn, recorded, latencies, self.held)
