@@ -179,8 +179,11 @@ APPEND = (
     "WITH given AS (SELECT * FROM unnest($1::text[], $2::int[], $3::text[], $4::jsonb[],"
     " $5::jsonb[], $6::smallint[]) WITH ORDINALITY"
     " AS g(stream_id, version, type, data, metadata, partition, n)),"
+    " locked AS (SELECT id FROM log_partitions WHERE id IN (SELECT partition FROM given)"
+    f" {parts.LOCK_ORDER_SQL} FOR UPDATE),"
     " bumped AS (UPDATE log_partitions l SET next_position = l.next_position + c.n"
     " FROM (SELECT partition, count(*) AS n FROM given GROUP BY partition) c"
+    " JOIN locked k ON k.id = c.partition"
     " WHERE l.id = c.partition RETURNING l.id, l.next_position - c.n AS base),"
     " inserted AS (INSERT INTO events (stream_id, version, type, data, metadata, partition,"
     " partition_position) SELECT g.stream_id, g.version, g.type, g.data, g.metadata,"
@@ -189,10 +192,12 @@ APPEND = (
     " RETURNING stream_id, version, position, recorded_at, partition_position)"
     " SELECT i.* FROM inserted i, (SELECT pg_notify('fleet_events', '')) AS woken"
 )
-"""Append a batch: each partition's positions bumped by its count, each row given the
-next of its partition in the order of the batch (and the next global position in that
-order), and every follower of the log woken when the transaction commits (a NOTIFY;
-sent once however many rows)."""
+"""Append a batch: the partitions' rows locked in the one lock order (already held when
+a unit of work appends; an appender without one cannot deadlock another), each
+partition's positions bumped by its count, each row given the next of its partition in
+the order of the batch (and the next global position in that order), and every
+follower of the log woken when the transaction commits (a NOTIFY; sent once however
+many rows)."""
 
 
 class PostgresRecorder:
