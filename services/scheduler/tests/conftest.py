@@ -128,6 +128,9 @@ class FakeAgent:
         self.incarnation = ""
         self.holds_runs = True
         """Heartbeats name the runs accepted and not yet reported ended, as an agent's do."""
+        self.dropped: set[str] = set()
+        """Phones whose accepted runs the heartbeats leave out: runs the agent lost before
+        starting them (a phone that holds a run is running it, as far as the record goes)."""
         self.holding: dict[str, RunTask] = {}
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -173,7 +176,7 @@ class FakeAgent:
             await asyncio.sleep(0.1)
 
     def _status(self, serial: str) -> DeviceStatus:
-        run = self.holding.get(serial) if self.holds_runs else None
+        run = self.holding.get(serial) if self.holds_runs and serial not in self.dropped else None
         if run is None:
             return DeviceStatus(serial=serial)
         return DeviceStatus(
