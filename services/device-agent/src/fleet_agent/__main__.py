@@ -13,6 +13,7 @@ from pydantic import ValidationError
 
 from fleet_agent.app import Agent
 from fleet_agent.settings import AgentSettings
+from fleet_runtime.collector import settle
 from fleet_runtime.logs import configure
 
 
@@ -29,6 +30,7 @@ async def _serve(settings: AgentSettings) -> None:
         await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
         if starting.done():
             starting.result()
+            settle()
             await stopping
         else:
             starting.cancel()

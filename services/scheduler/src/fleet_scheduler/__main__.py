@@ -11,6 +11,7 @@ import asyncpg
 from pydantic import ValidationError
 
 from fleet_contracts.validation import describe
+from fleet_runtime.collector import settle
 from fleet_runtime.logs import configure
 from fleet_scheduler.app import Scheduler, open_pool
 from fleet_scheduler.projections import rebuild
@@ -23,6 +24,7 @@ async def serve(settings: SchedulerSettings) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     async with Scheduler(settings):
+        settle()
         await stop.wait()
 
 
