@@ -15,17 +15,17 @@ def step(name: str) -> TaskProgressReport:
 async def test_a_burst_sends_the_first_step_and_then_the_latest() -> None:
     sent: list[str] = []
 
-    async def send(report: TaskProgressReport) -> None:
+    def send(report: TaskProgressReport) -> None:
         sent.append(report.step)
 
     throttle = ProgressThrottle(send, interval=0.2)
     for name in ("push", "scan", "open", "caption"):
-        await throttle.report(lambda name=name: step(name))
+        throttle.report(lambda name=name: step(name))
     assert sent == ["push"]
     await asyncio.sleep(0.3)
     # A long step after a burst still shows: the held step goes out on its own.
     assert sent == ["push", "caption"]
-    await throttle.report(lambda: step("upload"))
+    throttle.report(lambda: step("upload"))
     assert sent == ["push", "caption"]
     await asyncio.sleep(0.3)
     assert sent == ["push", "caption", "upload"]
@@ -34,13 +34,13 @@ async def test_a_burst_sends_the_first_step_and_then_the_latest() -> None:
 async def test_nothing_held_is_sent_after_the_run_ends() -> None:
     sent: list[str] = []
 
-    async def send(report: TaskProgressReport) -> None:
+    def send(report: TaskProgressReport) -> None:
         sent.append(report.step)
 
     throttle = ProgressThrottle(send, interval=0.2)
-    await throttle.report(lambda: step("push"))
-    await throttle.report(lambda: step("post"))
-    await throttle.close()
+    throttle.report(lambda: step("push"))
+    throttle.report(lambda: step("post"))
+    throttle.close()
     await asyncio.sleep(0.3)
-    await throttle.report(lambda: step("late"))
+    throttle.report(lambda: step("late"))
     assert sent == ["push"]

@@ -297,7 +297,7 @@ class Runner:
         except ValidationError as exc:
             return self._failed(run, describe(exc, "script_config"))
 
-        async def post(report: TaskProgressReport) -> None:
+        def post(report: TaskProgressReport) -> None:
             # Advisory, and a run should not wait for it: it leaves with the next batch,
             # a step after lingering (its outcome may make it moot); printed output at once.
             linger = 0.0 if report.step == OUTPUT_STEP else STEP_LINGER
@@ -308,7 +308,7 @@ class Runner:
         async def progress(step: str, percent: int | None, message: str) -> None:
             log.info("run.step", step=step, percent=percent, detail=message or None)
             run.meter.begin(request.script_name, step)
-            await throttle.report(
+            throttle.report(
                 lambda: TaskProgressReport(
                     agent_id=self._agent_id,
                     task_id=request.task_id,
@@ -331,7 +331,7 @@ class Runner:
                 result = await script.run(target, config, progress, run.token)
             finally:
                 # No step may land after the outcome it would contradict.
-                await throttle.close()
+                throttle.close()
         except Cancelled:
             return self._ended_by_cancel(run)
         except ScriptFailure as exc:
