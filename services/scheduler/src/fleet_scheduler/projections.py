@@ -104,9 +104,14 @@ _WHOLE_TASK_SELECT = (
 )
 _DEVICE_SELECT = (
     f"SELECT {', '.join(DEVICE_COLUMNS)} FROM devices"
-    " WHERE serial = ANY($1::text[]) OR current_task_id = ANY($2::bigint[])"
-    " ORDER BY serial FOR UPDATE"
+    " WHERE serial = ANY($1::text[]) ORDER BY serial FOR UPDATE"
 )
+"""By serial alone: a phone holds only a task of its own serial (`RowBatch._hold` takes
+the dispatch's serial, which is its task's), and the serials asked for are those of
+every task of the run. Asking for the holders of the run's tasks too (`OR
+current_task_id = ANY(...)`) found no other row, and the OR made the read a scan of
+every phone compared with both lists: in a flood, 2.3 ms a read (0.9 ms by serial),
+under the partitions' locks."""
 _TASK_INSERT = (
     f"INSERT INTO tasks ({', '.join(TASK_COLUMNS)}) SELECT * FROM {_unnest(TASK_COLUMNS)}"
 )
@@ -173,7 +178,7 @@ async def _project_rows(
             batch.tasks.update((row.id, row) for row in rows)
         serials.update(row.serial for row in batch.tasks.values())
     if wants_devices:
-        rows = await conn.fetch(_DEVICE_SELECT, list(serials), list(loaded | created))
+        rows = await conn.fetch(_DEVICE_SELECT, list(serials))
         batch.add_devices([DeviceRow(*r) for r in rows])
     if ready_at is not None:
         for row in batch.tasks.values():
