@@ -120,6 +120,7 @@ async def test_a_batch_of_reports_split_over_transactions_keeps_its_order(
     from fleet_scheduler import reports
 
     monkeypatch.setattr(reports, "REPORTS_PER_TRANSACTION", 1)
+    monkeypatch.setattr(reports, "REPORTS_PER_QUIET_TRANSACTION", 1)
     ids = await ids_of(bus, serials=["device_serial_1", "device_serial_2"])
     await eventually(lambda: _async(len(agent.runs) == 2), what="runs sent")
     batch = []
@@ -512,3 +513,19 @@ async def test_phone_held_for_a_stop_nobody_reports_is_released(
         assert agent.runs[1].task_id == second
         assert (await task(bus, first))["reason"] == "stopped"
         await agent.close()
+
+
+def test_reports_go_in_long_transactions_unless_a_command_waits_for_the_locks() -> None:
+    from fleet_scheduler.reports import (
+        REPORTS_PER_QUIET_TRANSACTION,
+        REPORTS_PER_TRANSACTION,
+        report_batches,
+    )
+
+    quiet, busy = REPORTS_PER_QUIET_TRANSACTION, REPORTS_PER_TRANSACTION
+    fetched = list(range(2 * quiet + busy + 7))
+    # Asked before each transaction: quiet, then a create arrives, then quiet again.
+    waiting = iter([False, True, False, False])
+    batches = list(report_batches(fetched, lambda: next(waiting)))
+    assert [len(b) for b in batches] == [quiet, busy, quiet, 7]
+    assert [r for b in batches for r in b] == fetched  # every report once, in order

@@ -383,7 +383,11 @@ async def on_messages(ctx: Context, msgs: list[Msg]) -> None:
 
 async def run(ctx: Context, stopping: asyncio.Event) -> None:
     async def handle(msgs: list[Msg]) -> None:
-        await on_messages(ctx, msgs)
+        ctx.commands_in_hand += 1
+        try:
+            await on_messages(ctx, msgs)
+        finally:
+            ctx.commands_in_hand -= 1
 
     s = ctx.settings
     await pull_loop(
