@@ -60,8 +60,8 @@ class Context:
     """Dispatch ids their agent accepted (monotonic time): the agent reports their start
     itself, so this process does not send them again."""
     commands_in_hand: int = 0
-    """Fetched COMMANDS batches being applied now (`commands.run`): while one waits for
-    the partitions' locks, report transactions stay short (`reports.run`)."""
+    """Fetched COMMANDS batches being applied now (`commands.run`; a create takes every
+    partition's lock): meanwhile report transactions stay short (`reports.run`)."""
 
     def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         """Run `coro` beside the loops, keeping a reference so it is not collected."""

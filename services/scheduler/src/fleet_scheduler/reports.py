@@ -159,8 +159,8 @@ T = TypeVar("T")
 TASK_REPORTS = (TaskStartedReport, TaskProgressReport, TaskCompletedReport, TaskFailedReport)
 REPORTS_PER_TRANSACTION = 128
 """Agents batch their reports, so 64 fetched messages can hold thousands: while a
-command is in hand (`Context.commands_in_hand`: a create waits for the partitions'
-locks), they are applied at most 128 to a transaction, so the locks are not held long.
+command is in hand (`Context.commands_in_hand`: a create needs every partition's lock),
+they are applied at most 128 to a transaction, so the locks are not held long.
 128, not 64: one agent's starts of a 100-run batch then land in one transaction (at 64
 the last 36 waited some 10 to 20 ms for the next one, which was the spread between
 dispatch p50 and p99 at rest), and a flood ran 5 to 10 % faster end to end; creates
@@ -177,7 +177,8 @@ no better. 256 throughout instead had creates 23 % slower."""
 
 def report_batches(reports: Sequence[T], in_hand: Callable[[], bool]) -> Iterator[Sequence[T]]:
     """`reports` in order, cut into transactions' worth, each sized when it is taken
-    (`in_hand`: is a command waiting for the locks now?)."""
+    (`in_hand`: is a command being applied now, and so waiting for or holding every
+    partition's lock?)."""
     start = 0
     while start < len(reports):
         size = REPORTS_PER_TRANSACTION if in_hand() else REPORTS_PER_QUIET_TRANSACTION
