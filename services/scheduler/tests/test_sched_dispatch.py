@@ -529,3 +529,23 @@ def test_reports_go_in_long_transactions_unless_a_command_waits_for_the_locks() 
     batches = list(report_batches(fetched, lambda: next(waiting)))
     assert [len(b) for b in batches] == [quiet, busy, quiet, 7]
     assert [r for b in batches for r in b] == fetched  # every report once, in order
+
+
+async def test_a_phones_next_task_is_dispatched_in_the_transaction_that_ends_its_run(
+    bus: Bus, agent: FakeAgent, db: asyncpg.Connection
+) -> None:
+    first, second = await ids_of(bus, serials=["device_serial_1"]) + await ids_of(
+        bus, serials=["device_serial_1"]
+    )
+    await eventually(lambda: _async(len(agent.runs) == 1), what="first run sent")
+    run = agent.run_for(first)
+    await agent.started(run)
+    await until_status(bus, first, 1)
+    await agent.complete(run)
+    await eventually(lambda: _async(len(agent.runs) == 2), what="second run after the first")
+    assert agent.runs[1].task_id == second
+    events = {
+        (r["type"], i): r["recorded_at"] for i in (first, second) for r in await _events(db, [i])
+    }
+    # One transaction, one time: the phone did not wait for a claim of its own.
+    assert events[("task.dispatched", second)] == events[("task.completed", first)]

@@ -69,6 +69,7 @@ def task_reads() -> list[str]:
 class Ctx:
     def __init__(self, pool: asyncpg.Pool) -> None:
         self.pool = pool
+        self.owned: frozenset[int] = frozenset()  # leases nothing: claims nothing
 
     def appended(self) -> None:
         pass

@@ -284,21 +284,9 @@ async def handle_commands(
 
 async def _claim_created(uow: UnitOfWork, ctx: Context) -> list[dispatch.Claim]:
     """The runs for the tasks just created on idle phones, dispatched in the creates'
-    transaction (`dispatch.claim_created`). In a savepoint: should the claim fail, the
-    creates still commit and the dispatcher claims their tasks after, as it always can."""
+    transaction (`dispatch.claim_in_savepoint`)."""
     serials = {e.serial for rec in uow.appended if isinstance(e := rec.event(), TaskCreated)}
-    if not serials:
-        return []
-    kept = len(uow.appended)
-    try:
-        async with uow.conn.transaction():
-            return await dispatch.claim_created(uow, ctx, serials)
-    except Exception as exc:
-        if database_unavailable(exc):
-            raise
-        del uow.appended[kept:]  # rolled back with the savepoint
-        log.warning("dispatch.claim_at_create_failed", error=repr(exc))
-        return []
+    return await dispatch.claim_in_savepoint(uow, ctx, serials, "create")
 
 
 async def handle_command(ctx: Context, cmd: AnyCommand) -> tuple[CommandResult, list[StopOnAgent]]:

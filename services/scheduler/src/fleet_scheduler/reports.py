@@ -30,7 +30,13 @@ from fleet_contracts.agent import (
     TaskStartedReport,
     parse_reports,
 )
-from fleet_contracts.events import AccountsReported, DeviceConnected, DeviceDisconnected
+from fleet_contracts.events import (
+    AccountsReported,
+    DeviceConnected,
+    DeviceDisconnected,
+    TaskCompleted,
+    TaskFailed,
+)
 from fleet_contracts.subjects import (
     SCHEDULER_REPORTS_CONSUMER,
     device_stream_id,
@@ -38,7 +44,9 @@ from fleet_contracts.subjects import (
     token,
     untoken,
 )
+from fleet_runtime.failpoints import failpoint
 from fleet_runtime.logs import bind_correlation
+from fleet_scheduler import dispatch
 from fleet_scheduler.consumer import pull_loop
 from fleet_scheduler.context import Context
 from fleet_scheduler.errors import database_unavailable
@@ -233,6 +241,16 @@ async def _task_reports(uow: UnitOfWork, reports: list[TaskReport]) -> None:
     await uow.append(events)
 
 
+def _freed(uow: UnitOfWork) -> set[str]:
+    """The phones whose runs the events appended so far ended."""
+    ended = {
+        event.task_id
+        for rec in uow.appended
+        if isinstance(event := rec.event(), TaskCompleted | TaskFailed)
+    }
+    return {row.serial for task_id in ended if (row := uow.held.rows.get(task_id))}
+
+
 async def _fresh(uow: UnitOfWork, reports: list[R]) -> list[R]:
     """The reports not applied before, each once (JetStream may redeliver any)."""
     unique = list({r.message_id: r for r in reports}.values())
@@ -353,6 +371,14 @@ async def handle_reports(ctx: Context, reports: list[AnyReport]) -> None:
                 await _apply_once(uow, ctx, report)
             if run:
                 await _task_reports(uow, await _fresh(uow, run))
+            claims: list[dispatch.Claim] = []
+            if partitions is not None:
+                # The phones whose runs ended here get their next due task now, under
+                # the locks this batch holds (their tasks' partitions).
+                claims = await dispatch.claim_in_savepoint(uow, ctx, _freed(uow), "reports")
+        if claims:
+            failpoint("dispatch.after_claim")
+            dispatch.send(ctx, claims)
         return
     except ConcurrencyError as exc:
         log.info("report.batch_conflict", size=len(reports), error=str(exc))
