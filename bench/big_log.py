@@ -395,7 +395,8 @@ async def _measure(stack: Stack, sizes: Sizes, media: str) -> list[Row]:
     rows.append(
         (
             f"resident memory at {sizes.big:,} tasks",
-            f"scheduler {_rss(scheduler.pid)}, gateway {api_rss}",
+            f"scheduler {_rss(scheduler.pid, True)} (its relay's process included),"
+            f" gateway {api_rss}",
             f"NATS {_rss(nats_proc.pid if nats_proc else None)}; PostgreSQL, every process"
             f" summed (shared buffers counted in each) {pg_rss}",
         )

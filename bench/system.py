@@ -336,7 +336,11 @@ async def _measure(stack: Stack, scale: Scale, media: str) -> Result:
     def rss(pid: int | None) -> str:
         return f"{psutil.Process(pid).memory_info().rss / 2**20:.0f} MiB" if pid else "-"
 
-    scheduler_rss = rss(stack.schedulers[0].pid)
+    def with_children(pid: int | None) -> str:
+        children = psutil.Process(pid).children() if pid else []
+        return " + ".join([rss(pid), *(rss(child.pid) for child in children)])
+
+    scheduler_rss = with_children(stack.schedulers[0].pid)
     api_rss = rss(stack.api.pid if stack.api else None)
     uvicorn = await limits.uvicorn_trivial_rate(scale.raw_requests)
     js_rate = await limits.jetstream_publish_rate(stack.nats.url, scale.raw_publishes)
@@ -381,7 +385,11 @@ async def _measure(stack: Stack, scale: Scale, media: str) -> Result:
             f"{ms(pct(stats_lat, 0.5))} / {ms(pct(stats_lat, 0.99))}",
             f"mean {ms(statistics.mean(stats_lat))}",
         ),
-        ("scheduler / gateway resident memory", f"{scheduler_rss} / {api_rss}", "after all above"),
+        (
+            "scheduler / gateway resident memory",
+            f"{scheduler_rss} / {api_rss}",
+            "after all above; the scheduler's relay process after the +",
+        ),
         (
             "raw: uvicorn trivial endpoint",
             f"{uvicorn:,.0f} req/s",

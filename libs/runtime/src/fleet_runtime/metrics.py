@@ -10,21 +10,18 @@ collectors, and serves it with `serve` (scheduler, agent) or from its web app (g
 from __future__ import annotations
 
 import threading
-import time
-from collections.abc import Awaitable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import TypeVar
 from wsgiref.simple_server import WSGIServer
 
 import structlog
-from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, start_http_server
 from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
 log = structlog.get_logger(__name__)
 
-T = TypeVar("T")
 
 NATS_RECONNECTS = Counter(
     "fleet_nats_reconnects_total",
@@ -103,12 +100,3 @@ def serve(registry: CollectorRegistry, host: str, port: int, service: str) -> Ex
     exporter = Exporter(server, thread)
     log.info("metrics.serving", url=f"http://{host}:{exporter.port}/metrics")
     return exporter
-
-
-async def timed(histogram: Histogram, work: Awaitable[T]) -> T:
-    """Await `work` and observe how long it took (a failure is observed too)."""
-    started = time.perf_counter()
-    try:
-        return await work
-    finally:
-        histogram.observe(time.perf_counter() - started)

@@ -1,5 +1,7 @@
 """`python -m fleet_scheduler` runs the scheduler until SIGTERM / SIGINT;
-`python -m fleet_scheduler rebuild-read-models` rebuilds the read models from the log."""
+`python -m fleet_scheduler rebuild-read-models` rebuilds the read models from the log;
+`python -m fleet_scheduler relay` is the relay's own process, which a scheduler starts
+(`relay_process.py`), not an operator."""
 
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ from pydantic import ValidationError
 from fleet_contracts.validation import describe
 from fleet_runtime.collector import settle
 from fleet_runtime.logs import configure
+from fleet_scheduler import relay_process
 from fleet_scheduler.app import Scheduler, open_pool
 from fleet_scheduler.projections import rebuild
 from fleet_scheduler.settings import SchedulerSettings
@@ -23,7 +26,7 @@ async def serve(settings: SchedulerSettings) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    async with Scheduler(settings):
+    async with Scheduler(settings, relay_process=settings.scheduler_relay_process):
         settle()
         await stop.wait()
 
@@ -44,8 +47,14 @@ def main() -> None:
     except ValidationError as exc:
         print(f"fleet-scheduler: bad settings: {describe(exc)}", file=sys.stderr)
         raise SystemExit(2) from None
-    configure("scheduler", settings.log_level)
     args = sys.argv[1:]
+    if args == ["relay"]:
+        # Started by a scheduler (`relay_process`), which hands over its own settings.
+        settings = relay_process.read_settings()
+        configure("scheduler-relay", settings.log_level)
+        asyncio.run(relay_process.serve(settings))
+        return
+    configure("scheduler", settings.log_level)
     if args == ["rebuild-read-models"]:
         count = asyncio.run(rebuild_read_models(settings))
         print(f"rebuilt read models from {count} events")

@@ -34,6 +34,7 @@ from fleet_scheduler import (
     queries,
     recurring,
     relay,
+    relay_process,
     reports,
     webhook_delivery,
 )
@@ -97,10 +98,13 @@ class Scheduler:
         *,
         clock: Callable[[], datetime] = utcnow,
         relay_enabled: bool = True,
+        relay_process: bool = False,
     ) -> None:
         self.settings = settings or SchedulerSettings()
         self.clock = clock
         self.relay_enabled = relay_enabled
+        self.relay_process = relay_process
+        """The relay in a process of its own (`relay_process`) rather than in this loop."""
         self.ctx: Context | None = None
         self._stopping = asyncio.Event()
         self._loops: list[asyncio.Task[None]] = []
@@ -149,7 +153,9 @@ class Scheduler:
         loops.append(partition_owners.run(ctx, stopping))
         loops += [autoretry.run(ctx, stopping), recurring.run(ctx, stopping)]
         loops.append(webhook_delivery.run(ctx, stopping))
-        if self.relay_enabled:
+        if self.relay_enabled and self.relay_process:
+            loops.append(relay_process.supervise(settings, stopping))
+        elif self.relay_enabled:
             loops.append(relay.run(ctx, stopping))
         loops.append(presence.run(ctx.nc, settings.scheduler_id, stopping))
         self._loops = [asyncio.create_task(loop) for loop in loops]

@@ -19,10 +19,9 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter as Tally
-from collections.abc import Awaitable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import TypeVar
 
 import asyncpg
 import structlog
@@ -30,14 +29,13 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from fleet_runtime.metrics import Exporter, exported_names, serve, service_registry, timed
+from fleet_runtime.metrics import Exporter, exported_names, serve, service_registry
 from fleet_scheduler import migrate, partition_owners
 from fleet_scheduler.context import Context
 from fleet_scheduler.store import RecordedEvent
 
 log = structlog.get_logger(__name__)
 
-T = TypeVar("T")
 
 RELAY_LOCK = 0x5C4ED002
 """The relay's advisory lock key (`relay.RELAY_LOCK`), looked up in pg_locks."""
@@ -112,13 +110,13 @@ def command_handled(command: str, code: int, started: float) -> None:
     COMMAND_SECONDS.labels(command).observe(time.perf_counter() - started)
 
 
-async def relay_published(publishing: Awaitable[T], count: int) -> T:
-    """Time one relay batch; count its events once JetStream acked them all."""
+def relay_batch(count: int, seconds: float) -> None:
+    """One relay batch stored in EVENTS (JetStream acked it): its events and its time.
+    Called in the scheduler's process for a relay in its own process too."""
     if not SWITCH.on:
-        return await publishing
-    result = await timed(RELAY_PUBLISH_SECONDS, publishing)
+        return
+    RELAY_PUBLISH_SECONDS.observe(seconds)
     RELAY_PUBLISHED.inc(count)
-    return result
 
 
 def dispatch_latency(ready_at: datetime, started_at: datetime) -> float:

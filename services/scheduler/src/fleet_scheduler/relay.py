@@ -25,10 +25,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import Any
+import time
+from collections.abc import Callable
+from typing import Any, Protocol
 
 import asyncpg
 import structlog
+from nats.aio.client import Client
+from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
 from fleet_contracts.subjects import (
@@ -41,7 +45,7 @@ from fleet_contracts.subjects import (
     event_subject,
 )
 from fleet_scheduler import metrics
-from fleet_scheduler.context import Context
+from fleet_scheduler.settings import SchedulerSettings
 from fleet_scheduler.store import PostgresRecorder, RecordedEvent, init_connection
 
 log = structlog.get_logger(__name__)
@@ -52,22 +56,37 @@ DEADLINE_SECONDS = 10.0
 """Longest wait for a batch's acks (or a stream lookup) before the relay lets go."""
 HDR_EXPECTED_LAST_SEQ = "Nats-Expected-Last-Sequence"
 LINGER_SECONDS = 0.05
-"""How long the relay lets a commit's wake-up wait before it reads. The relay shares the
-scheduler's event loop, and a create's events are published while its runs go out and
-the agents' start reports come back: some 5 ms of CPU right in that path. Lingering
-moves the publishing past it and gathers more events per page; EVENTS' readers get
-each event that much later. Ten rounds of 100 tasks on idle phones, three pairs: median
-create-to-start 41.2-34.8 ms without, 38.7-31.6 ms with (each pair lower with)."""
+"""How long the relay lets a commit's wake-up wait before it reads: it gathers more
+events per page (fewer reads, fewer turns of the loop per event); EVENTS' readers get
+each event that much later. Measured when the relay still shared the scheduler's event
+loop: ten rounds of 100 tasks on idle phones, three pairs, median create-to-start
+41.2-34.8 ms without, 38.7-31.6 ms with."""
 YIELD_EVERY = 32
 """Publishes between turns given back to the loop: a page of 1,000 events is some 20 ms
-of CPU, which nothing else in the process should wait for whole."""
+of CPU, which nothing else in the process (the scheduler's loops, when the relay runs
+in it) should wait for whole."""
+
+
+class Links(Protocol):
+    """What the relay uses of the process it runs in: the scheduler's `Context`, or the
+    relay's own process (`relay_process`)."""
+
+    settings: SchedulerSettings
+    nc: Client
+    js: JetStreamContext
+    relay_wake: asyncio.Event
+    """Set by a commit in this process (the log's NOTIFY wakes the relay in any case)."""
+
+
+BatchObserver = Callable[[int, float], None]
+"""Told each stored batch's event count and publishing time (`metrics.relay_batch`)."""
 
 
 class OutOfStep(Exception):
     """EVENTS does not hold what the relay's record says it published."""
 
 
-async def stream_last_seq(ctx: Context) -> int:
+async def stream_last_seq(ctx: Links) -> int:
     try:
         info = await ctx.js.stream_info(EVENTS.name)
     except NotFoundError:
@@ -98,7 +117,7 @@ async def _through(conn: asyncpg.Connection, global_position: int) -> Positions:
 
 
 async def _published_after(
-    ctx: Context, conn: asyncpg.Connection, seq: int, last: int
+    ctx: Links, conn: asyncpg.Connection, seq: int, last: int
 ) -> Positions | None:
     """Per partition, the highest position among EVENTS' messages seq+1..last (the
     relay's own, published but not recorded); None when one of them is gone."""
@@ -124,7 +143,7 @@ def _ahead(positions: Positions, published: Positions) -> Positions:
     return {p: max(positions.get(p, 0), published.get(p, 0)) for p in positions | published}
 
 
-async def resume_point(ctx: Context, conn: asyncpg.Connection) -> tuple[Positions, int]:
+async def resume_point(ctx: Links, conn: asyncpg.Connection) -> tuple[Positions, int]:
     """(partition positions, stream sequence) to publish after: what EVENTS really holds."""
     positions, seq = await _record(conn)
     last = await asyncio.wait_for(stream_last_seq(ctx), DEADLINE_SECONDS)
@@ -150,7 +169,7 @@ async def resume_point(ctx: Context, conn: asyncpg.Connection) -> tuple[Position
     return positions, last
 
 
-async def publish(ctx: Context, rows: list[RecordedEvent], after_seq: int) -> int:
+async def publish(ctx: Links, rows: list[RecordedEvent], after_seq: int) -> int:
     """Publish in order, each message expecting the one before it in the stream; return
     the stream sequence of the last. Raise if any was not stored.
 
@@ -195,7 +214,9 @@ RECORD = (
 """One statement: the partitions' positions and the stream sequence move together."""
 
 
-async def _lead(ctx: Context, conn: asyncpg.Connection, stopping: asyncio.Event) -> None:
+async def _lead(
+    ctx: Links, conn: asyncpg.Connection, stopping: asyncio.Event, on_batch: BatchObserver
+) -> None:
     positions, seq = await resume_point(ctx, conn)
     log.info("relay.leading", positions=sum(positions.values()), stream_seq=seq)
     await conn.add_listener("fleet_events", lambda *_: ctx.relay_wake.set())
@@ -204,9 +225,9 @@ async def _lead(ctx: Context, conn: asyncpg.Connection, stopping: asyncio.Event)
         ctx.relay_wake.clear()
         rows = await recorder.read_partitions_after(positions, BATCH)
         if rows:
-            seq = await metrics.relay_published(
-                asyncio.wait_for(publish(ctx, rows, seq), DEADLINE_SECONDS), len(rows)
-            )
+            started = time.perf_counter()
+            seq = await asyncio.wait_for(publish(ctx, rows, seq), DEADLINE_SECONDS)
+            on_batch(len(rows), time.perf_counter() - started)
             moved: Positions = {}
             for rec in rows:
                 moved[rec.partition] = rec.partition_position
@@ -225,14 +246,16 @@ async def _lead(ctx: Context, conn: asyncpg.Connection, stopping: asyncio.Event)
         await asyncio.sleep(LINGER_SECONDS)
 
 
-async def run(ctx: Context, stopping: asyncio.Event) -> None:
+async def run(
+    ctx: Links, stopping: asyncio.Event, on_batch: BatchObserver = metrics.relay_batch
+) -> None:
     while not stopping.is_set():
         conn: asyncpg.Connection | None = None
         try:
             conn = await asyncpg.connect(ctx.settings.database_url)
             await init_connection(conn)
             if await conn.fetchval("SELECT pg_try_advisory_lock($1)", RELAY_LOCK):
-                await _lead(ctx, conn, stopping)
+                await _lead(ctx, conn, stopping, on_batch)
             else:
                 await conn.close()
                 conn = None

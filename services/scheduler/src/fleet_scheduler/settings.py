@@ -37,6 +37,9 @@ class SchedulerSettings(NatsLinkSettings):  # + NATS identity, TLS, stream limit
     """A transaction of this scheduler left idle this long is ended by the database: a
     scheduler paused (SIGSTOP, a frozen VM) in the middle of one would otherwise keep
     its partitions locked, and every writer waiting, until it resumed."""
+    scheduler_relay_process: bool = True
+    """`python -m fleet_scheduler` publishes the log from a process of its own
+    (`relay_process.py`), so the relay's CPU is not spent on the scheduler's loop."""
     scheduler_partition_lease_seconds: float = Field(5.0, ge=0.5, le=300)
     """How long a scheduler's hold on its partitions lasts unrenewed: a killed
     scheduler's partitions move to the others within it (renewed every quarter of it)."""
