@@ -149,3 +149,40 @@ def test_serials_with_dots_make_one_subject_token() -> None:
     assert subject.split(".")[:3] == ["evt", "device", token(serial)]
     assert untoken(token(serial)) == serial
     assert untoken(token("a%2Eb.c")) == "a%2Eb.c"
+
+
+@pytest.mark.parametrize(
+    ("data_json", "causation_id", "recorded_at"),
+    [
+        # As PostgreSQL prints jsonb: spaces after separators, keys in its own order.
+        ('{"a": [1, 2.5, null], "task_id": 7, "text": "qu\\"ote \\u00e9 \\n"}', "c-1", NOW),
+        ("{}", None, datetime(2026, 12, 7, 6, 11, 24, 123456, tzinfo=UTC)),
+    ],
+)
+def test_an_envelope_built_from_a_rows_json_reads_as_the_model_writes_it(
+    data_json: str, causation_id: str | None, recorded_at: datetime
+) -> None:
+    built = events.envelope_json(
+        position=12,
+        stream_id='task-7 "é"',
+        version=3,
+        event_type="task.started",
+        data_json=data_json,
+        recorded_at=recorded_at,
+        correlation_id="corr-é",
+        causation_id=causation_id,
+    )
+    model = events.EventEnvelope(
+        message_id="12",
+        correlation_id="corr-é",
+        causation_id=causation_id,
+        occurred_at=recorded_at,
+        position=12,
+        stream_id='task-7 "é"',
+        version=3,
+        type="task.started",
+        data=json.loads(data_json),
+        recorded_at=recorded_at,
+    )
+    assert json.loads(built) == json.loads(model.to_bytes())
+    assert events.EventEnvelope.from_bytes(built) == model

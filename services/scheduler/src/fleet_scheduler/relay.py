@@ -46,7 +46,7 @@ from fleet_contracts.subjects import (
 )
 from fleet_scheduler import metrics
 from fleet_scheduler.settings import SchedulerSettings
-from fleet_scheduler.store import PostgresRecorder, RecordedEvent, init_connection
+from fleet_scheduler.store import OutgoingEvent, PostgresRecorder, init_connection
 
 log = structlog.get_logger(__name__)
 
@@ -169,7 +169,7 @@ async def resume_point(ctx: Links, conn: asyncpg.Connection) -> tuple[Positions,
     return positions, last
 
 
-async def publish(ctx: Links, rows: list[RecordedEvent], after_seq: int) -> int:
+async def publish(ctx: Links, rows: list[OutgoingEvent], after_seq: int) -> int:
     """Publish in order, each message expecting the one before it in the stream; return
     the stream sequence of the last. Raise if any was not stored.
 
@@ -184,22 +184,19 @@ async def publish(ctx: Links, rows: list[RecordedEvent], after_seq: int) -> int:
     for i, rec in enumerate(rows):
         if i and not i % YIELD_EVERY:
             await asyncio.sleep(0)
-        env = rec.envelope()
         subject = event_subject(rec.stream_id, rec.type)
         headers = {
             HDR_MSG_ID: str(rec.position),
-            HDR_CORRELATION_ID: env.correlation_id,
+            HDR_CORRELATION_ID: rec.correlation_id,
             HDR_MESSAGE_TYPE: rec.type,
             HDR_EXPECTED_LAST_SEQ: str(after_seq + i),
             HDR_PARTITION: str(rec.partition),
             HDR_PARTITION_POSITION: str(rec.partition_position),
         }
         if i < len(rows) - 1:
-            await ctx.nc.publish(subject, env.to_bytes(), headers=headers)
+            await ctx.nc.publish(subject, rec.body, headers=headers)
         else:
-            ack = await ctx.js.publish(
-                subject, env.to_bytes(), headers=headers, timeout=DEADLINE_SECONDS
-            )
+            ack = await ctx.js.publish(subject, rec.body, headers=headers, timeout=DEADLINE_SECONDS)
     last = int(ack.seq)
     if last != after_seq + len(rows) or ack.duplicate:
         raise OutOfStep(f"EVENTS at sequence {last}, expected {after_seq + len(rows)}")
@@ -223,7 +220,7 @@ async def _lead(
     recorder = PostgresRecorder(conn)
     while not stopping.is_set():
         ctx.relay_wake.clear()
-        rows = await recorder.read_partitions_after(positions, BATCH)
+        rows = await recorder.read_outgoing(positions, BATCH)
         if rows:
             started = time.perf_counter()
             seq = await asyncio.wait_for(publish(ctx, rows, seq), DEADLINE_SECONDS)

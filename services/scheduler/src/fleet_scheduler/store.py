@@ -24,7 +24,7 @@ from typing import Any, Protocol, cast
 import asyncpg
 import pydantic_core
 
-from fleet_contracts.events import AnyEvent, DomainEvent, EventEnvelope, parse_event
+from fleet_contracts.events import AnyEvent, DomainEvent, EventEnvelope, envelope_json, parse_event
 from fleet_contracts.messages import new_id
 from fleet_scheduler import partitions as parts
 
@@ -78,6 +78,20 @@ class RecordedEvent:
             data=self.data,
             recorded_at=self.recorded_at,
         )
+
+
+@dataclass(frozen=True)
+class OutgoingEvent:
+    """A log row as the relay publishes it: where it stands in the log and its envelope,
+    already JSON (`body`)."""
+
+    position: int
+    partition: int
+    partition_position: int
+    stream_id: str
+    type: str
+    correlation_id: str
+    body: bytes
 
 
 SCHEDULER_ACTOR = "scheduler"
@@ -308,7 +322,7 @@ class PostgresRecorder:
     async def read_after(self, position: int, limit: int) -> list[RecordedEvent]:
         """In global position order: a complete page only where no writer of another
         partition can still commit a lower position (a locked log, a test). A reader
-        tailing the live log goes by partition: `read_partitions_after`."""
+        tailing the live log goes by partition: `read_outgoing`."""
         rows = await self.conn.fetch(
             f"SELECT {_COLUMNS} FROM events WHERE position > $1 ORDER BY position LIMIT $2",
             position,
@@ -316,23 +330,48 @@ class PostgresRecorder:
         )
         return [recorded_from_row(r) for r in rows]
 
-    async def read_partitions_after(
-        self, positions: dict[int, int], limit: int
-    ) -> list[RecordedEvent]:
+    async def read_outgoing(self, positions: dict[int, int], limit: int) -> list[OutgoingEvent]:
         """Up to `limit` events past `positions` (partition -> partition position), in
-        global position order. Each partition's rows come in order and without a gap
-        (its positions became visible in order), so the page holds a prefix of each."""
+        global position order, as the relay publishes them. Each partition's rows come in
+        order and without a gap (its positions became visible in order), so the page
+        holds a prefix of each. A row's envelope is built from its JSON text: its data is
+        never decoded here."""
         order = sorted(positions)
         rows = await self.conn.fetch(
             "SELECT e.* FROM unnest($1::smallint[], $2::bigint[]) AS r(p, after)"
-            f" CROSS JOIN LATERAL (SELECT {_COLUMNS} FROM events"
+            " CROSS JOIN LATERAL (SELECT position, partition, partition_position, stream_id,"
+            " version, type, data::text AS data, metadata->>'correlation_id' AS correlation_id,"
+            " metadata->>'causation_id' AS causation_id, recorded_at FROM events"
             " WHERE partition = r.p AND partition_position > r.after"
             " ORDER BY partition_position LIMIT $3) e ORDER BY e.position LIMIT $3",
             order,
             [positions[p] for p in order],
             limit,
         )
-        return [recorded_from_row(r) for r in rows]
+        out: list[OutgoingEvent] = []
+        for r in rows:
+            correlation_id = r["correlation_id"] or new_id()
+            out.append(
+                OutgoingEvent(
+                    position=r["position"],
+                    partition=r["partition"],
+                    partition_position=r["partition_position"],
+                    stream_id=r["stream_id"],
+                    type=r["type"],
+                    correlation_id=correlation_id,
+                    body=envelope_json(
+                        position=r["position"],
+                        stream_id=r["stream_id"],
+                        version=r["version"],
+                        event_type=r["type"],
+                        data_json=r["data"],
+                        recorded_at=r["recorded_at"],
+                        correlation_id=correlation_id,
+                        causation_id=r["causation_id"],
+                    ),
+                )
+            )
+        return out
 
     async def read_stream(self, stream_id: str) -> list[RecordedEvent]:
         rows = await self.conn.fetch(
