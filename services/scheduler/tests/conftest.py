@@ -242,7 +242,10 @@ class FakeAgent:
         self._ended(run)
         await self.bus.report(
             TaskCompletedReport(
-                agent_id=self.agent_id, task_id=run.task_id, dispatch_id=run.dispatch_id
+                agent_id=self.agent_id,
+                task_id=run.task_id,
+                dispatch_id=run.dispatch_id,
+                serial=run.serial,
             )
         )
 
@@ -253,6 +256,7 @@ class FakeAgent:
                 agent_id=self.agent_id,
                 task_id=run.task_id,
                 dispatch_id=run.dispatch_id,
+                serial=run.serial,
                 reason=reason,
                 stopped=stopped,
             )

@@ -114,6 +114,30 @@ async def test_a_batch_of_reports_is_applied_in_order(bus: Bus, agent: FakeAgent
     assert view["started_at"] and view["finished_at"]
 
 
+async def test_a_report_naming_another_phone_than_its_tasks_still_ends_that_task(
+    bus: Bus, agent: FakeAgent, db: asyncpg.Connection
+) -> None:
+    # Agents name the phone in every task report; the batch locks that phone's partition
+    # only. A report naming the wrong phone (device_serial_2, partition 2, for a task on
+    # device_serial_1, partition 5) is applied again with every partition locked.
+    (task_id,) = await ids_of(bus, serials=["device_serial_1"])
+    await eventually(lambda: _async(len(agent.runs) == 1), what="run sent")
+    run = agent.run_for(task_id)
+    await agent.started(run)
+    await until_status(bus, task_id, 1)
+    await bus.report(
+        TaskCompletedReport(
+            agent_id="a1", task_id=task_id, dispatch_id=run.dispatch_id, serial="device_serial_2"
+        )
+    )
+    view = await until_status(bus, task_id, 2)
+    assert view["finished_at"]
+    partitions = await db.fetch(
+        "SELECT DISTINCT partition FROM events WHERE stream_id = $1", f"task-{task_id}"
+    )
+    assert [r["partition"] for r in partitions] == [5]
+
+
 async def test_a_batch_of_reports_split_over_transactions_keeps_its_order(
     bus: Bus, agent: FakeAgent, monkeypatch: pytest.MonkeyPatch
 ) -> None:

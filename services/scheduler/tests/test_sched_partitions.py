@@ -16,7 +16,7 @@ from fleet_contracts.subjects import device_stream_id, task_stream_id
 from fleet_scheduler import partitions as parts
 from fleet_scheduler.migrate import installed_partitions, migrate
 from fleet_scheduler.store import Metadata, NewEvent, PostgresRecorder, init_connection
-from fleet_scheduler.uow import unit_of_work
+from fleet_scheduler.uow import PartitionNotLocked, unit_of_work
 
 DUE = datetime(2026, 1, 5, 8, 0, tzinfo=UTC)
 COUNT = 8
@@ -94,6 +94,25 @@ async def test_a_phones_streams_share_its_partition_and_number_gap_free(
     assert await pool.fetchval("SELECT partition FROM tasks WHERE id = 4") == 3
     ends = await pool.fetch("SELECT id, next_position FROM log_partitions WHERE id IN (3, 6)")
     assert sorted(tuple(r) for r in ends) == [(3, 4), (6, 1)]
+
+
+async def test_a_task_outside_the_partitions_locked_is_not_appended_to(
+    pool: asyncpg.Pool,
+) -> None:
+    a, b = serial_in(3), serial_in(6)
+    async with unit_of_work(pool) as uow:
+        await uow.append([created(1, a)])
+    # A batch that chose its partitions from what a message said (b's), holding task 1:
+    # appending to it would take partition 3's lock late, out of the one order.
+    async with unit_of_work(pool, partitions=[parts.of_serial(b, COUNT)]) as uow:
+        await uow.load_tasks([1])
+        with pytest.raises(PartitionNotLocked, match="partition 3"):
+            await uow.append([NewEvent(task_stream_id(1), TaskStopped(task_id=1))])
+    assert await pool.fetchval("SELECT count(*) FROM events") == 1
+    async with unit_of_work(pool, partitions=[3]) as uow:
+        await uow.load_tasks([1])
+        await uow.append([NewEvent(task_stream_id(1), TaskStopped(task_id=1))])
+    assert await pool.fetchval("SELECT count(*) FROM events WHERE partition = 3") == 2
 
 
 async def test_streams_without_a_phone_go_to_the_fleet_partition(pool: asyncpg.Pool) -> None:

@@ -70,6 +70,7 @@ class Ctx:
     def __init__(self, pool: asyncpg.Pool) -> None:
         self.pool = pool
         self.owned: frozenset[int] = frozenset()  # leases nothing: claims nothing
+        self.partition_count = 0  # not known: a batch's partitions are read
 
     def appended(self) -> None:
         pass

@@ -144,6 +144,9 @@ class TaskProgressReport(Report):
     type: Literal["task.progress"] = "task.progress"
     task_id: int
     dispatch_id: str
+    serial: str | None = None
+    """The phone the run is on (agents before this field leave it out): the scheduler
+    finds the task's partition from it without a read, and checks it against the task."""
     step: str
     percent: int | None = None
     message: str = ""
@@ -153,6 +156,9 @@ class TaskCompletedReport(Report):
     type: Literal["task.completed"] = "task.completed"
     task_id: int
     dispatch_id: str
+    serial: str | None = None
+    """The phone the run is on (agents before this field leave it out): the scheduler
+    finds the task's partition from it without a read, and checks it against the task."""
     result: dict[str, Any] = Field(default_factory=dict)
 
 
@@ -163,6 +169,9 @@ class TaskFailedReport(Report):
     type: Literal["task.failed"] = "task.failed"
     task_id: int
     dispatch_id: str
+    serial: str | None = None
+    """The phone the run is on (agents before this field leave it out): the scheduler
+    finds the task's partition from it without a read, and checks it against the task."""
     reason: str
     stopped: bool = False
     screenshot: str | None = None

@@ -271,6 +271,7 @@ class Runner:
             agent_id=self._agent_id,
             task_id=run.request.task_id,
             dispatch_id=run.request.dispatch_id,
+            serial=run.request.serial,
             reason=reason,
             stopped=stopped,
             screenshot=str(screenshot) if screenshot else None,
@@ -313,6 +314,7 @@ class Runner:
                     agent_id=self._agent_id,
                     task_id=request.task_id,
                     dispatch_id=request.dispatch_id,
+                    serial=request.serial,
                     step=step,
                     percent=percent,
                     message=message,
@@ -352,6 +354,7 @@ class Runner:
             agent_id=self._agent_id,
             task_id=request.task_id,
             dispatch_id=request.dispatch_id,
+            serial=request.serial,
             result=result,
             **ids,
         )

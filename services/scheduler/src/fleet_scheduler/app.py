@@ -139,6 +139,8 @@ class Scheduler:
             rng=random.Random(settings.scheduler_seed),
             started_at=self.clock(),
         )
+        async with pool.acquire() as conn:
+            ctx.partition_count = await installed_partitions(conn)
         # Partitions first: a lone scheduler claims in all of them from its first pass.
         try:
             await partition_owners.take_turn(ctx)

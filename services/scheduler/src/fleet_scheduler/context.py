@@ -59,6 +59,8 @@ class Context:
     accepted: dict[str, float] = field(default_factory=dict)
     """Dispatch ids their agent accepted (monotonic time): the agent reports their start
     itself, so this process does not send them again."""
+    partition_count: int = 0
+    """The log's partition count, fixed at install and read at start (0: not known)."""
     commands_in_hand: int = 0
     """Fetched COMMANDS batches being applied now (`commands.run`; a create takes every
     partition's lock): meanwhile report transactions stay short (`reports.run`)."""

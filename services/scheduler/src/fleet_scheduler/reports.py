@@ -47,6 +47,7 @@ from fleet_contracts.subjects import (
 from fleet_runtime.failpoints import failpoint
 from fleet_runtime.logs import bind_correlation
 from fleet_scheduler import dispatch
+from fleet_scheduler import partitions as parts
 from fleet_scheduler.consumer import pull_loop
 from fleet_scheduler.context import Context
 from fleet_scheduler.errors import database_unavailable
@@ -340,10 +341,17 @@ async def handle_report(ctx: Context, report: AnyReport) -> bool:
 
 async def partitions_of(ctx: Context, reports: list[AnyReport]) -> set[int] | None:
     """The partitions a batch of task reports writes (its tasks' phones'); None, every
-    partition, when it holds any other report. Read before the locks are taken: a task's
-    partition never changes (its serial does not)."""
+    partition, when it holds any other report. From the phones the reports name when
+    all do; else read before the locks are taken (a task's partition never changes: its
+    serial does not). A report naming another phone than its task's, whose partition
+    the batch then does not hold, fails the batch when it appends
+    (`uow.PartitionNotLocked`): it is applied again report by report."""
     if not all(isinstance(report, TASK_REPORTS) for report in reports):
         return None
+    serials = {report.serial for report in reports if isinstance(report, TASK_REPORTS)}
+    count = ctx.partition_count
+    if count and None not in serials:
+        return {parts.of_serial(serial, count) for serial in serials if serial is not None}
     ids = [report.task_id for report in reports if isinstance(report, TASK_REPORTS)]
     async with ctx.pool.acquire() as conn:
         rows = await conn.fetch(

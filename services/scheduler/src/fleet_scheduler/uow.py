@@ -27,9 +27,20 @@ import asyncpg
 from fleet_scheduler import metrics
 from fleet_scheduler import partitions as parts
 from fleet_scheduler.projections import hold_tasks, hold_tasks_where, project_all
-from fleet_scheduler.store import Metadata, NewEvent, PostgresRecorder, RecordedEvent
+from fleet_scheduler.store import (
+    ConcurrencyError,
+    Metadata,
+    NewEvent,
+    PostgresRecorder,
+    RecordedEvent,
+)
 from fleet_scheduler.task import TaskState
 from fleet_scheduler.task_rows import Held, state_of
+
+
+class PartitionNotLocked(ConcurrencyError):
+    """A task event of a partition this transaction did not lock when it began (it
+    chose its partitions from what a message said): applied again with every one."""
 
 
 @dataclass
@@ -77,13 +88,20 @@ class UnitOfWork:
 
     def _with_partitions(self, events: Sequence[NewEvent]) -> list[NewEvent]:
         """The events, each task event carrying its partition when its row is held (the
-        recorder looks up only the rest)."""
+        recorder looks up only the rest). Raises `PartitionNotLocked` for a held task
+        outside the partitions locked: the append would take that lock late, out of
+        the one order, where it can deadlock."""
         out: list[NewEvent] = []
         for new in events:
             task_id = parts.task_id_of(new.stream_id) if new.partition is None else None
             row = self.held.rows.get(task_id) if task_id is not None else None
             if row is not None:
                 part = parts.of_serial(row.serial, self.partition_count)
+                if part not in self.partitions:
+                    raise PartitionNotLocked(
+                        f"task {row.id} (phone {row.serial}) is in partition {part},"
+                        f" not among those locked: {sorted(self.partitions)}"
+                    )
                 # Built directly: `replace` costs several times more, for every event.
                 new = NewEvent(
                     stream_id=new.stream_id,
