@@ -3,6 +3,7 @@ its events under its own command's ids, and a later command in the batch sees th
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import asyncpg
@@ -70,3 +71,29 @@ async def test_a_batch_of_creates_is_judged_command_by_command(
     assert await db.fetchval("SELECT status FROM tasks WHERE id = 1") == 3
     recorded = await db.fetchval("SELECT count(*) FROM command_results")
     assert recorded == len({cmd.message_id for cmd in batch})
+
+
+async def test_batches_in_hand_at_once_keep_a_keys_device_limit(
+    scheduler: Scheduler, agent: FakeAgent, db: asyncpg.Connection
+) -> None:
+    # Two COMMANDS batches are handled at once (`commands.BATCHES_IN_HAND`). Creates
+    # without a limit decide before they lock; a key's limit is still counted under
+    # every partition's lock, so of two creates of k1 (limit 1) on different phones,
+    # in hand together, exactly one passes.
+    agent.answer = False
+    assert scheduler.ctx is not None
+    ctx = scheduler.ctx
+    free = [create(serials=["device_serial_3"]), create(serials=["device_serial_2"])]
+    limited = [
+        create("k1", 1, serials=["device_serial_1"]),
+        create("k1", 1, serials=["device_serial_2"]),
+    ]
+    outcomes = await asyncio.gather(
+        *(commands.handle_commands(ctx, [cmd]) for cmd in [*free, *limited])
+    )
+    codes = [result.code for [(result, _)] in outcomes]
+    assert codes[:2] == [0, 0]
+    assert sorted(codes[2:]) == [0, ErrorCode.PLAN_NO_API_ACCESS]
+    assert await db.fetchval("SELECT count(*) FROM tasks") == 3
+    ids = [r["id"] for r in await db.fetch("SELECT id FROM tasks ORDER BY id")]
+    assert ids == [1, 2, 3]

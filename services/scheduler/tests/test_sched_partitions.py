@@ -18,6 +18,8 @@ from fleet_scheduler.migrate import installed_partitions, migrate
 from fleet_scheduler.store import Metadata, NewEvent, PostgresRecorder, init_connection
 from fleet_scheduler.uow import PartitionNotLocked, unit_of_work
 
+from .conftest import eventually
+
 DUE = datetime(2026, 1, 5, 8, 0, tzinfo=UTC)
 COUNT = 8
 
@@ -113,6 +115,50 @@ async def test_a_task_outside_the_partitions_locked_is_not_appended_to(
         await uow.load_tasks([1])
         await uow.append([NewEvent(task_stream_id(1), TaskStopped(task_id=1))])
     assert await pool.fetchval("SELECT count(*) FROM events WHERE partition = 3") == 2
+
+
+async def test_a_late_writer_reads_while_the_partitions_are_held_and_waits_to_append(
+    pool: asyncpg.Pool,
+) -> None:
+    a = serial_in(2)
+    holding, release, read = asyncio.Event(), asyncio.Event(), asyncio.Event()
+
+    async def hold_every_partition() -> None:
+        async with unit_of_work(pool) as uow:
+            await uow.append([created(1, a)])
+            holding.set()
+            await release.wait()
+
+    async def late_create() -> int:
+        async with unit_of_work(pool, late=True) as uow:
+            seen = int(await uow.conn.fetchval("SELECT count(*) FROM tasks"))
+            read.set()
+            await uow.append([created(2, a)])
+            return seen
+
+    async def waiting_for_a_lock() -> bool:
+        return bool(
+            await pool.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+            )
+        )
+
+    holder = asyncio.create_task(hold_every_partition())
+    await holding.wait()
+    late = asyncio.create_task(late_create())
+    try:
+        # It begins and reads while every partition is held (the holder's task not yet
+        # committed), then waits for the partitions' locks at its append.
+        await eventually(waiting_for_a_lock, what="the late writer waiting at its append")
+        assert read.is_set() and not late.done()
+    finally:
+        release.set()
+    assert await asyncio.wait_for(late, 5) == 0
+    await holder
+    positions = await pool.fetch(
+        "SELECT stream_id, partition_position FROM events WHERE partition = 2 ORDER BY position"
+    )
+    assert [tuple(r) for r in positions] == [("task-1", 1), ("task-2", 2)]
 
 
 async def test_streams_without_a_phone_go_to_the_fleet_partition(pool: asyncpg.Pool) -> None:

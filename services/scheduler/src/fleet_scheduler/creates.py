@@ -109,8 +109,9 @@ async def decide_creates(
             if cmd.request.script_name in reads.custom_scripts:
                 await session_commands.check_custom_targets(conn, cmd, targets)
             if cmd.device_limit is not None:
-                # Appends are serialized by the events table lock this transaction
-                # holds, so two creates of one key cannot both pass on the same count.
+                # A batch with a device limit holds every partition's lock from its
+                # start (`commands._late`), so two creates of one key cannot both pass
+                # on the same count.
                 if cmd.actor not in in_use:
                     in_use[cmd.actor] = await devices_in_use(conn, cmd.actor)
                 held = in_use[cmd.actor] | taken.get(cmd.actor, set())

@@ -141,6 +141,7 @@ async def claim_among(uow: UnitOfWork, ctx: Context, serials: Collection[str]) -
     them). A phone in another scheduler's partition is left to it, as before."""
     if not ctx.owned or not serials:
         return []
+    await uow.lock()
     now = ctx.clock()
     lease = ctx.settings.scheduler_agent_lease_seconds
     owner = ctx.settings.scheduler_id

@@ -57,16 +57,28 @@ class UnitOfWork:
     partition_count: int = 0
     """The log's partition count (serial partitions 1..count, fleet partition 0)."""
     partitions: frozenset[int] = frozenset()
-    """The partitions locked when the transaction began."""
+    """The partitions locked (when the transaction began, or at `lock`)."""
+    unlocked: tuple[list[int] | None, str | None] | None = None
+    """What `lock` will lock (partitions, owner) in a transaction begun without its locks."""
+
+    async def lock(self) -> None:
+        """Take the partitions' locks now if the transaction began without them; before
+        any row is locked or written, so the one lock order holds."""
+        if self.unlocked is not None:
+            wanted, owner = self.unlocked
+            self.partition_count, self.partitions = await lock_partitions(self.conn, wanted, owner)
+            self.unlocked = None
 
     async def load_tasks(self, ids: Iterable[int]) -> dict[int, TaskState]:
         """The tasks of `ids` that exist, by id in ascending order, their rows locked
         (read only when not held already)."""
+        await self.lock()
         rows = await hold_tasks(self.conn, self.held, list(ids))
         return {row.id: state_of(row) for row in rows}
 
     async def load_tasks_where(self, where: str, args: Sequence[object]) -> list[TaskState]:
         """The tasks whose rows match `where` ($1.. = args), by id, their rows locked."""
+        await self.lock()
         rows = await hold_tasks_where(self.conn, self.held, where, args)
         return [state_of(row) for row in rows]
 
@@ -79,6 +91,7 @@ class UnitOfWork:
     ) -> list[RecordedEvent]:
         if not events:
             return []
+        await self.lock()
         recorder = PostgresRecorder(self.conn, partition_count=self.partition_count)
         recorded = await recorder.append(self._with_partitions(events), metadata or self.metadata)
         latencies = self.latencies if metrics.SWITCH.on else None
@@ -142,12 +155,22 @@ async def unit_of_work(
     *,
     partitions: Iterable[int] | None = None,
     owner: str | None = None,
+    late: bool = False,
 ) -> AsyncIterator[UnitOfWork]:
     """A transaction holding `partitions` (every one when None); with `owner`, only
-    those of them `owner` leases (`uow.partitions` says which)."""
+    those of them `owner` leases (`uow.partitions` says which).
+
+    `late`: the locks are taken at the first append or task load (`UnitOfWork.lock`),
+    not when the transaction begins, so what it reads and decides first does not hold
+    every other writer of those partitions back. Only for a writer that locks and writes
+    no row before then: its reads may be a moment older than its append."""
     async with pool.acquire() as conn, conn.transaction():
-        count, locked = await lock_partitions(conn, partitions, owner)
-        uow = UnitOfWork(conn, metadata or Metadata(), partition_count=count, partitions=locked)
+        uow = UnitOfWork(conn, metadata or Metadata())
+        wanted = None if partitions is None else list(partitions)
+        if late:
+            uow.unlocked = (wanted, owner)
+        else:
+            uow.partition_count, uow.partitions = await lock_partitions(conn, wanted, owner)
         yield uow
         if uow.bulk_appended:
             # An append sends its own NOTIFY (`store.APPEND`); SQL written in bulk does not.
