@@ -50,6 +50,18 @@ def env_for(settings: SchedulerSettings) -> dict[str, str]:
     }
 
 
+async def answering(bus: Bus) -> None:
+    """Until the scheduler process started here ("proc") answers a ping."""
+
+    async def answers() -> bool:
+        try:
+            return bool((await bus.query(Ping())).data == {"scheduler_id": "proc"})
+        except Exception:
+            return False
+
+    await eventually(answers, within=20, what="scheduler answering ping")
+
+
 async def test_rebuild_reproduces_the_read_models(
     bus: Bus, settings: SchedulerSettings, clock: FakeClock, db: asyncpg.Connection
 ) -> None:
@@ -106,14 +118,7 @@ async def test_process_serves_and_stops_on_sigterm(bus: Bus, settings: Scheduler
         stderr=subprocess.DEVNULL,
     )
     try:
-
-        async def answers() -> bool:
-            try:
-                return bool((await bus.query(Ping())).data == {"scheduler_id": "proc"})
-            except Exception:
-                return False
-
-        await eventually(answers, within=20, what="scheduler answering ping")
+        await answering(bus)
         proc.send_signal(signal.SIGTERM)
         code = await asyncio.wait_for(proc.wait(), 10)
         assert code == 0
@@ -165,14 +170,7 @@ async def test_the_relay_publishes_from_its_own_process_which_ends_with_the_sche
     )
     agent = FakeAgent(bus, "rp", ["rp1", "rp2"])
     try:
-
-        async def answers() -> bool:
-            try:
-                return bool((await bus.query(Ping())).data == {"scheduler_id": "proc"})
-            except Exception:
-                return False
-
-        await eventually(answers, within=20, what="scheduler answering ping")
+        await answering(bus)
         agent.auto_complete = True
         await agent.start()
         await wait_devices(bus, 2)
