@@ -76,10 +76,10 @@ async def test_a_batch_of_creates_is_judged_command_by_command(
 async def test_batches_in_hand_at_once_keep_a_keys_device_limit(
     scheduler: Scheduler, agent: FakeAgent, db: asyncpg.Connection
 ) -> None:
-    # Two COMMANDS batches are handled at once (`commands.BATCHES_IN_HAND`). Creates
-    # without a limit decide before they lock; a key's limit is still counted under
-    # every partition's lock, so of two creates of k1 (limit 1) on different phones,
-    # in hand together, exactly one passes.
+    # Batches in hand at once (as with two schedulers, each with a batch). Creates
+    # without a limit decide before they lock (`commands._late`); a key's limit is still
+    # counted under every partition's lock, so of two creates of k1 (limit 1) on
+    # different phones, in hand together, exactly one passes.
     agent.answer = False
     assert scheduler.ctx is not None
     ctx = scheduler.ctx

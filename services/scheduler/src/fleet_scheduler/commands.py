@@ -282,18 +282,11 @@ async def handle_commands(
     return [await handle_command(ctx, cmd) for cmd in cmds]
 
 
-BATCHES_IN_HAND = 2
-"""COMMANDS batches handled at once: a batch of creates reads and decides while the
-batch before it appends (`_late`); commands of other kinds still queue for the
-partitions' locks, each batch in its own transaction. A client that needs one command
-applied before another waits for the first's answer, as the API's callers do."""
-
-
 def _late(cmds: list[AnyCommand]) -> bool:
     """Whether a batch may take the partitions' locks at its append (`unit_of_work`'s
     `late`): creates only read before it (devices, accounts, scripts, the library) and
-    draw ids, so another batch's append and the reports' transactions need not wait
-    while they decide. Not with a device limit, which is counted across every partition
+    draw ids, so the reports' transactions (and another scheduler's commands) need not
+    wait while they decide. Not with a device limit, which is counted across every partition
     and must not pass two creates of one key on the same count, nor with any other
     command, which may lock or write rows before it appends."""
     return all(isinstance(cmd, CreateTasks) and cmd.device_limit is None for cmd in cmds)
@@ -401,7 +394,6 @@ async def run(ctx: Context, stopping: asyncio.Event) -> None:
         SCHEDULER_COMMANDS_CONSUMER,
         handle,
         stopping,
-        concurrency=BATCHES_IN_HAND,
         streams=s.streams,
         replicas=s.nats_stream_replicas,
     )

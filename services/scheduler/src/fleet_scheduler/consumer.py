@@ -1,10 +1,5 @@
 """A durable pull consumer loop: fetch a batch, handle it, then ack each message.
 
-With `concurrency` above 1 the next batch is fetched and handled while earlier ones
-are (COMMANDS: a batch of creates decides while the one before it appends); each batch
-is still acked only after its own commit. Batches may then commit out of fetch order,
-so REPORTS, whose reports of one run must apply in order, keeps one at a time.
-
 The handler commits before it returns, so the ack always follows the commit; a
 message whose handling failed for an outside reason (database away) is nak'ed with
 a delay and comes back. The subscription is re-created after errors, since a NATS
@@ -46,7 +41,6 @@ async def pull_loop(
     stopping: asyncio.Event,
     *,
     batch: int = 64,
-    concurrency: int = 1,
     streams: tuple[StreamSpec, ...] = ALL_STREAMS,
     replicas: int = 1,
 ) -> None:
@@ -67,54 +61,37 @@ async def pull_loop(
             log.warning("consumer.subscribe_failed", durable=durable, error=str(exc))
             await _pause(stopping, 1.0)
             continue
-        in_flight: set[asyncio.Task[None]] = set()
         try:
             while not stopping.is_set():
-                if len(in_flight) >= concurrency:
-                    _, in_flight = await asyncio.wait(
-                        in_flight, return_when=asyncio.FIRST_COMPLETED
-                    )
                 try:
                     msgs = await sub.fetch(batch, timeout=1.0)
                 except (TimeoutError, NatsTimeoutError):
                     continue
                 if stopping.is_set():
                     return
-                in_flight.add(asyncio.create_task(_handle(stream, durable, handle, msgs)))
+                keeping = asyncio.create_task(_in_progress(msgs, ACK_WAIT_SECONDS / 3))
+                try:
+                    await handle(msgs)
+                except Exception as exc:
+                    log.exception("consumer.handle_failed", durable=durable, error=str(exc))
+                    for msg in msgs:
+                        await msg.nak(delay=1.0)
+                    continue
+                finally:
+                    keeping.cancel()
+                failpoint(f"{stream.lower()}.after_commit")
+                for msg in msgs:
+                    await msg.ack()
         except asyncio.CancelledError:
-            for task in in_flight:
-                task.cancel()
             raise
         except Exception as exc:
             log.warning("consumer.fetch_failed", durable=durable, error=str(exc))
             await _pause(stopping, 1.0)
         finally:
-            # Batches being handled finish (and are acked) before the loop lets go.
-            if in_flight:
-                await asyncio.gather(*in_flight, return_exceptions=True)
             try:
                 await sub.unsubscribe()
             except Exception as exc:
                 log.debug("consumer.unsubscribe_failed", error=str(exc))
-
-
-async def _handle(
-    stream: str, durable: str, handle: Callable[[list[Msg]], Awaitable[None]], msgs: list[Msg]
-) -> None:
-    """Handle one fetched batch, then ack each message (nak them if handling failed)."""
-    keeping = asyncio.create_task(_in_progress(msgs, ACK_WAIT_SECONDS / 3))
-    try:
-        await handle(msgs)
-    except Exception as exc:
-        log.exception("consumer.handle_failed", durable=durable, error=str(exc))
-        for msg in msgs:
-            await msg.nak(delay=1.0)
-        return
-    finally:
-        keeping.cancel()
-    failpoint(f"{stream.lower()}.after_commit")
-    for msg in msgs:
-        await msg.ack()
 
 
 async def _in_progress(msgs: list[Msg], period: float) -> None:
