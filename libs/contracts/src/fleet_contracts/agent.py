@@ -146,7 +146,8 @@ class TaskProgressReport(Report):
     dispatch_id: str
     serial: str | None = None
     """The phone the run is on (agents before this field leave it out): the scheduler
-    finds the task's partition from it without a read, and checks it against the task."""
+    finds the task's partition from it without a read; a wrong one only sends the
+    report's batch the slow way (every partition locked)."""
     step: str
     percent: int | None = None
     message: str = ""
@@ -158,7 +159,8 @@ class TaskCompletedReport(Report):
     dispatch_id: str
     serial: str | None = None
     """The phone the run is on (agents before this field leave it out): the scheduler
-    finds the task's partition from it without a read, and checks it against the task."""
+    finds the task's partition from it without a read; a wrong one only sends the
+    report's batch the slow way (every partition locked)."""
     result: dict[str, Any] = Field(default_factory=dict)
 
 
@@ -171,7 +173,8 @@ class TaskFailedReport(Report):
     dispatch_id: str
     serial: str | None = None
     """The phone the run is on (agents before this field leave it out): the scheduler
-    finds the task's partition from it without a read, and checks it against the task."""
+    finds the task's partition from it without a read; a wrong one only sends the
+    report's batch the slow way (every partition locked)."""
     reason: str
     stopped: bool = False
     screenshot: str | None = None

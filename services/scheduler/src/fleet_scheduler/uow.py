@@ -39,8 +39,8 @@ from fleet_scheduler.task_rows import Held, state_of
 
 
 class PartitionNotLocked(ConcurrencyError):
-    """A task event of a partition this transaction did not lock when it began (it
-    chose its partitions from what a message said): applied again with every one."""
+    """A task event of a partition this transaction has not locked (it chose its
+    partitions from what a message said): applied again with every one."""
 
 
 @dataclass
