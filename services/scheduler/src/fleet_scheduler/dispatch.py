@@ -141,7 +141,6 @@ async def claim_among(uow: UnitOfWork, ctx: Context, serials: Collection[str]) -
     them). A phone in another scheduler's partition is left to it, as before."""
     if not ctx.owned or not serials:
         return []
-    await uow.lock()
     now = ctx.clock()
     lease = ctx.settings.scheduler_agent_lease_seconds
     owner = ctx.settings.scheduler_id
@@ -157,6 +156,9 @@ async def claim_in_savepoint(
     `after`: what the transaction was for (the log line names it)."""
     if not serials:
         return []
+    # Outside the savepoint: locks taken inside it would go with a rollback to it, while
+    # the unit of work went on believing it held them.
+    await uow.lock()
     kept = len(uow.appended)
     try:
         async with uow.conn.transaction():
