@@ -120,12 +120,13 @@ def _not_found(task_id: int) -> Reply:
     return Reply.failure(ErrorCode.NOT_FOUND, f"task {task_id} not found")
 
 
-# A filtered page is a merge of id-ordered index ranges, one per counter group the
-# filter matches (migrations 090, 091): the groups come from the counters, each group's
-# newest ids from its range (index only), then the page's rows by id. The total is the
-# same groups' counts, read in the same statement, so page and total agree. `task_counts`
-# is kept per partition (110): its groups are summed over partitions first, or a group
-# found in several partitions would merge its range, and count its ids, once for each.
+# A page, filtered or not, is a merge of id-ordered index ranges, one per counter group
+# the filter matches (migrations 090, 091; with no filter, every group: 130): the groups
+# come from the counters, each group's newest ids from its range (index only), then the
+# page's rows by id. The total is the same groups' counts, read in the same statement, so
+# page and total agree. `task_counts` is kept per partition (110): its groups are summed
+# over partitions first, or a group found in several partitions would merge its range,
+# and count its ids, once for each.
 _GROUP_FILTER = (
     "count > 0 AND ($1::smallint IS NULL OR status = $1) AND ($2::text IS NULL OR script_name = $2)"
     " AND ($3::text IS NULL OR source = $3)"
@@ -155,27 +156,19 @@ LIST_BY_GROUP = (
     + " "
     + _RESULT.format(columns=TASK_COLUMNS, source=TASK_FROM)
 )
-LIST_ALL = (
-    "WITH ids AS (SELECT id FROM tasks WHERE NOT deleted ORDER BY id DESC LIMIT $1 OFFSET $2) "
-    "SELECT (SELECT COALESCE(sum(count), 0) FROM task_counts)::bigint AS total_, p.*"
-    f" FROM (SELECT 1) one LEFT JOIN (SELECT {TASK_COLUMNS} FROM ids JOIN {TASK_FROM}"
-    " ON t.id = ids.id) p ON true ORDER BY p.id DESC"
-)
 
 
 async def list_tasks(ctx: Context, q: ListTasks) -> Reply:
-    """One statement, whatever the filter: a page of the newest tasks and their total,
-    both answered from indexes and counters (never a count over the table)."""
+    """One statement, whatever the filter (none included): a page of the newest tasks
+    and their total, both answered from indexes and counters (never a count over the
+    table)."""
     offset = (q.page - 1) * q.page_size
     status = None if q.status is None else int(q.status)
     source = None if q.source is None else str(q.source)
     async with ctx.pool.acquire() as conn:
-        if status is None and q.serial is None and q.script_name is None and source is None:
-            rows = await conn.fetch(LIST_ALL, q.page_size, offset)
-        else:
-            sql = LIST_BY_GROUP if q.serial is None else LIST_BY_SERIAL
-            args = (status, q.script_name, source, q.serial, offset + q.page_size)
-            rows = await conn.fetch(sql, *args, q.page_size, offset)
+        sql = LIST_BY_GROUP if q.serial is None else LIST_BY_SERIAL
+        args = (status, q.script_name, source, q.serial, offset + q.page_size)
+        rows = await conn.fetch(sql, *args, q.page_size, offset)
     now = ctx.clock()
     page = TaskPage(
         tasks=[task_view(r, now) for r in rows if r["id"] is not None],
