@@ -148,12 +148,6 @@ COUNTER_CHECKS = (
         "SELECT partition, script_name, source, status, count(*) FROM tasks WHERE NOT deleted"
         " GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4",
     ),
-    (
-        "SELECT partition, script_name, status, count FROM task_script_stats"
-        " WHERE count <> 0 ORDER BY 1, 2, 3",
-        "SELECT partition, script_name, status, count(*) FROM tasks WHERE NOT deleted"
-        " GROUP BY 1, 2, 3 ORDER BY 1, 2, 3",
-    ),
 )
 
 

@@ -27,7 +27,6 @@ from .conftest import Bus, FakeAgent, FakeClock, eventually, wait_devices
 
 SNAPSHOT = {
     "tasks": "SELECT * FROM tasks ORDER BY id",
-    "task_script_stats": "SELECT * FROM task_script_stats WHERE count <> 0 ORDER BY 1, 2, 3",
     "task_counts": "SELECT * FROM task_counts WHERE count <> 0 ORDER BY 1, 2, 3, 4",
     "task_serial_counts": "SELECT * FROM task_serial_counts WHERE count <> 0 ORDER BY 1, 2, 3, 4",
     "devices": "SELECT serial, agent_id, host, model, online, busy, current_task_id,"

@@ -39,7 +39,7 @@ LEASE = DUE + timedelta(days=3650)
 TIMES = ("created_at", "dispatched_at", "started_at", "finished_at")
 # Tasks not deleted by status: the counters are kept per partition (migration 110).
 STATUS_COUNTS = (
-    "SELECT status, sum(count)::bigint AS count FROM task_script_stats"
+    "SELECT status, sum(count)::bigint AS count FROM task_counts"
     " GROUP BY 1 HAVING sum(count) <> 0 ORDER BY 1"
 )
 """Stamped with the appending transaction's time: compared apart."""
@@ -308,7 +308,7 @@ async def test_rebuild_in_chunks_reproduces_the_live_rows(pool: asyncpg.Pool) ->
     snapshot = (
         "SELECT * FROM tasks ORDER BY id",
         "SELECT * FROM devices ORDER BY serial",
-        "SELECT * FROM task_script_stats WHERE count <> 0 ORDER BY 1, 2, 3",
+        "SELECT * FROM task_counts WHERE count <> 0 ORDER BY 1, 2, 3, 4",
     )
     before = [[dict(r) for r in await pool.fetch(sql)] for sql in snapshot]
     async with pool.acquire() as conn:

@@ -32,8 +32,8 @@ SERIAL_COUNTS = (
     "SELECT serial, script_name, source, status, count FROM task_serial_counts"
     " WHERE count <> 0 ORDER BY 1, 2, 3, 4"
 )
-# `task_counts` and `task_script_stats` are kept per partition (migration 110), each
-# from the partition of the tasks themselves.
+# `task_counts` is kept per partition (migration 110), from the partition of the tasks
+# themselves.
 KIND_TRUTH = (
     "SELECT fleet_partition(serial), script_name, source, status, count(*) AS count FROM tasks"
     " WHERE NOT deleted GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4"
@@ -41,14 +41,6 @@ KIND_TRUTH = (
 KIND_COUNTS = (
     "SELECT partition, script_name, source, status, count FROM task_counts"
     " WHERE count <> 0 ORDER BY 1, 2, 3, 4"
-)
-SCRIPT_TRUTH = (
-    "SELECT fleet_partition(serial), script_name, status, count(*) AS count FROM tasks"
-    " WHERE NOT deleted GROUP BY 1, 2, 3 ORDER BY 1, 2, 3"
-)
-SCRIPT_COUNTS = (
-    "SELECT partition, script_name, status, count FROM task_script_stats"
-    " WHERE count <> 0 ORDER BY 1, 2, 3"
 )
 
 # Serials, scripts, sources and statuses spread unevenly over the ids, so some filter
@@ -65,11 +57,7 @@ FROM generate_series($1::bigint, $2::bigint) i
 
 
 async def assert_counters_true(db: asyncpg.Connection) -> None:
-    for counts, truth in (
-        (SERIAL_COUNTS, SERIAL_TRUTH),
-        (KIND_COUNTS, KIND_TRUTH),
-        (SCRIPT_COUNTS, SCRIPT_TRUTH),
-    ):
+    for counts, truth in ((SERIAL_COUNTS, SERIAL_TRUTH), (KIND_COUNTS, KIND_TRUTH)):
         assert [tuple(r) for r in await db.fetch(counts)] == [
             tuple(r) for r in await db.fetch(truth)
         ]
@@ -102,7 +90,7 @@ async def test_counters_follow_every_kind_of_write(db: asyncpg.Connection) -> No
     await assert_counters_true(db)
     # A rebuild empties the tasks with TRUNCATE: the counters start over with them.
     await db.execute("TRUNCATE tasks")
-    for table in ("task_counts", "task_serial_counts", "task_script_stats"):
+    for table in ("task_counts", "task_serial_counts"):
         assert await db.fetchval(f"SELECT count(*) FROM {table}") == 0
 
 
@@ -203,12 +191,11 @@ async def assert_totals_are_the_table(db: asyncpg.Connection) -> None:
             "SELECT status, count(*) AS count FROM tasks WHERE NOT deleted GROUP BY 1"
         )
     }
-    for table in ("task_counts", "task_script_stats"):
-        sums = await db.fetch(
-            f"SELECT status, sum(count)::bigint AS count FROM {table} GROUP BY 1"
-            " HAVING sum(count) <> 0"
-        )
-        assert {r["status"]: r["count"] for r in sums} == truth, table
+    sums = await db.fetch(
+        "SELECT status, sum(count)::bigint AS count FROM task_counts GROUP BY 1"
+        " HAVING sum(count) <> 0"
+    )
+    assert {r["status"]: r["count"] for r in sums} == truth
     assert {r["status"]: r["count"] for r in await db.fetch(COUNTS) if r["count"]} == truth
 
 
@@ -245,7 +232,7 @@ async def test_counters_are_kept_per_partition(db: asyncpg.Connection) -> None:
         await assert_counters_true(db)
         await assert_totals_are_the_table(db)
     by_partition = await db.fetch(
-        "SELECT partition, sum(count)::bigint AS count FROM task_script_stats GROUP BY 1 ORDER BY 1"
+        "SELECT partition, sum(count)::bigint AS count FROM task_counts GROUP BY 1 ORDER BY 1"
     )
     assert {r["partition"]: r["count"] for r in by_partition} == {pa: 3, pb: 3}
 
@@ -270,8 +257,9 @@ async def test_the_partition_migration_refills_the_counters(
     assert await migrate(db) == [m[0] for m in everything if m[0] >= 110]
     await assert_counters_true(db)
     await assert_totals_are_the_table(db)
+    # Per script and status, as /metrics reads them: from `task_counts` since 140.
     scripts_after = await db.fetch(
-        "SELECT script_name, status, sum(count)::bigint AS count FROM task_script_stats"
+        "SELECT script_name, status, sum(count)::bigint AS count FROM task_counts"
         " GROUP BY 1, 2 ORDER BY 1, 2"
     )
     assert [tuple(r) for r in scripts_after] == [tuple(r) for r in scripts_before]

@@ -4,8 +4,8 @@ Two kinds:
 - counted as things happen, in this process: commands handled and their handling
   time, events appended, the relay's publishes, dispatch latency (ready -> started);
 - read from the database when Prometheus scrapes (`StateCollector`): tasks per
-  status (the `task_script_stats` counters kept in the log's transaction, never a count over
-  the table; per script only from the agents' run counters), agents live / lost, devices
+  status (the `task_counts` counters kept in the log's transaction, never a count over the
+  table; per script only from the agents' run counters), agents live / lost, devices
   known / online / busy per agent, relay lag and leadership, database reachability
   and the connection pool. These are the fleet's, not this process's: every scheduler
   replica reports the same values, so dashboards take `max` over replicas.
@@ -173,12 +173,12 @@ async def read_snapshot(ctx: Context) -> Snapshot:
     conn: asyncpg.Connection
     async with pool.acquire(timeout=SCRAPE_TIMEOUT_SECONDS) as conn:
         rows = await conn.fetch(
-            "SELECT status, sum(count)::bigint AS count FROM task_script_stats"
+            "SELECT status, sum(count)::bigint AS count FROM task_counts"
             " GROUP BY status ORDER BY status"
         )
         snap.tasks = [(STATES.get(r["status"], str(r["status"])), r["count"]) for r in rows]
         rows = await conn.fetch(
-            "SELECT script_name, status, sum(count)::bigint AS count FROM task_script_stats"
+            "SELECT script_name, status, sum(count)::bigint AS count FROM task_counts"
             " GROUP BY 1, 2 ORDER BY 1, 2"
         )
         snap.tasks_by_script = [

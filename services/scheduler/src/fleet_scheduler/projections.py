@@ -382,9 +382,8 @@ async def rebuild(conn: asyncpg.Connection, batch: int = 5000) -> int:
         await conn.execute("LOCK TABLE events IN EXCLUSIVE MODE")
         await conn.execute(f"TRUNCATE {', '.join(READ_MODEL_TABLES)}")
         await conn.execute(f"TRUNCATE {', '.join(scheduling_read_models.READ_MODEL_TABLES)}")
-        # TRUNCATE fires no row or statement trigger: the per-script counts start over
-        # too, and the replay's inserts and updates rebuild them.
-        await conn.execute("TRUNCATE task_script_stats")
+        # Emptying `tasks` empties its counters too (the TRUNCATE trigger of 090); the
+        # replay's inserts and updates rebuild them.
         position = 0
         while True:
             # Of the metadata, the read models keep only the correlation id: decoding
