@@ -33,6 +33,7 @@ from fleet_scheduler.store import (
     NewEvent,
     PostgresRecorder,
     RecordedEvent,
+    encode,
 )
 from fleet_scheduler.task import TaskState
 from fleet_scheduler.task_rows import Held, state_of
@@ -91,9 +92,13 @@ class UnitOfWork:
     ) -> list[RecordedEvent]:
         if not events:
             return []
+        metadata = metadata or self.metadata
+        # Serialized before the locks: a late unit of work waits for them here, and holds
+        # them from here to its commit.
+        encoded = encode(events, metadata)
         await self.lock()
         recorder = PostgresRecorder(self.conn, partition_count=self.partition_count)
-        recorded = await recorder.append(self._with_partitions(events), metadata or self.metadata)
+        recorded = await recorder.append(self._with_partitions(events), metadata, encoded)
         latencies = self.latencies if metrics.SWITCH.on else None
         await project_all(self.conn, recorded, latencies, self.held)
         self.appended.extend(recorded)
