@@ -18,6 +18,7 @@ from fleet_contracts.queries import GetStats, ListTasks
 from fleet_contracts.rest import CreateTaskRequest
 from fleet_scheduler import migrate as migrate_module
 from fleet_scheduler import partitions as parts
+from fleet_scheduler import queries
 from fleet_scheduler.app import Scheduler
 from fleet_scheduler.migrate import installed_partitions, migrate
 from fleet_scheduler.task_stats import COUNTS, StatsSnapshot
@@ -134,6 +135,30 @@ async def test_list_answers_the_plain_query_for_every_filter(
     data = (await bus.query(ListTasks(serial="s1", status=TaskStatus.PENDING))).data
     assert data["tasks"] and data["tasks"][0]["serial"] == "s1"
     assert data["tasks"][0]["status_name"] == "pending"
+
+
+async def test_a_page_reads_its_groups_ranges_on_a_table_not_vacuumed(
+    db: asyncpg.Connection,
+) -> None:
+    """Each group of a page is read from its own index range, never by walking the
+    primary key backwards through every task, also when no page is all-visible (a live
+    table between vacuums), where the planner once preferred the walk."""
+    await migrate(db)
+    await db.execute(FILL, 1, 60_000, 1000)
+    await db.execute("UPDATE tasks SET version = version + 1 WHERE id % 40 = 0")
+    await db.execute("ANALYZE tasks")
+    assert await db.fetchval("SELECT relallvisible FROM pg_class WHERE relname = 'tasks'") == 0
+    cases = [
+        (queries.LIST_BY_GROUP, "tasks_group", (None, None, None, None)),
+        (queries.LIST_BY_GROUP, "tasks_group", (None, "like", None, None)),
+        (queries.LIST_BY_GROUP, "tasks_group", (3, None, "ui", None)),
+        (queries.LIST_BY_SERIAL, "tasks_serial_group", (None, None, None, "s7")),
+        (queries.LIST_BY_SERIAL, "tasks_serial_group", (2, "post", None, "s7")),
+    ]
+    for sql, index, filters in cases:
+        plan = "\n".join(r[0] for r in await db.fetch("EXPLAIN " + sql, *filters, 60, 20, 40))
+        assert index in plan, (filters, plan)
+        assert "Backward using tasks_pkey" not in plan, (filters, plan)
 
 
 async def test_stats_after_a_create_through_the_same_scheduler_count_it(

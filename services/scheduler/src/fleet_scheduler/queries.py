@@ -131,12 +131,21 @@ _GROUP_FILTER = (
     "count > 0 AND ($1::smallint IS NULL OR status = $1) AND ($2::text IS NULL OR script_name = $2)"
     " AND ($3::text IS NULL OR source = $3)"
 )
+_GROUP = "(script_name, source, status)"
 _PAGE = (
     "ids AS (SELECT r.id FROM groups g CROSS JOIN LATERAL ("
-    " SELECT id FROM tasks WHERE {range} AND script_name = g.script_name"
-    " AND source = g.source AND status = g.status AND NOT deleted ORDER BY id DESC LIMIT $5) r"
+    f" SELECT id FROM tasks WHERE {{range}} AND {_GROUP} >= (g.script_name, g.source, g.status)"
+    f" AND {_GROUP} <= (g.script_name, g.source, g.status) AND NOT deleted"
+    " ORDER BY script_name, source, status, id DESC LIMIT $5) r"
     " ORDER BY r.id DESC LIMIT $6 OFFSET $7)"
 )
+"""A group's range is bounded by row comparisons, not three equalities, and ordered by
+the whole index key: so only its index (`tasks_group`, `tasks_serial_group`) gives the
+order wanted. With equalities the planner may walk the primary key backwards instead,
+filtering every row, and does once the table's pages are not all visible (a live table,
+until a vacuum): 8 ms instead of 0.8 for an unfiltered page at 600,000 tasks, and a walk
+through the whole table for a group with few tasks. The plan is pinned by
+`test_a_page_reads_its_groups_ranges_on_a_table_not_vacuumed`."""
 _RESULT = (
     "SELECT (SELECT COALESCE(sum(count), 0) FROM groups)::bigint AS total_, p.* FROM (SELECT 1) one"
     " LEFT JOIN (SELECT {columns} FROM ids JOIN {source} ON t.id = ids.id) p ON true"
