@@ -211,7 +211,7 @@ a unit of work appends; an appender without one cannot deadlock another), each
 partition's positions bumped by its count, each row given the next of its partition in
 the order of the batch (and the next global position in that order), and every
 follower of the log woken when the transaction commits (a NOTIFY; sent once however
-many rows). Data and metadata arrive as JSON text (`Encoded`), made before the locks.
+many rows). Data and metadata arrive as JSON text (`encode`), cast to jsonb here.
 """
 
 
@@ -222,8 +222,8 @@ class Encoded:
 
     Made apart from the append, so that a unit of work that takes the partitions' locks
     at its first append (a create, `uow.unit_of_work(late=True)`) serializes its events
-    before it locks, not while every other writer waits for those locks: for a create of
-    a few hundred tasks that was a sixth of the time it held them."""
+    before it locks, not while every other writer of those partitions waits: a create of
+    a few hundred tasks dumps as many events and their metadata to JSON."""
 
     types: list[str]
     data: list[dict[str, Any]]
