@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -197,14 +198,16 @@ async def test_username_mode_and_multi_account_mode(fleet: httpx.AsyncClient, vi
     )
     assert r.status_code == 400
     assert "ghost" in r.json()["message"]
+    # Two hours ahead: a fixed time of day is due at once in the minute it names.
+    later = (datetime.now(UTC) + timedelta(hours=2)).strftime("%H:%M")
     r = await fleet.post(
         "/api/v1/task",
-        json={"serials": ["device_serial_1"], "script_name": "post", "start_time": "23:59"},
+        json={"serials": ["device_serial_1"], "script_name": "post", "start_time": later},
     )
     assert r.status_code == 200
     held = await task(fleet, r.json()["data"]["task_ids"][0])
     assert held["status"] == 0
-    assert held["start_time"] == "23:59"
+    assert held["start_time"] == later
     r = await fleet.get("/api/v1/task/stats")
     assert r.json()["data"]["total"] == 4
 

@@ -62,6 +62,12 @@ async def eventually(
     raise AssertionError(f"{what} not reached in {within}s (last: {last!r})")
 
 
+def hhmm_ahead(now: datetime | None = None, hours: int = 2) -> str:
+    """A start_time that holds a task created now: the current minute would make it due
+    at once, so a fixed time of day fails a run that happens to fall on it."""
+    return ((now or datetime.now(UTC)) + timedelta(hours=hours)).strftime("%H:%M")
+
+
 class FakeClock:
     def __init__(self, start: datetime | None = None) -> None:
         self.now = start or datetime.now(UTC)

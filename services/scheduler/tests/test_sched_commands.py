@@ -29,7 +29,7 @@ from fleet_contracts.queries import (
 from fleet_contracts.rest import AccountRequest, CreateTaskRequest
 from fleet_scheduler.app import Scheduler
 
-from .conftest import Bus, FakeAgent, eventually
+from .conftest import Bus, FakeAgent, FakeClock, eventually, hhmm_ahead
 
 pytestmark = []
 
@@ -49,14 +49,15 @@ async def events_of(db: asyncpg.Connection, task_id: int) -> list[str]:
 
 
 async def test_create_records_events_rows_and_counters(
-    bus: Bus, agent: FakeAgent, db: asyncpg.Connection
+    bus: Bus, agent: FakeAgent, db: asyncpg.Connection, clock: FakeClock
 ) -> None:
     agent.answer = False  # keep the tasks from running while we look
+    at = hhmm_ahead(clock.now)
     result = await bus.command(
         create(
             serials=["device_serial_1", "device_serial_2"],
             script_config={"captions": "{Hi|Hello} there", "material_list": ["C:/v/a.mp4"]},
-            start_time="10:15",
+            start_time=at,
         )
     )
     assert result.code == 0, result.message
@@ -68,7 +69,7 @@ async def test_create_records_events_rows_and_counters(
     assert row["serial"] == "device_serial_1" and row["status"] == 0
     assert row["script_config"]["captions"] in ("Hi there", "Hello there")
     view = (await bus.query(GetTask(task_id=ids[0]))).data
-    assert view["reason"] == "start_time 10:15 UTC"
+    assert view["reason"] == f"start_time {at} UTC"
     assert view["source"] == "api"
     stats = (await bus.query(GetStats())).data
     assert stats == {"total": 2, "pending": 2, "running": 0, "completed": 0, "failed": 0}
@@ -120,12 +121,11 @@ async def test_duplicate_delivery_is_applied_once(bus: Bus, agent: FakeAgent) ->
 
 
 async def test_stop_retry_delete_and_batch_delete(
-    bus: Bus, agent: FakeAgent, db: asyncpg.Connection
+    bus: Bus, agent: FakeAgent, db: asyncpg.Connection, clock: FakeClock
 ) -> None:
     agent.answer = False
-    ids = (await bus.command(create(serials=["device_serial_1"], start_time="23:00"))).data[
-        "task_ids"
-    ]
+    at = hhmm_ahead(clock.now)
+    ids = (await bus.command(create(serials=["device_serial_1"], start_time=at))).data["task_ids"]
     [tid] = ids
     stop = await bus.command(StopTask(task_id=tid))
     assert stop.code == 0
@@ -161,12 +161,13 @@ async def test_stop_retry_delete_and_batch_delete(
     assert stats == {"total": 0, "pending": 0, "running": 0, "completed": 0, "failed": 0}
 
 
-async def test_retry_all_moves_every_failed_task_back(bus: Bus, agent: FakeAgent) -> None:
+async def test_retry_all_moves_every_failed_task_back(
+    bus: Bus, agent: FakeAgent, clock: FakeClock
+) -> None:
     agent.answer = False
+    at = hhmm_ahead(clock.now)
     ids = (
-        await bus.command(
-            create(serials=["device_serial_1", "device_serial_2"], start_time="23:00")
-        )
+        await bus.command(create(serials=["device_serial_1", "device_serial_2"], start_time=at))
     ).data["task_ids"]
     for tid in ids:
         await bus.command(StopTask(task_id=tid))

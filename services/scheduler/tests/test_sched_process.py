@@ -23,7 +23,7 @@ from fleet_scheduler.metrics import RELAY_LOCK
 from fleet_scheduler.settings import SchedulerSettings
 from tests.scrape import scrape
 
-from .conftest import Bus, FakeAgent, FakeClock, eventually, wait_devices
+from .conftest import Bus, FakeAgent, FakeClock, eventually, hhmm_ahead, wait_devices
 
 SNAPSHOT = {
     "tasks": "SELECT * FROM tasks ORDER BY id",
@@ -73,7 +73,7 @@ async def test_rebuild_reproduces_the_read_models(
         for body in (
             {"serials": ["x1", "x2"]},
             {"serials": ["x1"], "enable_multi_account": True},
-            {"usernames": ["x2_b"], "start_time": "00:00"},
+            {"usernames": ["x2_b"], "start_time": hhmm_ahead(clock.now)},
         ):
             cmd = CreateTasks(request=CreateTaskRequest(script_name="post", **body))  # type: ignore[arg-type]
             ids += (await bus.command(cmd)).data["task_ids"]

@@ -30,7 +30,7 @@ from fleet_scheduler.settings import SchedulerSettings
 from fleet_scheduler.store import Metadata, NewEvent, PostgresRecorder, init_connection
 from fleet_scheduler.uow import lock_partitions
 
-from .conftest import Bus, FakeAgent, eventually, wait_devices
+from .conftest import Bus, FakeAgent, eventually, hhmm_ahead, wait_devices
 
 DEDUP_SECONDS = 1.0
 
@@ -77,7 +77,9 @@ async def log_positions(db: asyncpg.Connection) -> list[int]:
 async def create_some(bus: Bus, n: int) -> None:
     for _ in range(n):
         cmd = CreateTasks(
-            request=CreateTaskRequest(serials=["r1", "r2"], script_name="post", start_time="00:00")
+            request=CreateTaskRequest(
+                serials=["r1", "r2"], script_name="post", start_time=hhmm_ahead()
+            )
         )
         assert (await bus.command(cmd)).code == 0
 
