@@ -27,6 +27,7 @@ import psutil
 
 from bench import limits, proc
 from bench.cputime import per_task, ratio, spent_seconds
+from bench.histograms import Buckets, bucket_bound, scrape_buckets, share_within
 from bench.scratch import scratch
 from fleet_devstack import free_port
 from fleet_devstack.stack import AgentSpec, Stack, StackConfig
@@ -283,6 +284,26 @@ def cpu_row(flood: Flood, title: str = "CPU per task lifecycle, all our processe
     )
 
 
+REPORT_WAIT = "fleet_report_wait_seconds"
+
+
+async def _report_waits(session: aiohttp.ClientSession, url: str | None) -> Buckets:
+    return await scrape_buckets(session, url, REPORT_WAIT) if url else {}
+
+
+def report_wait_row(before: Buckets, after: Buckets) -> Row:
+    """Where the flood's dispatch p99 goes: its start reports' wait in REPORTS."""
+    p99 = bucket_bound(before, after, 0.99)
+    if math.isnan(p99):
+        return ("reports' wait in REPORTS, under the flood", "not measured", "metrics off")
+    return (
+        "reports' wait in REPORTS p99, under the flood",
+        f"<= {ms(p99)}" if math.isfinite(p99) else "over the last bucket",
+        f"stored -> applied, per report message ({REPORT_WAIT}'s bucket bound; "
+        f"{share_within(before, after, 0.5):.0%} within 500 ms)",
+    )
+
+
 async def _measure(stack: Stack, scale: Scale, media: str) -> Result:
     rows: list[Row] = []
     serials = [f"device_serial_{i}" for i in range(1, scale.devices + 1)]
@@ -291,8 +312,12 @@ async def _measure(stack: Stack, scale: Scale, media: str) -> Result:
         client = Client(session, stack.api_url)
         await devices_online(client, scale.devices)
 
-        # 1 + 2: create through REST, then wait for every task to complete.
+        # 1 + 2: create through REST, then wait for every task to complete; the
+        # scheduler's histogram of reports' waits in REPORTS read around it.
+        sched_metrics = stack.schedulers[0].metrics_url
+        waited_before = await _report_waits(session, sched_metrics)
         e2e_flood = await flood(stack, client, serials, scale.e2e_tasks, media)
+        waited_after = await _report_waits(session, sched_metrics)
         ids, create_rate = e2e_flood.ids, e2e_flood.create_rate
         completed, failed = e2e_flood.completed, e2e_flood.failed
 
@@ -365,6 +390,7 @@ async def _measure(stack: Stack, scale: Scale, media: str) -> Result:
             f"{ms(pct(waits, 0.5))} / {ms(pct(waits, 0.99))}",
             "ready (due, device free) -> started (as recorded), every e2e task",
         ),
+        report_wait_row(waited_before, waited_after),
         (
             "dispatch latency p50 / p99, at rest",
             f"{ms(pct(calm_waits, 0.5))} / {ms(pct(calm_waits, 0.99))}",

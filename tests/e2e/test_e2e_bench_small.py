@@ -27,6 +27,9 @@ def test_system_benchmark_small_scale(tmp_path: Path) -> None:
     assert set(cpu) == {"NATS", "PostgreSQL", "gateway", "scheduler", "agent"}
     assert all(s > 0 for s in cpu.values()), cpu
     assert "CPU per task lifecycle, all our processes" in metrics
+    # The scheduler's histogram of reports' waits was read around the flood.
+    [wait] = [row for row in result.rows if row[0].startswith("reports' wait in REPORTS")]
+    assert wait[1].startswith("<= "), wait
     table = system.table("small", result.rows)
     assert table.count("\n|") == len(result.rows) + 2
 

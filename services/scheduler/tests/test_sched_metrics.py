@@ -9,6 +9,7 @@ from typing import Any, cast
 
 import asyncpg
 
+from fleet_contracts.agent import AccountsReport
 from fleet_contracts.codes import TaskSource
 from fleet_contracts.commands import CreateTasks
 from fleet_contracts.queries import GetStats
@@ -124,6 +125,49 @@ async def test_metrics_follow_tasks_agents_and_the_relay(
         assert silent.value("fleet_agent_up", agent="m1", host="host-m1") == 0
         assert silent.value("fleet_agents", state="lost") == 1
         await agent.close()
+
+
+def report_wait() -> dict[str, float]:
+    """`fleet_report_wait_seconds` as this process holds it: count, sum, and the count of
+    observations at most 1 s."""
+    [family] = metrics.REPORT_WAIT.collect()
+    name = "fleet_report_wait_seconds"
+    value = {s.name: s.value for s in family.samples if s.labels.get("le") in (None, "1.0")}
+    return {
+        "count": value[f"{name}_count"],
+        "sum": value[f"{name}_sum"],
+        "within_1s": value[f"{name}_bucket"],
+    }
+
+
+async def test_reports_waiting_for_a_scheduler_show_how_long_they_waited(
+    bus: Bus, settings: SchedulerSettings
+) -> None:
+    settings = settings.model_copy(update={"scheduler_metrics_port": free_port()})
+    agent = FakeAgent(bus, "w1", ["w1_phone_1"])
+    # Its agent.started report is stored in REPORTS with no scheduler to apply it.
+    await agent.start()
+    await asyncio.sleep(1.5)
+    before = report_wait()
+    async with Scheduler(settings):
+        await wait_devices(bus, 1)
+
+        async def applied() -> bool:
+            return report_wait()["count"] > before["count"]
+
+        await eventually(applied, what="the waiting report applied")
+        await bus.report(AccountsReport(agent_id="w1", serial="w1_phone_1", accounts=[]))
+
+        async def both() -> bool:
+            return report_wait()["count"] - before["count"] >= 2
+
+        await eventually(both, what="a prompt report applied")
+    after = report_wait()
+    # The waiting one counts over a second, the prompt one under.
+    assert after["count"] - before["count"] == 2
+    assert after["within_1s"] - before["within_1s"] == 1
+    assert 1.5 <= after["sum"] - before["sum"] < 5
+    await agent.close()
 
 
 async def test_port_zero_serves_nothing(settings: SchedulerSettings) -> None:

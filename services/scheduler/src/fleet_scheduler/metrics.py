@@ -2,7 +2,8 @@
 
 Two kinds:
 - counted as things happen, in this process: commands handled and their handling
-  time, events appended, the relay's publishes, dispatch latency (ready -> started);
+  time, events appended, the relay's publishes, dispatch latency (ready -> started),
+  and how long agents' reports waited in REPORTS before they were applied;
 - read from the database when Prometheus scrapes (`StateCollector`): tasks per
   status (the `task_counts` counters kept in the log's transaction, never a count over the
   table; per script only from the agents' run counters), agents live / lost, devices
@@ -21,10 +22,11 @@ import time
 from collections import Counter as Tally
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 import asyncpg
 import structlog
+from nats.aio.msg import Msg
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
@@ -73,16 +75,30 @@ RELAY_PUBLISH_SECONDS = Histogram(
     buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
     registry=None,
 )
+WAIT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
+
 DISPATCH_LATENCY = Histogram(
     "fleet_dispatch_latency_seconds",
     "From a task being ready (due, and its phone free after its previous task) to the"
     " agent's start report being recorded.",
-    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0),
+    buckets=WAIT_BUCKETS,
     registry=None,
 )
 
+REPORT_WAIT = Histogram(
+    "fleet_report_wait_seconds",
+    "From an agent's report message being stored in REPORTS to the scheduler having"
+    " applied it (committed): how far the record is behind the phones. One observation"
+    " per message, which holds one to a few hundred reports.",
+    buckets=WAIT_BUCKETS,
+    registry=None,
+)
+"""Dispatch latency ends at a start report's record, so a scheduler behind on REPORTS
+shows there as slow dispatch; this says how much of it is that wait. The stored time is
+the NATS server's clock, the end this process's: skew between the two shifts it."""
+
 COUNTED: tuple[Collector, ...] = (COMMANDS, COMMAND_SECONDS, EVENTS, RELAY_PUBLISHED)
-COUNTED += (RELAY_PUBLISH_SECONDS, DISPATCH_LATENCY)
+COUNTED += (RELAY_PUBLISH_SECONDS, DISPATCH_LATENCY, REPORT_WAIT)
 
 
 @dataclass
@@ -133,6 +149,15 @@ def committed(appended: Sequence[RecordedEvent], latencies: Sequence[float]) -> 
         EVENTS.labels(kind).inc(count)
     for seconds in latencies:
         DISPATCH_LATENCY.observe(seconds)
+
+
+def reports_applied(msgs: Sequence[Msg]) -> None:
+    """After a fetched batch of REPORTS was applied and committed, before its acks."""
+    if not SWITCH.on:
+        return
+    now = datetime.now(UTC)
+    for msg in msgs:
+        REPORT_WAIT.observe(max(0.0, (now - msg.metadata.timestamp).total_seconds()))
 
 
 # State read at scrape time ----------------------------------------------------------

@@ -46,7 +46,7 @@ from fleet_contracts.subjects import (
 )
 from fleet_runtime.failpoints import failpoint
 from fleet_runtime.logs import bind_correlation
-from fleet_scheduler import dispatch
+from fleet_scheduler import dispatch, metrics
 from fleet_scheduler import partitions as parts
 from fleet_scheduler.consumer import pull_loop
 from fleet_scheduler.context import Context
@@ -454,6 +454,7 @@ async def run(ctx: Context, stopping: asyncio.Event) -> None:
         reports = await trusted(ctx, msgs)
         for batch in report_batches(reports, lambda: ctx.commands_in_hand > 0):
             await handle_reports(ctx, batch)
+        metrics.reports_applied(msgs)
 
     s = ctx.settings
     await pull_loop(
