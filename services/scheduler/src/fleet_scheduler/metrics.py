@@ -88,8 +88,9 @@ DISPATCH_LATENCY = Histogram(
 REPORT_WAIT = Histogram(
     "fleet_report_wait_seconds",
     "From an agent's report message being stored in REPORTS to the scheduler having"
-    " applied it (committed): how far the record is behind the phones. One observation"
-    " per message, which holds one to a few hundred reports.",
+    " applied it (the transaction of its last report committed): how far the record is"
+    " behind the phones. One observation per message, which holds one to a few hundred"
+    " reports.",
     buckets=WAIT_BUCKETS,
     registry=None,
 )
@@ -152,7 +153,7 @@ def committed(appended: Sequence[RecordedEvent], latencies: Sequence[float]) -> 
 
 
 def reports_applied(msgs: Sequence[Msg]) -> None:
-    """After a fetched batch of REPORTS was applied and committed, before its acks."""
+    """Messages of REPORTS whose every report has been applied and committed."""
     if not SWITCH.on:
         return
     now = datetime.now(UTC)
