@@ -217,6 +217,59 @@ async def test_unconverted_events_between_task_events_keep_their_place(
     assert (await task_row(pool, 2))["state"] == "dispatched"
 
 
+def account_lists(*lists: tuple[str, list[str]]) -> list[NewEvent]:
+    return [
+        NewEvent(
+            device_stream_id(serial),
+            AccountsReported(
+                serial=serial, agent_id="a1", accounts=[{"username": u} for u in users]
+            ),
+        )
+        for serial, users in lists
+    ]
+
+
+async def accounts(pool: asyncpg.Pool) -> list[tuple[str, str, str]]:
+    rows = await pool.fetch("SELECT username, serial, source FROM accounts ORDER BY username")
+    return [tuple(r) for r in rows]
+
+
+async def test_account_lists_in_one_batch_end_as_one_list_per_transaction(
+    pool: asyncpg.Pool,
+) -> None:
+    await append(pool, connected("s1", "s2", "s3"))
+    async with pool.acquire() as conn:
+        await conn.execute(
+            "INSERT INTO accounts (username, platform, serial, source)"
+            " VALUES ('by_api', 'tiktok', 's3', 'api'), ('stale', 'tiktok', 's1', 'agent')"
+        )
+    lists = account_lists(
+        ("s2", ["x", "y"]),
+        ("s1", ["x", "w"]),  # x moves to s1; stale is gone
+        ("s3", ["by_api", "v"]),  # by_api stays the API's
+        ("s1", ["z", "w"]),  # x is gone with it
+        ("s2", ["y", "u"]),
+    )
+    for new in lists:
+        await append(pool, [new])
+    alone = await accounts(pool)
+    await pool.execute("DELETE FROM accounts WHERE source = 'agent'")
+    await pool.execute("INSERT INTO accounts VALUES ('stale', 'tiktok', 's1', 'agent')")
+    await append(pool, lists)
+    assert (
+        await accounts(pool)
+        == alone
+        == [
+            ("by_api", "s3", "api"),
+            ("u", "s2", "agent"),
+            ("v", "s3", "agent"),
+            ("w", "s1", "agent"),
+            ("y", "s2", "agent"),
+            ("z", "s1", "agent"),
+        ]
+    )
+
+
 async def test_late_reports_failures_and_retries_in_one_batch(pool: asyncpg.Pool) -> None:
     """Lost, then the phone's reports (reopen, failure), then an automatic retry and a
     stop and delete of another task: the phone's hold and the retry columns follow."""

@@ -31,7 +31,8 @@ from fleet_contracts.events import (
     TaskDispatched,
     TaskStarted,
 )
-from fleet_scheduler import metrics, scheduling_read_models
+from fleet_scheduler import account_lists, metrics, scheduling_read_models
+from fleet_scheduler.account_lists import Account
 from fleet_scheduler.session_projections import SESSION_EVENTS, SESSION_TABLES
 from fleet_scheduler.session_projections import project as project_session
 from fleet_scheduler.store import RecordedEvent, recorded_from_row
@@ -226,8 +227,12 @@ async def project_all(
     run: list[tuple[RecordedEvent, RowEvent]] = []
     ready_at: dict[int, datetime | None] | None = {} if latencies is not None else None
     started: dict[int, datetime] = {}
+    lists: list[AccountsReported] = []
     for rec in recs:
         if rec.type in ROW_EVENT_TYPES:
+            if lists:
+                await _project_account_lists(conn, lists)
+                lists = []
             run.append((rec, cast(RowEvent, rec.event())))
             if rec.type == "task.started":
                 started[rec.data["task_id"]] = rec.recorded_at
@@ -235,15 +240,61 @@ async def project_all(
         if run:
             await _project_rows(conn, run, ready_at, held)
             run = []
+        if rec.type == ACCOUNT_LISTS:
+            lists.append(cast(AccountsReported, rec.event()))
+            continue
+        if lists:
+            await _project_account_lists(conn, lists)
+            lists = []
         await _project_other(conn, rec)
         await scheduling_read_models.project_many(conn, [rec])
     if run:
         await _project_rows(conn, run, ready_at, held)
+    if lists:
+        await _project_account_lists(conn, lists)
     if latencies is not None and ready_at is not None:
         for task_id, at in started.items():
             ready = ready_at.get(task_id)
             if ready is not None:
                 latencies.append(metrics.dispatch_latency(ready, at))
+
+
+ACCOUNT_LISTS = "device.accounts_reported"
+"""Runs of these are projected together (`_project_account_lists`)."""
+
+
+async def _project_account_lists(conn: asyncpg.Connection, events: list[AccountsReported]) -> None:
+    """A run of agents' account lists: the rows they can touch read (locked), folded in
+    memory in order (`account_lists`), the difference written in two statements."""
+    serials = sorted({e.serial for e in events})
+    names = sorted({a["username"] for e in events for a in e.accounts if a.get("username")})
+    rows = await conn.fetch(
+        "SELECT username, platform, serial, source FROM accounts"
+        " WHERE (serial = ANY($1::text[]) AND source = 'agent') OR username = ANY($2::text[])"
+        " ORDER BY username FOR UPDATE",
+        serials,
+        names,
+    )
+    before = {r["username"]: Account(r["platform"], r["serial"], r["source"]) for r in rows}
+    after = account_lists.apply_lists(before, [(e.serial, e.accounts) for e in events])
+    gone, changed = account_lists.difference(before, after)
+    if gone:
+        await conn.execute(
+            "DELETE FROM accounts WHERE username = ANY($1::text[]) AND source = 'agent'", gone
+        )
+    if changed:
+        # The WHERE keeps an account registered through the API meanwhile as it is, as
+        # each list's own upsert did.
+        await conn.execute(
+            "INSERT INTO accounts (username, platform, serial, source)"
+            " SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[])"
+            " ON CONFLICT (username) DO UPDATE SET platform = excluded.platform,"
+            " serial = excluded.serial WHERE accounts.source = 'agent'",
+            list(changed),
+            [a.platform for a in changed.values()],
+            [a.serial for a in changed.values()],
+            [a.source for a in changed.values()],
+        )
 
 
 async def project(conn: asyncpg.Connection, rec: RecordedEvent) -> None:
@@ -279,25 +330,6 @@ async def _project_other(conn: asyncpg.Connection, rec: RecordedEvent) -> None:
                 event.serial,
                 event.reason,
             )
-        case AccountsReported():
-            names = [a["username"] for a in event.accounts if a.get("username")]
-            await conn.execute(
-                "DELETE FROM accounts WHERE serial = $1 AND source = 'agent'"
-                " AND NOT (username = ANY($2::text[]))",
-                event.serial,
-                names,
-            )
-            for account in event.accounts:
-                if not account.get("username"):
-                    continue
-                await conn.execute(
-                    "INSERT INTO accounts (username, platform, serial, source)"
-                    " VALUES ($1, $2, $3, 'agent') ON CONFLICT (username) DO UPDATE"
-                    " SET platform = $2, serial = $3 WHERE accounts.source = 'agent'",
-                    account["username"],
-                    account.get("platform") or "tiktok",
-                    event.serial,
-                )
         case AccountRegistered():
             await conn.execute(
                 "INSERT INTO accounts (username, platform, serial, source)"

@@ -243,6 +243,22 @@ async def _task_reports(uow: UnitOfWork, reports: list[TaskReport]) -> None:
     await uow.append(events)
 
 
+async def _accounts_reports(uow: UnitOfWork, reports: list[AccountsReport]) -> None:
+    """Apply a run of accounts reports with one append (`projections` writes the
+    accounts they leave set-wise): an agent starting with a thousand phones sends one
+    for each, after its `agent.started`."""
+    if reports:
+        await uow.append([_accounts_event(r, metadata_for(r)) for r in reports])
+
+
+def _accounts_event(report: AccountsReport, metadata: Metadata | None = None) -> NewEvent:
+    return NewEvent(
+        device_stream_id(report.serial),
+        AccountsReported(serial=report.serial, agent_id=report.agent_id, accounts=report.accounts),
+        metadata=metadata,
+    )
+
+
 def _freed(uow: UnitOfWork) -> set[str]:
     """The phones whose runs the events appended so far ended."""
     ended = {
@@ -255,6 +271,8 @@ def _freed(uow: UnitOfWork) -> set[str]:
 
 async def _fresh(uow: UnitOfWork, reports: list[R]) -> list[R]:
     """The reports not applied before, each once (JetStream may redeliver any)."""
+    if not reports:
+        return []
     unique = list({r.message_id: r for r in reports}.values())
     rows = await uow.conn.fetch(
         "INSERT INTO processed_reports (message_id) SELECT unnest($1::text[])"
@@ -285,18 +303,7 @@ async def apply_report(uow: UnitOfWork, ctx: Context, report: AnyReport) -> None
                 ]
             )
         case AccountsReport():
-            await uow.append(
-                [
-                    NewEvent(
-                        device_stream_id(report.serial),
-                        AccountsReported(
-                            serial=report.serial,
-                            agent_id=report.agent_id,
-                            accounts=report.accounts,
-                        ),
-                    )
-                ]
-            )
+            await uow.append([_accounts_event(report)])
         case _:
             await _task_reports(uow, [report])
 
@@ -371,16 +378,25 @@ async def handle_reports(ctx: Context, reports: list[AnyReport]) -> None:
         partitions = await partitions_of(ctx, reports)
         async with unit_of_work(ctx.pool, on_commit=ctx.appended, partitions=partitions) as uow:
             run: list[TaskReport] = []
+            accounts: list[AccountsReport] = []
             for report in reports:
                 if isinstance(report, TASK_REPORTS):
+                    await _accounts_reports(uow, await _fresh(uow, accounts))
+                    accounts = []
                     run.append(report)
                     continue
                 if run:
                     await _task_reports(uow, await _fresh(uow, run))
                     run = []
+                if isinstance(report, AccountsReport):
+                    accounts.append(report)
+                    continue
+                await _accounts_reports(uow, await _fresh(uow, accounts))
+                accounts = []
                 await _apply_once(uow, ctx, report)
             if run:
                 await _task_reports(uow, await _fresh(uow, run))
+            await _accounts_reports(uow, await _fresh(uow, accounts))
             claims: list[dispatch.Claim] = []
             if partitions is not None:
                 # The phones whose runs ended here get their next due task now, under
