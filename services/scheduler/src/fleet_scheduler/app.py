@@ -148,6 +148,9 @@ class Scheduler:
             log.warning("partitions.turn_failed", error=str(exc) or repr(exc))
         await queries.serve(ctx)
         await liveness.subscribe_heartbeats(ctx)
+        # The subscriptions reach the server before start returns: a query sent the
+        # moment after (a test, a gateway started beside it) met "no responders" once.
+        await self._nc.flush()
         stopping = self._stopping
         loops = [commands.run(ctx, stopping), reports.run(ctx, stopping)]
         loops += [liveness.run(ctx, stopping), dispatch.run(ctx, stopping)]
