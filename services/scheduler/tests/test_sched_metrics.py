@@ -129,14 +129,14 @@ async def test_metrics_follow_tasks_agents_and_the_relay(
 
 def report_wait() -> dict[str, float]:
     """`fleet_report_wait_seconds` as this process holds it: count, sum, and the count of
-    observations at most 1 s."""
+    observations at most 2.5 s."""
     [family] = metrics.REPORT_WAIT.collect()
     name = "fleet_report_wait_seconds"
-    value = {s.name: s.value for s in family.samples if s.labels.get("le") in (None, "1.0")}
+    value = {s.name: s.value for s in family.samples if s.labels.get("le") in (None, "2.5")}
     return {
         "count": value[f"{name}_count"],
         "sum": value[f"{name}_sum"],
-        "within_1s": value[f"{name}_bucket"],
+        "within_2_5s": value[f"{name}_bucket"],
     }
 
 
@@ -147,7 +147,7 @@ async def test_reports_waiting_for_a_scheduler_show_how_long_they_waited(
     agent = FakeAgent(bus, "w1", ["w1_phone_1"])
     # Its agent.started report is stored in REPORTS with no scheduler to apply it.
     await agent.start()
-    await asyncio.sleep(1.5)
+    await asyncio.sleep(3.0)
     before = report_wait()
     async with Scheduler(settings):
         await wait_devices(bus, 1)
@@ -163,10 +163,10 @@ async def test_reports_waiting_for_a_scheduler_show_how_long_they_waited(
 
         await eventually(both, what="a prompt report applied")
     after = report_wait()
-    # The waiting one counts over a second, the prompt one under.
+    # The waiting one counts over 2.5 s, the prompt one under (room for a slow machine).
     assert after["count"] - before["count"] == 2
-    assert after["within_1s"] - before["within_1s"] == 1
-    assert 1.5 <= after["sum"] - before["sum"] < 5
+    assert after["within_2_5s"] - before["within_2_5s"] == 1
+    assert 3.0 <= after["sum"] - before["sum"] < 60
     await agent.close()
 
 
