@@ -11,6 +11,7 @@ changes only the device: it frees it, it never brings the task back.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, cast
@@ -211,6 +212,20 @@ async def _project_rows(
         await conn.execute(_DEVICE_UPDATE, *_arrays(devices, DEVICE_COLUMNS))
 
 
+ACCOUNT_LISTS = "device.accounts_reported"
+"""Runs of these are projected together (`_project_account_lists`)."""
+_ROWS = "task rows"
+_ALONE = "alone"
+
+
+def _run_kind(rec: RecordedEvent) -> str:
+    """What projects `rec`: a run of task-row events, a run of account lists, or its own
+    statements (`_ALONE`)."""
+    if rec.type in ROW_EVENT_TYPES:
+        return _ROWS
+    return ACCOUNT_LISTS if rec.type == ACCOUNT_LISTS else _ALONE
+
+
 async def project_all(
     conn: asyncpg.Connection,
     recs: list[RecordedEvent],
@@ -218,49 +233,37 @@ async def project_all(
     held: Held | None = None,
 ) -> None:
     """Project events in log order. Each run of task events is applied set-wise
-    (`_project_rows`); any other event by its own statements, between the runs.
+    (`_project_rows`), each run of account lists too (`_project_account_lists`); any
+    other event by its own statements, between the runs.
 
     With `latencies`, the dispatch latency of each task started here is added to it.
     `held`: the task rows the transaction holds already (`UnitOfWork.held`), not read
     again, and left holding those these events touched."""
     held = Held() if held is None else held
-    run: list[tuple[RecordedEvent, RowEvent]] = []
     ready_at: dict[int, datetime | None] | None = {} if latencies is not None else None
     started: dict[int, datetime] = {}
-    lists: list[AccountsReported] = []
-    for rec in recs:
-        if rec.type in ROW_EVENT_TYPES:
-            if lists:
-                await _project_account_lists(conn, lists)
-                lists = []
-            run.append((rec, cast(RowEvent, rec.event())))
-            if rec.type == "task.started":
-                started[rec.data["task_id"]] = rec.recorded_at
-            continue
-        if run:
+    for kind, group in itertools.groupby(recs, key=_run_kind):
+        batch = list(group)
+        if kind == _ROWS:
+            started.update(
+                (rec.data["task_id"], rec.recorded_at)
+                for rec in batch
+                if rec.type == "task.started"
+            )
+            run = [(rec, cast(RowEvent, rec.event())) for rec in batch]
             await _project_rows(conn, run, ready_at, held)
-            run = []
-        if rec.type == ACCOUNT_LISTS:
-            lists.append(cast(AccountsReported, rec.event()))
-            continue
-        if lists:
+        elif kind == ACCOUNT_LISTS:
+            lists = [cast(AccountsReported, rec.event()) for rec in batch]
             await _project_account_lists(conn, lists)
-            lists = []
-        await _project_other(conn, rec)
-        await scheduling_read_models.project_many(conn, [rec])
-    if run:
-        await _project_rows(conn, run, ready_at, held)
-    if lists:
-        await _project_account_lists(conn, lists)
+        else:
+            for rec in batch:
+                await _project_other(conn, rec)
+                await scheduling_read_models.project_many(conn, [rec])
     if latencies is not None and ready_at is not None:
         for task_id, at in started.items():
             ready = ready_at.get(task_id)
             if ready is not None:
                 latencies.append(metrics.dispatch_latency(ready, at))
-
-
-ACCOUNT_LISTS = "device.accounts_reported"
-"""Runs of these are projected together (`_project_account_lists`)."""
 
 
 async def _project_account_lists(conn: asyncpg.Connection, events: list[AccountsReported]) -> None:

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import itertools
 from collections.abc import Callable, Iterator
-from typing import TypeVar
+from typing import TypeVar, cast
 
 import asyncpg
 import structlog
@@ -271,8 +272,6 @@ def _freed(uow: UnitOfWork) -> set[str]:
 
 async def _fresh(uow: UnitOfWork, reports: list[R]) -> list[R]:
     """The reports not applied before, each once (JetStream may redeliver any)."""
-    if not reports:
-        return []
     unique = list({r.message_id: r for r in reports}.values())
     rows = await uow.conn.fetch(
         "INSERT INTO processed_reports (message_id) SELECT unnest($1::text[])"
@@ -368,35 +367,38 @@ async def partitions_of(ctx: Context, reports: list[AnyReport]) -> set[int] | No
     return {int(r["partition"]) for r in rows}
 
 
+_TASK_RUN = "task reports"
+_ACCOUNTS_RUN = "accounts reports"
+_ALONE = "alone"
+
+
+def _run_kind(report: AnyReport) -> str:
+    """How `report` is applied: in a run of task reports, in a run of accounts reports,
+    or alone (`_apply_once`)."""
+    if isinstance(report, TASK_REPORTS):
+        return _TASK_RUN
+    return _ACCOUNTS_RUN if isinstance(report, AccountsReport) else _ALONE
+
+
 async def handle_reports(ctx: Context, reports: list[AnyReport]) -> None:
     """Apply a batch (`report_batches` cuts a fetch into them) in one transaction, runs of
-    task reports together; on a conflict, each report again alone. A batch of task
-    reports locks only its tasks' partitions, so it does not wait for claims and reports
-    of the others, and dispatches the phones whose runs it ended (`dispatch.claim_among`)
-    before it commits."""
+    task reports together and runs of accounts reports together (`_run_kind`); on a
+    conflict, each report again alone. A batch of task reports locks only its tasks'
+    partitions, so it does not wait for claims and reports of the others, and dispatches
+    the phones whose runs it ended (`dispatch.claim_among`) before it commits."""
     try:
         partitions = await partitions_of(ctx, reports)
         async with unit_of_work(ctx.pool, on_commit=ctx.appended, partitions=partitions) as uow:
-            run: list[TaskReport] = []
-            accounts: list[AccountsReport] = []
-            for report in reports:
-                if isinstance(report, TASK_REPORTS):
+            for kind, group in itertools.groupby(reports, key=_run_kind):
+                batch = list(group)
+                if kind == _TASK_RUN:
+                    await _task_reports(uow, await _fresh(uow, cast(list[TaskReport], batch)))
+                elif kind == _ACCOUNTS_RUN:
+                    accounts = cast(list[AccountsReport], batch)
                     await _accounts_reports(uow, await _fresh(uow, accounts))
-                    accounts = []
-                    run.append(report)
-                    continue
-                if run:
-                    await _task_reports(uow, await _fresh(uow, run))
-                    run = []
-                if isinstance(report, AccountsReport):
-                    accounts.append(report)
-                    continue
-                await _accounts_reports(uow, await _fresh(uow, accounts))
-                accounts = []
-                await _apply_once(uow, ctx, report)
-            if run:
-                await _task_reports(uow, await _fresh(uow, run))
-            await _accounts_reports(uow, await _fresh(uow, accounts))
+                else:
+                    for report in batch:
+                        await _apply_once(uow, ctx, report)
             claims: list[dispatch.Claim] = []
             if partitions is not None:
                 # The phones whose runs ended here get their next due task now, under
